@@ -1,0 +1,111 @@
+"""Complete periodic neighbour lists.
+
+A neighbour list here holds *every* pair (centre i, neighbour j, image shift S) with
+``0 < |pos[j] + S @ cell - pos[i]| < cutoff``, over all periodic images, for any cell: skewed,
+tiny (one atom, cell sides far below the cutoff) or large. An atom's own periodic images are
+neighbours; only the zero-shift self pair is excluded.
+
+Engine: pymatgen's Cython ``find_points_in_spheres`` (cell-list search over all images). It was
+chosen by measurement against ASE, matscipy and vesin on ``mp_20_subset``
+(``bench/bench_neighbors.py``; numbers in ``bench/results/``) and is tested against a
+brute-force image enumeration and ASE's ``neighbor_list`` (``tests/builder/test_neighbors.py``).
+
+Conventions (the store contract, see ``schemas``):
+``edge_index[0]`` = neighbour j (source), ``edge_index[1]`` = centre i (target);
+``vec = pos[j] + edge_shift @ cell - pos[i]``; edges of each centre are sorted nearest first
+(ties broken by j, then shift) so a consumer takes the nearest K by slicing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pymatgen.optimization.neighbors import find_points_in_spheres
+
+__all__ = ["NeighbourList", "neighbour_list"]
+
+
+@dataclass(frozen=True)
+class NeighbourList:
+    """Edges of one structure.
+
+    Attributes:
+        edge_index: (2, E) int64; row 0 = neighbour j (source), row 1 = centre i (target).
+        edge_shift: (E, 3) int64 integer image offsets of j, in units of the lattice vectors.
+        edge_dist: (E,) float64 distances, Å.
+        cutoff: the radius the list is complete within, Å.
+    """
+
+    edge_index: np.ndarray
+    edge_shift: np.ndarray
+    edge_dist: np.ndarray
+    cutoff: float
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edge_dist.shape[0])
+
+    def edge_vectors(self, pos: np.ndarray, cell: np.ndarray) -> np.ndarray:
+        """(E, 3) float64 vectors r_j + S·L − r_i, Å."""
+        j, i = self.edge_index
+        return pos[j] + self.edge_shift @ cell - pos[i]
+
+    def within(self, radius: float) -> NeighbourList:
+        """The sub-list of edges with distance < radius (order kept: still nearest first)."""
+        if radius >= self.cutoff:
+            return self
+        keep = self.edge_dist < radius
+        return NeighbourList(
+            self.edge_index[:, keep], self.edge_shift[keep], self.edge_dist[keep], float(radius)
+        )
+
+
+def neighbour_list(
+    pos: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray | tuple[bool, bool, bool],
+    cutoff: float,
+) -> NeighbourList:
+    """All neighbour pairs within ``cutoff`` over periodic images, sorted nearest first per centre.
+
+    Args:
+        pos: (N, 3) float64 Cartesian positions, Å.
+        cell: (3, 3) float64 lattice vectors as rows, Å. Ignored along non-periodic directions
+            (but must be non-singular; give any box for a molecule).
+        pbc: (3,) bool periodicity per lattice vector.
+        cutoff: radius, Å (> 0). Pairs with distance strictly below it are kept.
+
+    Returns:
+        A :class:`NeighbourList` with edges ordered by (centre i, distance, j, shift).
+    """
+    pos = np.ascontiguousarray(pos, dtype=np.float64)
+    cell = np.ascontiguousarray(cell, dtype=np.float64)
+    pbc_int = np.asarray(pbc, dtype=np.int64).reshape(3)
+    if cutoff <= 0:
+        raise ValueError(f"cutoff must be > 0, got {cutoff}")
+    n = len(pos)
+    if n == 0:
+        return NeighbourList(
+            np.zeros((2, 0), np.int64), np.zeros((0, 3), np.int64), np.zeros(0), float(cutoff)
+        )
+    centre, neighbour, shift, dist = find_points_in_spheres(
+        pos, pos, float(cutoff), pbc_int, cell, tol=1e-8
+    )
+    shift = np.rint(shift).astype(np.int64)
+    # The engine includes pairs at d <= cutoff (+tol) and the zero-shift self pair: drop both.
+    self_pair = (centre == neighbour) & ~shift.any(axis=1)
+    centre, neighbour, shift = centre[~self_pair], neighbour[~self_pair], shift[~self_pair]
+    # Recompute distances from the stored convention so stored distances and the vectors a
+    # reader derives from (pos, cell, shift) agree exactly; then apply the strict cutoff.
+    vec = pos[neighbour] + shift @ cell - pos[centre]
+    dist = np.sqrt(np.einsum("ij,ij->i", vec, vec))
+    keep = dist < cutoff
+    centre, neighbour, shift, dist = centre[keep], neighbour[keep], shift[keep], dist[keep]
+    order = np.lexsort((shift[:, 2], shift[:, 1], shift[:, 0], neighbour, dist, centre))
+    return NeighbourList(
+        np.stack([neighbour[order], centre[order]]).astype(np.int64),
+        shift[order],
+        dist[order],
+        float(cutoff),
+    )
