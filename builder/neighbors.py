@@ -61,6 +61,42 @@ class NeighbourList:
         )
 
 
+def _search_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """A non-singular cell for the search engine.
+
+    Lattice vectors along non-periodic directions only orient the search, so when the cell is
+    singular (a molecule's zero cell, a slab without a c vector) those vectors are replaced by
+    unit vectors completing the periodic ones to an orthogonal basis (Gram-Schmidt). Shifts
+    along non-periodic directions are always 0, so the stored cell stays valid.
+    """
+    if not pbc.any():
+        return np.eye(3)
+    if abs(np.linalg.det(cell)) > 1e-8:
+        return cell
+    def orthogonal_part(v: np.ndarray, basis: list[np.ndarray]) -> np.ndarray:
+        v = v.astype(np.float64).copy()
+        for b in basis:
+            v -= (v @ b) * b
+        return v
+
+    basis: list[np.ndarray] = []  # orthonormal span of the periodic vectors
+    for k in range(3):
+        if pbc[k]:
+            v = orthogonal_part(cell[k], basis)
+            basis.append(v / np.linalg.norm(v))
+    out = cell.copy()
+    candidates = iter(np.eye(3))
+    for k in range(3):
+        if pbc[k]:
+            continue
+        v = orthogonal_part(next(candidates), basis)
+        while np.linalg.norm(v) < 1e-6:
+            v = orthogonal_part(next(candidates), basis)
+        out[k] = v / np.linalg.norm(v)
+        basis.append(out[k])
+    return out
+
+
 def neighbour_list(
     pos: np.ndarray,
     cell: np.ndarray,
@@ -90,7 +126,7 @@ def neighbour_list(
             np.zeros((2, 0), np.int64), np.zeros((0, 3), np.int64), np.zeros(0), float(cutoff)
         )
     centre, neighbour, shift, dist = find_points_in_spheres(
-        pos, pos, float(cutoff), pbc_int, cell, tol=1e-8
+        pos, pos, float(cutoff), pbc_int, _search_cell(cell, pbc_int), tol=1e-8
     )
     shift = np.rint(shift).astype(np.int64)
     # The engine includes pairs at d <= cutoff (+tol) and the zero-shift self pair: drop both.

@@ -1,0 +1,235 @@
+"""``fp-build``: build, extend, inspect, verify and export stores.
+
+Errors in inputs or options end the command with one line on stderr (``fp-build: error: ...``)
+and exit status 2 (usage) or 1 (anything else); never a traceback for a user mistake.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from builder import __version__
+
+CODEC_CHOICES = ("auto", "raw", "zlib")
+AUTO_ZLIB_MIN_DIM = 256  # "auto" compresses sets at least this wide (the EAD sets)
+
+
+def _parse_units(pairs: tuple[str, ...]) -> dict[str, str]:
+    units = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not COLUMN=UNIT", param_hint="--target-unit")
+        col, unit = pair.split("=", 1)
+        units[col] = unit
+    return units
+
+
+def _codecs(names: list[str], codec: str) -> dict[str, str]:
+    if not names:
+        return {}
+    if codec != "auto":
+        return {name: codec for name in names}
+    from builder.descriptors.registry import get
+
+    return {name: "zlib" if get(name).dim >= AUTO_ZLIB_MIN_DIM else "raw" for name in names}
+
+
+def _resolve_names(names: tuple[str, ...]) -> list[str]:
+    if not names:
+        return []
+    from builder.descriptors.registry import resolve
+
+    return [s.name for s in resolve(list(names))]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="fp-build")
+def cli() -> None:
+    """Build versioned stores of periodic graphs and structural-fingerprint labels."""
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", "-o", required=True, help="Store directory to create (e.g. mp.lmdb).")
+@click.option("--cutoff", default=8.0, show_default=True, help="Neighbour cutoff, Å.")
+@click.option("--jobs", "-j", default=-1, show_default=True, help="Worker processes (-1 = all).")
+@click.option("--target", "-t", "targets", multiple=True, help="Target column (repeatable).")
+@click.option("--target-unit", "units", multiple=True, help="COLUMN=UNIT for the manifest.")
+@click.option("--id-column", default=None, help="Id column (default: material_id or id).")
+@click.option("--cif-column", default="cif", show_default=True, help="CIF column of a CSV.")
+@click.option("--format", "fmt", default=None, help="Input format (default: from the name).")
+@click.option("--descriptor", "-d", "descriptors", multiple=True,
+              help="Label set to compute while building (repeatable, or 'all').")
+@click.option("--dtype", "dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Storage dtype of label sets.")
+@click.option("--codec", type=click.Choice(CODEC_CHOICES), default="auto", show_default=True,
+              help="Label compression; auto = zlib for sets of >= 256 features.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad structure.")
+@click.option("--allow-missing-targets", is_flag=True,
+              help="Keep structures with missing targets (stored as NaN).")
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky",
+              show_default=True, help="joblib backend.")
+@click.option("--scheduler", default=None, help="Dask scheduler address (default: local).")
+@click.option("--chunk-size", default=32, show_default=True, help="Structures per task.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def build(inputs, out, cutoff, jobs, targets, units, id_column, cif_column, fmt, descriptors,
+          dtype, codec, strict, allow_missing_targets, backend, scheduler, chunk_size,
+          overwrite, quiet) -> None:
+    """Build a store from INPUTS (CSV with CIFs, CGCNN folder, extxyz, ASE db, pymatgen or
+    MatBench JSON, MatDeepLearn JSON). Re-running the same command resumes an interrupted
+    build."""
+    from builder.build import BuildOptions, build_store, summarize
+
+    names = _resolve_names(descriptors)
+    opts = BuildOptions(
+        inputs=list(inputs),
+        out=out,
+        cutoff=cutoff,
+        jobs=jobs,
+        targets=list(targets),
+        target_units=_parse_units(units),
+        id_column=id_column,
+        cif_column=cif_column,
+        fmt=fmt,
+        strict=strict,
+        allow_missing_targets=allow_missing_targets,
+        descriptors=names,
+        descriptor_dtype=dtype,
+        descriptor_codec=_codecs(names, codec),
+        backend=backend,
+        scheduler=scheduler,
+        chunk_size=chunk_size,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    manifest = build_store(opts)
+    click.echo(f"built {out}")
+    click.echo(summarize(manifest))
+    if manifest["counts"]["rejected"]:
+        click.echo(f"rejected structures and reasons: {Path(out) / 'rejected.csv'}")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--descriptor", "-d", "descriptors", multiple=True, required=True,
+              help="Label set to add (repeatable, or 'all').")
+@click.option("--force", is_flag=True, help="Recompute sets already present.")
+@click.option("--jobs", "-j", default=-1, show_default=True, help="Worker processes (-1 = all).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True)
+@click.option("--codec", type=click.Choice(CODEC_CHOICES), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky",
+              show_default=True)
+@click.option("--scheduler", default=None, help="Dask scheduler address (default: local).")
+@click.option("--quiet", "-q", is_flag=True)
+def add(store, descriptors, force, jobs, dtype, codec, backend, scheduler, quiet) -> None:
+    """Add label sets to an existing STORE without touching its graphs (resumable)."""
+    from builder.add import add_descriptors
+
+    names = _resolve_names(descriptors)
+    manifest = add_descriptors(
+        store, names, jobs=jobs, backend=backend, scheduler=scheduler, force=force, dtype=dtype,
+        codec=_codecs(names, codec), progress=not quiet,
+    )
+    click.echo(f"{store}: descriptor sets {list(manifest['descriptors'])}")
+    click.echo(f"content hash {manifest['content_hash']}")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def info(store, as_json) -> None:
+    """Summarise a STORE: counts, sources, targets, label sets, sizes and bytes per atom."""
+    from builder.info import describe
+    from schemas import read_manifest
+
+    if as_json:
+        click.echo(json.dumps(read_manifest(store), indent=1))
+    else:
+        click.echo(describe(store))
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--quiet", "-q", is_flag=True)
+def verify(store, quiet) -> None:
+    """Recompute STORE's content hash from its records; exit 1 if it differs from the
+    manifest."""
+    from builder.info import verify_store
+
+    ok, lines = verify_store(store, progress=not quiet)
+    for line in lines:
+        click.echo(line)
+    if not ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--format", "fmt", type=click.Choice(["zarr", "extxyz"]), required=True)
+@click.option("--out", "-o", required=True, help="Output path (e.g. mp.zarr, mp.extxyz).")
+@click.option("--quiet", "-q", is_flag=True)
+def export(store, fmt, out, quiet) -> None:
+    """Export STORE to its Zarr twin or to extended XYZ."""
+    from builder.export import export_extxyz, export_zarr
+    from schemas import open_store
+
+    s = open_store(store)
+    if Path(out).exists():
+        raise click.UsageError(f"{out} already exists")
+    (export_zarr if fmt == "zarr" else export_extxyz)(s, out, progress=not quiet)
+    click.echo(f"wrote {out}")
+
+
+@cli.command("descriptors")
+def list_descriptors() -> None:
+    """List the label sets that can be computed, with their dimensions."""
+    from builder.descriptors.registry import REGISTRY
+
+    click.echo(f"{'name':<11} {'family':<7} {'dim':>5} {'radius Å':>9}  parameters")
+    for spec in REGISTRY.values():
+        params = ", ".join(f"{k}={_short(v)}" for k, v in spec.params.items())
+        click.echo(f"{spec.name:<11} {spec.family:<7} {spec.dim:>5} {spec.radius:>9.2f}  {params}")
+
+
+def _short(value) -> str:
+    if isinstance(value, (list, tuple)) and len(value) > 6:
+        return f"[{value[0]}, {value[1]}, ..., {value[-1]}] ({len(value)})"
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, turning known errors into one-line messages."""
+    from builder.build import BuildError
+    from builder.readers import InputError
+    from schemas import RecordError, StoreError
+
+    try:
+        cli.main(args=argv, prog_name="fp-build", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("fp-build: aborted", err=True)
+        return 130
+    except click.UsageError as err:
+        hint = f" (see: fp-build {err.ctx.command.name} --help)" if err.ctx else ""
+        click.echo(f"fp-build: error: {err.format_message()}{hint}", err=True)
+        return 2
+    except click.ClickException as err:
+        click.echo(f"fp-build: error: {err.format_message()}", err=True)
+        return 1
+    except (BuildError, InputError, StoreError, RecordError, KeyError, FileExistsError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        click.echo(f"fp-build: error: {message}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("fp-build: interrupted; re-run the same command to resume", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

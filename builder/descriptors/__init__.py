@@ -1,0 +1,1 @@
+"""Descriptor families (wACSF, GMP, EAD) and the registry of the nine label sets."""

@@ -1,0 +1,370 @@
+"""Shared machinery of the radial descriptor families (wACSF, EAD).
+
+Both families are sums over the neighbours j of a centre i of per-edge weights times radial
+Gaussians on a grid of shifts:
+
+    ρ[i, w, a, k] = Σ_j weight[w, ij] · exp(−η_a (d_ij − Rs_k)²)
+
+(wACSF: one weight, Z_j f_c(d_ij), and the output is ρ; EAD: one weight per Cartesian monomial,
+Z_j f_c x^lx y^ly z^lz / sqrt(lx! ly! lz!), and the output is Σ_w R[q, w] ρ_w² for a small matrix
+R). :func:`gaussian_moments` evaluates either for a block of centres whose edges sit in a padded
+(centre, slot) table (:func:`pad_edges`; padding slots carry weight 0).
+
+Two evaluation paths, both vectorised over centres and neighbours, chosen per η by a cached
+:class:`GaussianPlan`:
+
+* **direct**: every exponent −η(d − Rs)² = −η d² + 2η Rs d − η Rs² of the block comes out of one
+  matrix product ``coefficients @ [d², d, 1]`` (inner dimension 3), then one in-place ``exp`` and
+  one batched matrix product (weights × slots)·(slots × shifts) per centre. The exponent's
+  absolute rounding error is ≈ 4 ε η max(d, Rs)² (≤ 1e-12 for η ≤ 10, d, Rs ≤ 12 Å), which is the
+  relative error of the Gaussian.
+* **factorised** (a regular Rs grid, the EAD's 160/240-point grids): split the grid into blocks
+  of B consecutive shifts R_b + tΔ (t = 0 … B−1). Within a block
+
+      exp(−η (d − R_b − tΔ)²) = A_b(d) · P_t(d) · S_bt,
+      A_b = exp(−η (d − R_b)²),  P_t = exp(2ηΔ t d),  S_bt = exp(−2ηΔ t R_b − η Δ² t²),
+
+  so ρ[w, b, t] = S_bt · T[w, b, t] with T[w, b, t] = Σ_j (weight_w A_b)(d_j) · P_t(d_j): one exp
+  per (edge, block) and per (edge, step) instead of one per (edge, shift), and the sum over
+  neighbours is a matrix product per centre (rows = blocks × weights, columns = steps) that runs
+  near the CPU's peak. This is the recurrence exp(−η(d − Rs − δ)²) = exp(−η(d − Rs)²) ·
+  exp(2ηδ(d − Rs)) · exp(−ηδ²) unrolled over a block, restarted exactly at every block. In the
+  squared mode the scale is applied after the reduction, Σ_w R ρ_w² = S² Σ_w R T_w², so the
+  per-shift scaling touches Q instead of W rows.
+
+  Numerical safety. Every exponent that appears (2ηΔt d in P, 2ηΔtR_b + ηΔ²t² in S, doubled in
+  the squared mode) is bounded by 2ηW·max(d_max, |Rs|) + ηW² with W = (B−1)Δ the block width; the
+  plan keeps it ≤ 700 (≤ 350 when squaring), so nothing overflows. Underflow is the only way to
+  lose accuracy: if A_b underflows (η (d − R_b)² > 708) while some shift of the block is close to
+  d. When η·D² ≤ 700 for D the largest |d − Rs| possible, no Gaussian of the table can underflow
+  at all (EAD sets 1 and 3); otherwise the block width is capped at W ≤ 0.9 (√708 − √600)/√η,
+  which guarantees that whenever A_b underflows every Gaussian of that block is below
+  e^−600 ≈ 1e-261. Values above that keep a relative error ~1e-13 (tests compare both paths to
+  ~1e-12); values below it may come out as 0 (the direct path flushes below e^−745 anyway).
+  Where a grid is irregular, shorter than ``_MIN_FACTORISED_SHIFTS`` or fails these checks, the
+  direct path is used.
+
+Memory: callers process centres in blocks (:func:`centre_blocks`) so the work arrays stay near
+``_WORK_ELEMENTS`` doubles; for structures of up to a few hundred atoms that is one block, and
+the loop over blocks is the only Python loop over atoms.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from builder.neighbors import NeighbourList
+
+__all__ = [
+    "GaussianPlan",
+    "PaddedEdges",
+    "centre_blocks",
+    "check_radius",
+    "cosine_cutoff",
+    "format_value",
+    "gaussian_moments",
+    "gaussian_plan",
+    "pad_edges",
+]
+
+# Largest exponent magnitude any intermediate may reach (exp overflows above ~709.78).
+_EXP_LIMIT = 700.0
+# If A_b = exp(−η (d − R_b)²) underflows (exponent < −708), every Gaussian of a block of width
+# W ≤ (√708 − √600)/√η is below e^−600. 0.9 is a safety factor.
+_BLOCK_WIDTH_TIMES_SQRT_ETA = 0.9 * (math.sqrt(708.0) - math.sqrt(600.0))
+# The factorised path pays off only on long regular grids (EAD: 160-240 shifts).
+_MIN_FACTORISED_SHIFTS = 16
+# Target size of the largest work array of one block of centres, in float64 elements (16 MB).
+_WORK_ELEMENTS = 1 << 21
+# Cost of one exp (with its argument) relative to one elementwise product, measured with numpy
+# 2.x on the AVX-512 machine of bench/results (0.7 + 0.4 ns vs 0.4 ns per element).
+_EXP_COST = 2.75
+
+
+def cosine_cutoff(d: np.ndarray, rc: float) -> np.ndarray:
+    """f_c(d) = ½ (cos(π d / rc) + 1) for d < rc, else 0 (dimensionless, same shape as d)."""
+    d = np.asarray(d, dtype=np.float64)
+    value = np.cos(d * (np.pi / rc))
+    value += 1.0
+    value *= 0.5
+    value[d >= rc] = 0.0
+    return value
+
+
+def format_value(value: float) -> str:
+    """Short, stable text of a parameter value for feature names (``0.4``, ``5``, ``2.35``)."""
+    return f"{float(value):.6g}"
+
+
+def check_radius(nl: NeighbourList, radius: float, family: str) -> NeighbourList:
+    """``nl`` restricted to ``radius``; refuses a list that is not complete within ``radius``."""
+    if nl.cutoff < radius * (1.0 - 1e-12):
+        raise ValueError(
+            f"{family}: neighbour list cutoff {nl.cutoff} Å is below the required radius "
+            f"{radius} Å (see required_radius)"
+        )
+    return nl.within(radius)
+
+
+def centre_blocks(
+    centre: np.ndarray, n_atoms: int, work_per_edge: int
+) -> Iterator[tuple[int, int, int, int]]:
+    """Consecutive centre ranges whose work arrays stay near ``_WORK_ELEMENTS`` doubles.
+
+    Args:
+        centre: (E,) centre index of each edge, sorted ascending (the neighbour-list order).
+        n_atoms: number of centres N.
+        work_per_edge: doubles of work array per (padded) edge.
+
+    Yields:
+        (first, last, lo, hi): centres first..last−1 own edges lo..hi−1.
+    """
+    max_edges = max(1, _WORK_ELEMENTS // max(1, work_per_edge))
+    if len(centre) <= max_edges:
+        yield 0, n_atoms, 0, len(centre)
+        return
+    edge_start = np.searchsorted(centre, np.arange(n_atoms + 1))
+    first = 0
+    while first < n_atoms:
+        last = int(np.searchsorted(edge_start, edge_start[first] + max_edges, side="right") - 1)
+        last = min(max(last, first + 1), n_atoms)
+        yield first, last, int(edge_start[first]), int(edge_start[last])
+        first = last
+
+
+@dataclass(frozen=True)
+class PaddedEdges:
+    """Where each edge of a block of centres sits in a (centre, slot) table.
+
+    Attributes:
+        flat: (E,) int64 position row · width + slot of each edge in the flattened table.
+        n_rows: number of centres in the block.
+        width: slots per row = the largest neighbour count of the block.
+    """
+
+    flat: np.ndarray
+    n_rows: int
+    width: int
+
+    def scatter(self, values: np.ndarray) -> np.ndarray:
+        """(..., E) per-edge values → (..., n_rows · width) flat table, 0 in padding slots."""
+        table = np.zeros(values.shape[:-1] + (self.n_rows * self.width,), dtype=values.dtype)
+        table[..., self.flat] = values
+        return table
+
+
+def pad_edges(centre: np.ndarray, n_rows: int) -> PaddedEdges:
+    """Padded layout of edges sorted by centre (as :func:`builder.neighbors.neighbour_list`
+    returns them); ``centre`` is 0-based within the block."""
+    counts = np.bincount(centre, minlength=n_rows)
+    width = int(counts.max()) if n_rows else 0
+    starts = np.cumsum(counts)
+    starts -= counts
+    # flat = centre · width + (edge − first edge of its centre)
+    flat = np.arange(len(centre), dtype=np.int64)
+    flat += centre * width - starts[centre]
+    return PaddedEdges(flat, n_rows, width)
+
+
+@dataclass(frozen=True)
+class _Factorised:
+    """Constants of the factorised path for one η (see the module docstring)."""
+
+    index: int  # position of η in etas
+    length: int  # B
+    n_blocks: int
+    anchor_coefficients: np.ndarray  # (n_blocks, 3): −η (d − R_b)² = c · [d², d, 1]
+    power_rate: np.ndarray  # (B,) 2ηΔ t
+    scale: np.ndarray  # (n_blocks, 1, B) S_bt (S_bt² in the squared mode)
+
+
+@dataclass(frozen=True)
+class GaussianPlan:
+    """Precomputed constants of :func:`gaussian_moments` for one parameter set.
+
+    Attributes:
+        n_etas, n_rs: grid sizes.
+        direct: indices of the η evaluated directly.
+        direct_coefficients: (len(direct) · n_rs, 3) exponent coefficients of [d², d, 1].
+        factorised: per-η constants of the factorised path.
+    """
+
+    n_etas: int
+    n_rs: int
+    direct: tuple[int, ...]
+    direct_coefficients: np.ndarray
+    factorised: tuple[_Factorised, ...]
+
+    def work_per_edge(self, n_weights: int) -> int:
+        """Largest work-array size per padded edge (doubles), for :func:`centre_blocks`."""
+        sizes = [len(self.direct) * self.n_rs]
+        sizes += [f.n_blocks * (n_weights + 1) + f.length for f in self.factorised]
+        return max(sizes) + 3
+
+
+def _regular_step(rs: np.ndarray) -> float | None:
+    """Grid step Δ if ``rs`` is an increasing regular grid (to 1e-9 relative), else None."""
+    if len(rs) < 2:
+        return None
+    step = (rs[-1] - rs[0]) / (len(rs) - 1)
+    if step <= 0 or np.max(np.abs(np.diff(rs) - step)) > 1e-9 * step:
+        return None
+    return float(step)
+
+
+def _factorise(index, eta, rs, step, d_max, n_weights, squared) -> _Factorised | None:
+    n = len(rs)
+    r_min, r_max = float(rs[0]), float(rs[-1])
+    reach = max(d_max, abs(r_max), abs(r_min))
+    limit = _EXP_LIMIT / (2.0 if squared else 1.0)
+    # Overflow bound on every exponent: 2ηW·reach + ηW² ≤ limit.
+    max_width = (-2.0 * reach + math.sqrt(4.0 * reach * reach + 4.0 * limit / eta)) / 2.0
+    if r_min < 0.0:
+        return None  # the bounds below assume shifts ≥ 0 (then S ≤ 1 and T ≥ ρ)
+    largest_gap = max(d_max - r_min, r_max)  # max |d − Rs| over d ∈ [0, d_max]
+    if eta * largest_gap**2 > _EXP_LIMIT:
+        max_width = min(max_width, _BLOCK_WIDTH_TIMES_SQRT_ETA / math.sqrt(eta))
+    max_length = int(max_width / step) + 1
+    # Cost per edge in units of one elementwise product: blocks × (exp + W products) + B exps.
+    best = math.sqrt(n * _EXP_COST / (_EXP_COST + n_weights))
+    n_blocks = max(1, min(n, int(round(best))))
+    length = -(-n // n_blocks)
+    if length > max_length:
+        length = max_length
+    if length < 2:
+        return None
+    n_blocks = -(-n // length)
+    length = -(-n // n_blocks)  # same block count, least padding
+    block_start = r_min + step * length * np.arange(n_blocks)
+    t = np.arange(length, dtype=np.float64)
+    anchor = np.stack([np.full(n_blocks, -eta), 2.0 * eta * block_start, -eta * block_start**2])
+    log_scale = -2.0 * eta * step * np.multiply.outer(block_start, t) - eta * step * step * t * t
+    if squared:
+        log_scale *= 2.0
+    return _Factorised(
+        index=index,
+        length=length,
+        n_blocks=n_blocks,
+        anchor_coefficients=np.ascontiguousarray(anchor.T),
+        power_rate=2.0 * eta * step * t,
+        scale=np.exp(log_scale)[:, None, :],
+    )
+
+
+@lru_cache(maxsize=64)
+def _cached_plan(etas: bytes, rs: bytes, d_max, n_weights, squared, method) -> GaussianPlan:
+    etas_arr = np.frombuffer(etas, dtype=np.float64)
+    rs_arr = np.frombuffer(rs, dtype=np.float64)
+    step = _regular_step(rs_arr) if method != "direct" else None
+    min_shifts = _MIN_FACTORISED_SHIFTS if method == "auto" else 2
+    factorised, direct = [], []
+    for a, eta in enumerate(etas_arr):
+        plan = None
+        if step is not None and len(rs_arr) >= min_shifts and eta > 0:
+            plan = _factorise(a, float(eta), rs_arr, step, d_max, n_weights, squared)
+        if plan is None:
+            direct.append(a)
+        else:
+            factorised.append(plan)
+    eta_col = np.repeat(etas_arr[direct], len(rs_arr))
+    rs_col = np.tile(rs_arr, len(direct))
+    coefficients = np.stack([-eta_col, 2.0 * eta_col * rs_col, -eta_col * rs_col * rs_col], 1)
+    return GaussianPlan(
+        len(etas_arr), len(rs_arr), tuple(direct), coefficients, tuple(factorised)
+    )
+
+
+def gaussian_plan(
+    etas: Sequence[float],
+    rs: Sequence[float],
+    d_max: float,
+    n_weights: int,
+    squared: bool,
+    method: str = "auto",
+) -> GaussianPlan:
+    """The (cached) evaluation plan of :func:`gaussian_moments`.
+
+    Args:
+        etas: Gaussian exponents η, Å⁻² (> 0).
+        rs: Gaussian shifts Rs, Å.
+        d_max: an upper bound of the distances (the cutoff), Å.
+        n_weights: number of weights per edge W.
+        squared: whether the output is Σ_w R ρ_w² (True) or ρ (False).
+        method: ``"auto"`` (factorised where safe and the grid is regular and long),
+            ``"direct"``, or ``"factorised"`` (on any regular grid, still only where safe).
+    """
+    if method not in ("auto", "direct", "factorised"):
+        raise ValueError(f"unknown method {method!r}")
+    return _cached_plan(
+        np.asarray(etas, dtype=np.float64).tobytes(),
+        np.asarray(rs, dtype=np.float64).tobytes(),
+        float(d_max),
+        int(n_weights),
+        bool(squared),
+        method,
+    )
+
+
+def gaussian_moments(
+    plan: GaussianPlan,
+    dist: np.ndarray,
+    weights: np.ndarray,
+    n_rows: int,
+    reduce: np.ndarray | None = None,
+) -> np.ndarray:
+    """Gaussian moments of a block of centres.
+
+    Args:
+        plan: from :func:`gaussian_plan` (with ``squared = reduce is not None``).
+        dist: (C·S,) float64 padded distances, Å, flattened (centre, slot); 0 in padding.
+        weights: (W, C·S) float64 per-edge weights, 0 in padding slots.
+        n_rows: number of centres C.
+        reduce: optional (Q, W) matrix R.
+
+    Returns:
+        (C, W, n_etas, n_rs) ρ[c, w, a, k] = Σ_s weights[w, c, s] exp(−η_a (d[c, s] − Rs_k)²),
+        or, with ``reduce``, (C, Q, n_etas, n_rs) Σ_w R[q, w] ρ[c, w, a, k]².
+    """
+    n_weights, size = weights.shape
+    n_slots = size // n_rows if n_rows else 0
+    n_out = n_weights if reduce is None else reduce.shape[0]
+    out = np.empty((n_rows, n_out, plan.n_etas, plan.n_rs))
+    if n_slots == 0:
+        out.fill(0.0)
+        return out
+    powers = np.empty((3, size))
+    np.multiply(dist, dist, out=powers[0])
+    powers[1] = dist
+    powers[2] = 1.0
+    per_centre = weights.reshape(n_weights, n_rows, n_slots).transpose(1, 0, 2)  # (C, W, S)
+    if plan.direct:
+        gauss = plan.direct_coefficients @ powers  # (n_direct · n_rs, C·S): −η (d − Rs)²
+        np.exp(gauss, out=gauss)
+        gauss = gauss.reshape(-1, n_rows, n_slots).transpose(1, 2, 0)  # (C, S, n_direct·n_rs)
+        rho = np.matmul(per_centre, gauss).reshape(n_rows, n_weights, len(plan.direct), plan.n_rs)
+        if reduce is not None:
+            np.multiply(rho, rho, out=rho)
+            rho = np.matmul(reduce, rho.reshape(n_rows, n_weights, -1))
+        out[:, :, plan.direct, :] = rho.reshape(n_rows, n_out, len(plan.direct), plan.n_rs)
+    for f in plan.factorised:
+        anchor = f.anchor_coefficients @ powers  # (blocks, C·S): −η (d − R_b)²
+        np.exp(anchor, out=anchor)
+        # lhs[(b, w), (c, s)] = weight_w A_b
+        lhs = np.multiply(anchor[:, None, :], weights[None, :, :])
+        lhs = lhs.reshape(f.n_blocks * n_weights, n_rows, n_slots).transpose(1, 0, 2)
+        power = np.multiply.outer(f.power_rate, dist)  # (B, C·S): 2ηΔ t d
+        np.exp(power, out=power)
+        rhs = power.reshape(f.length, n_rows, n_slots).transpose(1, 2, 0)  # (C, S, B)
+        sums = np.matmul(lhs, rhs).reshape(n_rows, f.n_blocks, n_weights, f.length)  # T
+        if reduce is not None:
+            np.multiply(sums, sums, out=sums)
+            sums = np.matmul(reduce, sums)  # (C, blocks, Q, B)
+        sums *= f.scale  # S (or S²), broadcast over (C, ·, Q or W, ·)
+        flat = sums.transpose(0, 2, 1, 3).reshape(n_rows, n_out, f.n_blocks * f.length)
+        out[:, :, f.index, :] = flat[:, :, : plan.n_rs]
+    return out

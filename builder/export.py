@@ -1,0 +1,163 @@
+"""``fp-build export``: a store to its Zarr twin or to extended XYZ.
+
+Both exports are written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from schemas.manifest import MANIFEST_NAME, write_json_atomic
+from schemas.store import Store
+
+__all__ = ["export_zarr", "export_extxyz"]
+
+_ATOM_CHUNK = 1 << 16  # rows per chunk of per-atom arrays
+_EDGE_CHUNK = 1 << 18  # rows per chunk of per-edge arrays
+_BLOCK_RECORDS = 4096  # records gathered in memory before a write
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="rec", smoothing=0.05, dynamic_ncols=True)
+
+
+def export_zarr(store: Store, out: str | os.PathLike, progress: bool = True) -> Path:
+    """Write ``store`` as a Zarr store at ``out`` (layout in :mod:`schemas.zarr_store`).
+
+    The manifest is copied with ``backend: "zarr"``; the content hash is unchanged because it
+    is defined over the records' logical content.
+    """
+    import zarr
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    m = store.manifest
+    n_rec, n_atoms, n_edges = (m["counts"][k] for k in ("records", "atoms", "edges"))
+    n_targets = len(store.target_names)
+    names = store.descriptor_names
+    group = zarr.open_group(str(tmp), mode="w")
+
+    def array(name, shape, dtype, chunk_rows, parent=group):
+        chunks = (min(max(chunk_rows, 1), max(shape[0], 1)), *shape[1:])
+        return parent.create_array(name, shape=shape, dtype=dtype, chunks=chunks)
+
+    arrays = {
+        "z": array("z", (n_atoms,), "uint8", _ATOM_CHUNK),
+        "pos": array("pos", (n_atoms, 3), "float64", _ATOM_CHUNK),
+        "edge_index": group.create_array(
+            "edge_index",
+            shape=(2, n_edges),
+            dtype="int32",
+            chunks=(2, min(_EDGE_CHUNK, max(n_edges, 1))),
+        ),
+        "edge_shift": array("edge_shift", (n_edges, 3), "int16", _EDGE_CHUNK),
+        "edge_dist": array("edge_dist", (n_edges,), "float32", _EDGE_CHUNK),
+        "cell": array("cell", (n_rec, 3, 3), "float64", _ATOM_CHUNK),
+        "pbc": array("pbc", (n_rec, 3), "bool", _ATOM_CHUNK),
+        "targets": array("targets", (n_rec, n_targets), "float64", _ATOM_CHUNK),
+        "id": array("id", (n_rec,), str, _ATOM_CHUNK),
+    }
+    desc_group = group.create_group("descriptors")
+    desc_arrays = {}
+    for name in names:
+        entry = m["descriptors"][name]
+        rows = max(1, (1 << 20) // max(entry["dim"], 1))
+        desc_arrays[name] = array(name, (n_atoms, entry["dim"]), entry["dtype"], rows, desc_group)
+
+    atom_off = np.zeros(n_rec + 1, np.int64)
+    edge_off = np.zeros(n_rec + 1, np.int64)
+    block: list[dict] = []
+    block_start = 0
+
+    def flush() -> None:
+        nonlocal block, block_start
+        if not block:
+            return
+        r0, r1 = block_start, block_start + len(block)
+        a0, a1 = atom_off[r0], atom_off[r1]
+        e0, e1 = edge_off[r0], edge_off[r1]
+        arrays["z"][a0:a1] = np.concatenate([r["z"] for r in block])
+        arrays["pos"][a0:a1] = np.concatenate([r["pos"] for r in block])
+        arrays["edge_index"][:, e0:e1] = np.concatenate([r["edge_index"] for r in block], axis=1)
+        arrays["edge_shift"][e0:e1] = np.concatenate([r["edge_shift"] for r in block]).astype(
+            np.int16
+        )
+        arrays["edge_dist"][e0:e1] = np.concatenate([r["edge_dist"] for r in block])
+        arrays["cell"][r0:r1] = np.stack([r["cell"] for r in block])
+        arrays["pbc"][r0:r1] = np.stack([r["pbc"] for r in block])
+        arrays["targets"][r0:r1] = np.stack([r["targets"] for r in block]).reshape(
+            len(block), n_targets
+        )
+        arrays["id"][r0:r1] = np.array([r["id"] for r in block], dtype=str)
+        for name in names:
+            desc_arrays[name][a0:a1] = np.concatenate([r[name] for r in block])
+        block_start, block = r1, []
+
+    for i in _progress(range(n_rec), n_rec, f"export {out.name}", progress):
+        rec = store.get(i, descriptors=names)
+        atom_off[i + 1] = atom_off[i] + len(rec["z"])
+        edge_off[i + 1] = edge_off[i] + len(rec["edge_dist"])
+        block.append(rec)
+        if len(block) >= _BLOCK_RECORDS:
+            flush()
+    flush()
+    array("atom_offsets", (n_rec + 1,), "int64", 1 << 20)[:] = atom_off
+    array("edge_offsets", (n_rec + 1,), "int64", 1 << 20)[:] = edge_off
+    manifest = {**m, "backend": "zarr"}
+    group.attrs["manifest"] = manifest
+    rejected = store.path / "rejected.csv"
+    if rejected.exists():
+        shutil.copyfile(rejected, tmp / "rejected.csv")
+    write_json_atomic(tmp / MANIFEST_NAME, manifest)
+    tmp.rename(out)
+    return out
+
+
+def _xyz_value(value) -> str:
+    text = str(value)
+    if any(c in text for c in ' ="\t'):
+        return '"' + text.replace('"', '\\"') + '"'
+    return text
+
+
+def export_extxyz(store: Store, out: str | os.PathLike, progress: bool = True) -> Path:
+    """Write every structure (atoms, cell, pbc, id, targets) as extended XYZ frames.
+
+    Graph edges and descriptor labels are not exported (extxyz has no place for them).
+    """
+    from pymatgen.core.periodic_table import Element
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    symbols = {}
+    names = store.target_names
+    with open(tmp, "w") as fh:
+        for i in _progress(range(len(store)), len(store), f"export {out.name}", progress):
+            rec = store.get(i, descriptors=[])
+            lattice = " ".join(f"{v:.16g}" for v in rec["cell"].reshape(-1))
+            pbc = " ".join("T" if p else "F" for p in rec["pbc"])
+            info = [f"id={_xyz_value(rec['id'])}"]
+            info += [f"{n}={float(v):.17g}" for n, v in zip(names, rec["targets"])]
+            fh.write(f"{len(rec['z'])}\n")
+            fh.write(
+                f'Lattice="{lattice}" Properties=species:S:1:pos:R:3 pbc="{pbc}" '
+                + " ".join(info)
+                + "\n"
+            )
+            for z, (x, y, zz) in zip(rec["z"], rec["pos"]):
+                if z not in symbols:
+                    symbols[z] = Element.from_Z(int(z)).symbol
+                fh.write(f"{symbols[z]} {x:.16g} {y:.16g} {zz:.16g}\n")
+    os.replace(tmp, out)
+    return out

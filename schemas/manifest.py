@@ -1,0 +1,117 @@
+"""The store manifest: a JSON file inside every store, readable without LMDB or Zarr.
+
+``STORE/manifest.json`` describes the whole store (keys, all present in a finished store):
+
+- ``format``: ``"fingerprint-pretrain-store"``; ``schema_version``: ``"MAJOR.MINOR"``;
+  ``backend``: ``"lmdb"`` | ``"zarr"``; ``builder_version``; ``created`` (ISO 8601, UTC).
+- ``cutoff`` (Å) and ``neighbour_policy`` (how edges were made: complete within the cutoff over
+  all periodic images, zero-shift self pair excluded, nearest first per centre).
+- ``sources``: ``[{"path", "sha256", "bytes", "format"}]`` of the input files.
+- ``counts``: ``{"records", "atoms", "edges", "rejected", "inputs"}``.
+- ``targets``: ``[{"name", "unit"}]``; the order of each record's ``targets`` array.
+- ``descriptors``: ``{name: {"family", "params", "dim", "feature_names", "radius", "dtype",
+  "codec", "stats": {"count", "mean", "std", "min", "max"}, "hash", ...}}``.
+- ``graphs_hash``, ``content_hash``: see :func:`combine_content_hash`.
+
+A reader refuses a store whose *major* schema version it does not know; minor versions only add
+optional keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MANIFEST_NAME",
+    "SCHEMA_VERSION",
+    "SchemaVersionError",
+    "StoreError",
+    "check_schema_version",
+    "combine_content_hash",
+    "read_manifest",
+    "write_json_atomic",
+]
+
+SCHEMA_VERSION = "1.0"
+FORMAT_NAME = "fingerprint-pretrain-store"
+MANIFEST_NAME = "manifest.json"
+
+
+class StoreError(RuntimeError):
+    """A store that is missing, incomplete, corrupt or otherwise unreadable."""
+
+
+class SchemaVersionError(StoreError):
+    """A store written under a schema major version this code does not read."""
+
+
+def check_schema_version(found: str, where: str | os.PathLike = "store") -> None:
+    """Raise :class:`SchemaVersionError` unless ``found`` has the major version we read."""
+    reads = SCHEMA_VERSION.split(".")[0]
+    try:
+        major = str(found).split(".")[0]
+        int(major)
+    except (ValueError, AttributeError):
+        raise SchemaVersionError(
+            f"{where}: unreadable schema_version {found!r}; this code reads {reads}.x"
+        ) from None
+    if major != reads:
+        raise SchemaVersionError(
+            f"{where}: store has schema_version {found}, this code reads schema {reads}.x "
+            f"(written by fingerprint-pretrain with a different store format; rebuild the store "
+            f"or use a matching version of the software)"
+        )
+
+
+def read_manifest(store_path: str | os.PathLike) -> dict[str, Any]:
+    """Load and check ``STORE/manifest.json``.
+
+    Raises:
+        StoreError: no manifest (not a store, or an unfinished build) or invalid JSON.
+        SchemaVersionError: unknown schema major version.
+    """
+    path = Path(store_path) / MANIFEST_NAME
+    if not path.is_file():
+        raise StoreError(
+            f"{store_path}: not a finished store (no {MANIFEST_NAME}); "
+            f"an interrupted build is resumed by re-running the same fp-build command"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise StoreError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+    if manifest.get("format") != FORMAT_NAME:
+        raise StoreError(f"{path}: not a {FORMAT_NAME} manifest")
+    check_schema_version(manifest.get("schema_version"), path)
+    return manifest
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file, fsync and rename (never half-written)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, sort_keys=False, allow_nan=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def combine_content_hash(graphs_hash: str, descriptor_hashes: dict[str, str]) -> str:
+    """The store's identity: sha256 over the graph hash and each descriptor set's hash.
+
+    ``graphs_hash`` is sha256 over the concatenated per-record digests
+    (:func:`schemas.record.record_digest`, in record order); a descriptor set's hash is sha256
+    over its per-record array digests. Timestamps, paths and backend do not enter the hash, so
+    an LMDB store, its Zarr twin, and a resumed build all hash alike.
+    """
+    h = hashlib.sha256(f"{FORMAT_NAME}|{SCHEMA_VERSION.split('.')[0]}|".encode())
+    h.update(graphs_hash.encode())
+    for name in sorted(descriptor_hashes):
+        h.update(f"|{name}:{descriptor_hashes[name]}".encode())
+    return "sha256:" + h.hexdigest()

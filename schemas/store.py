@@ -1,0 +1,159 @@
+"""Read-only access to stores: ``open_store(path)`` for LMDB and Zarr alike.
+
+>>> store = open_store("perovskites.lmdb")          # doctest: +SKIP
+>>> len(store), store.target_names, store.descriptor_names
+>>> rec = store[0]        # {"id", "z", "pos", "cell", "pbc", "edge_index", ..., "eadset1"}
+
+Records are dicts of read-only NumPy arrays (see :mod:`schemas.record` for fields, dtypes and
+shapes). Iteration yields records in store order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.manifest import StoreError, combine_content_hash, read_manifest
+from schemas.record import descriptor_digest, record_digest
+
+__all__ = ["Store", "open_store", "compute_hashes"]
+
+
+class Store:
+    """Common interface of LMDB and Zarr stores (read-only).
+
+    Attributes:
+        path: the store directory.
+        manifest: the parsed ``manifest.json``.
+        descriptors: descriptor sets included in ``store[i]`` (default: all present).
+    """
+
+    backend = "?"
+
+    def __init__(self, path: str | os.PathLike, manifest: dict, descriptors: Iterable[str] | None):
+        self.path = Path(path)
+        self.manifest = manifest
+        present = list(manifest.get("descriptors", {}))
+        if descriptors is None:
+            self.descriptors = present
+        else:
+            self.descriptors = list(descriptors)
+            missing = [d for d in self.descriptors if d not in present]
+            if missing:
+                raise StoreError(
+                    f"{self.path}: descriptor set(s) {missing} not in store "
+                    f"(present: {present or 'none'}); add them with "
+                    f"`fp-build add {self.path} --descriptor NAME`"
+                )
+        self._len = int(manifest["counts"]["records"])
+
+    # -- metadata ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def target_names(self) -> list[str]:
+        """Names of the entries of each record's ``targets`` array, in order."""
+        return [t["name"] for t in self.manifest.get("targets", [])]
+
+    @property
+    def descriptor_names(self) -> list[str]:
+        """All descriptor sets present in the store."""
+        return list(self.manifest.get("descriptors", {}))
+
+    @property
+    def content_hash(self) -> str:
+        return self.manifest["content_hash"]
+
+    def num_atoms(self) -> np.ndarray:
+        """(R,) int64 atoms per record (for size-aware batching), without reading records."""
+        raise NotImplementedError
+
+    def num_edges(self) -> np.ndarray:
+        """(R,) int64 edges per record."""
+        raise NotImplementedError
+
+    # -- records ----------------------------------------------------------------------------
+    def _check_index(self, index: int) -> int:
+        i = int(index)
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(f"record {index} out of range for store of {self._len}")
+        return i
+
+    def get(self, index: int, descriptors: Sequence[str] | None = None) -> dict[str, Any]:
+        """Record ``index`` with the given descriptor sets (default: ``self.descriptors``)."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.get(index)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i in range(self._len):
+            yield self.get(i)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, records={self._len}, "
+            f"targets={self.target_names}, descriptors={self.descriptor_names})"
+        )
+
+
+def open_store(path: str | os.PathLike, descriptors: Iterable[str] | None = None) -> Store:
+    """Open a finished store read-only (LMDB or Zarr, told apart by the manifest's backend).
+
+    Args:
+        path: store directory (``*.lmdb`` or ``*.zarr``).
+        descriptors: descriptor sets to include in each record; ``None`` = all present.
+
+    Raises:
+        StoreError: not a finished store; SchemaVersionError: unknown schema major version.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: no such store")
+    manifest = read_manifest(path)
+    backend = manifest.get("backend")
+    if backend == "lmdb":
+        from schemas.lmdb_store import LmdbStore
+
+        return LmdbStore(path, manifest, descriptors)
+    if backend == "zarr":
+        from schemas.zarr_store import ZarrStore
+
+        return ZarrStore(path, manifest, descriptors)
+    raise StoreError(f"{path}: unknown backend {backend!r} in manifest")
+
+
+def compute_hashes(store: Store, progress: bool = False) -> dict[str, Any]:
+    """Recompute the store's hashes from its records (what ``fp-build verify`` compares).
+
+    Returns:
+        ``{"graphs_hash", "descriptors": {name: hash}, "content_hash"}``.
+    """
+    graph_h = hashlib.sha256()
+    names = store.descriptor_names
+    desc_h = {name: hashlib.sha256() for name in names}
+    indices: Iterable[int] = range(len(store))
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=f"verify {store.path.name}", unit="rec", smoothing=0.05)
+    for i in indices:
+        rec = store.get(i, descriptors=names)
+        graph_h.update(record_digest(rec))
+        for name in names:
+            desc_h[name].update(descriptor_digest(name, rec[name]))
+    graphs_hash = "sha256:" + graph_h.hexdigest()
+    descriptors = {name: "sha256:" + h.hexdigest() for name, h in desc_h.items()}
+    return {
+        "graphs_hash": graphs_hash,
+        "descriptors": descriptors,
+        "content_hash": combine_content_hash(graphs_hash, descriptors),
+    }

@@ -1,0 +1,97 @@
+"""Zarr store layout (the columnar twin of an LMDB store) and its reader.
+
+Directory ``STORE.zarr/`` is a Zarr group plus ``manifest.json`` (same manifest as the LMDB
+store, ``backend: "zarr"``, same content hash). Arrays (R records, A atoms, E edges in total):
+
+=================  ===========  ============  ============================================
+array              dtype        shape         content
+=================  ===========  ============  ============================================
+``atom_offsets``   int64        (R + 1,)      record r owns atoms [off[r], off[r+1])
+``edge_offsets``   int64        (R + 1,)      record r owns edges [off[r], off[r+1])
+``z``              uint8        (A,)          atomic numbers
+``pos``            float64      (A, 3)        Å
+``edge_index``     int32        (2, E)        per-record (local) atom indices, j then i
+``edge_shift``     int16        (E, 3)        image offsets (records decode to int8 where the
+                                              values fit, as in LMDB: lossless)
+``edge_dist``      float32      (E,)          Å
+``cell``           float64      (R, 3, 3)     Å
+``pbc``            bool         (R, 3)
+``targets``        float64      (R, T)
+``id``             str          (R,)
+``descriptors/<set>``  float32/16  (A, d)     per-atom labels
+=================  ===========  ============  ============================================
+
+Chunks are compressed with Zstandard (Zarr's default). Random access is slower than LMDB
+(several chunk reads per record); Zarr is for analysis and sharing, LMDB for training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from schemas.manifest import StoreError
+from schemas.record import shift_dtype
+from schemas.store import Store
+
+__all__ = ["ZarrStore"]
+
+
+class ZarrStore(Store):
+    """Read-only Zarr store with the same record interface as :class:`LmdbStore`."""
+
+    backend = "zarr"
+
+    def __init__(self, path, manifest: dict, descriptors: Iterable[str] | None = None):
+        super().__init__(path, manifest, descriptors)
+        self._group = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_group"] = None
+        return state
+
+    def _open(self):
+        if self._group is None:
+            import zarr
+
+            try:
+                group = zarr.open_group(str(self.path), mode="r")
+            except Exception as err:  # zarr raises several types for a damaged group
+                raise StoreError(f"{self.path}: cannot open Zarr group: {err}") from None
+            self._atom_off = group["atom_offsets"][:]
+            self._edge_off = group["edge_offsets"][:]
+            self._ids = group["id"][:]
+            self._group = group
+        return self._group
+
+    def num_atoms(self) -> np.ndarray:
+        self._open()
+        return np.diff(self._atom_off)
+
+    def num_edges(self) -> np.ndarray:
+        self._open()
+        return np.diff(self._edge_off)
+
+    def get(self, index: int, descriptors: Sequence[str] | None = None) -> dict[str, Any]:
+        i = self._check_index(index)
+        g = self._open()
+        a0, a1 = int(self._atom_off[i]), int(self._atom_off[i + 1])
+        e0, e1 = int(self._edge_off[i]), int(self._edge_off[i + 1])
+        shift = g["edge_shift"][e0:e1]
+        rec: dict[str, Any] = {
+            "id": str(self._ids[i]),
+            "z": g["z"][a0:a1],
+            "pos": g["pos"][a0:a1],
+            "cell": g["cell"][i],
+            "pbc": g["pbc"][i],
+            "edge_index": g["edge_index"][:, e0:e1],
+            "edge_shift": shift.astype(shift_dtype(shift)),
+            "edge_dist": g["edge_dist"][e0:e1],
+            "targets": g["targets"][i],
+        }
+        for name in self.descriptors if descriptors is None else descriptors:
+            rec[name] = g["descriptors"][name][a0:a1]
+        return rec
