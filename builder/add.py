@@ -113,11 +113,22 @@ def add_descriptors(
             state = writer.read_json(add_progress_key(name))
             if state is None or state["config"] != config or (force and state["done"] == n):
                 state = {"config": config, "done": 0, "stored_bytes": 0, "cast_error": {}}
-                writer.write([(add_progress_key(name), json.dumps(state).encode()),
-                              (stats_key(name), None)])
+                writer.write(
+                    [(add_progress_key(name), json.dumps(state).encode()), (stats_key(name), None)]
+                )
             if not _add_one(
-                writer, name, labels, state, n, cutoff, jobs, backend, scheduler, chunk_size,
-                progress, stop_after_chunks,
+                writer,
+                name,
+                labels,
+                state,
+                n,
+                cutoff,
+                jobs,
+                backend,
+                scheduler,
+                chunk_size,
+                progress,
+                stop_after_chunks,
             ):
                 return manifest  # stopped early on purpose (tests)
             entry = descriptor_entry(
@@ -138,7 +149,17 @@ def add_descriptors(
 
 
 def _add_one(
-    writer, name, labels, state, n, cutoff, jobs, backend, scheduler, chunk_size, progress,
+    writer,
+    name,
+    labels,
+    state,
+    n,
+    cutoff,
+    jobs,
+    backend,
+    scheduler,
+    chunk_size,
+    progress,
     stop_after_chunks,
 ) -> bool:
     stats = unpack_stats(writer.get(stats_key(name)))
@@ -154,8 +175,14 @@ def _add_one(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n, initial=state["done"], desc=f"add {name}", unit="struct",
-                   smoothing=0.05, dynamic_ncols=True)
+        bar = tqdm(
+            total=n,
+            initial=state["done"],
+            desc=f"add {name}",
+            unit="struct",
+            smoothing=0.05,
+            dynamic_ncols=True,
+        )
     commits = 0
     try:
         for blobs, chunk_stats, chunk_errors in run_parallel(

@@ -321,8 +321,10 @@ def build_store(opts: BuildOptions) -> dict:
 
 def _size(path: str) -> int:
     p = Path(path)
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else (
-        p.stat().st_size
+    return (
+        sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        if p.is_dir()
+        else (p.stat().st_size)
     )
 
 
@@ -378,8 +380,10 @@ def _write_records(
                 kv.append((graph_key(index), graph_bytes))
                 stored["graphs"] = stored.get("graphs", 0) + len(graph_bytes)
                 kv.append(
-                    (RECORD_INFO_PREFIX + b"%010d" % index, digest + struct.pack(
-                        "<II", n_atoms, n_edges))
+                    (
+                        RECORD_INFO_PREFIX + b"%010d" % index,
+                        digest + struct.pack("<II", n_atoms, n_edges),
+                    )
                 )
                 for name, (blob, label_digest) in blobs.items():
                     kv.append((descriptor_key(name, index), blob))
@@ -420,9 +424,7 @@ def _finalise(
     n = progress["records"]
     infos = values_under(writer, RECORD_INFO_PREFIX, n)
     graphs = hashlib.sha256(b"".join(v[:32] for v in infos))
-    sizes = np.array([struct.unpack("<II", v[32:40]) for v in infos], dtype=np.int32).reshape(
-        -1, 2
-    )
+    sizes = np.array([struct.unpack("<II", v[32:40]) for v in infos], dtype=np.int32).reshape(-1, 2)
     writer.write(
         [(SIZES_KEY, encode_record("sizes", {"n_atoms": sizes[:, 0], "n_edges": sizes[:, 1]}))]
     )

@@ -62,24 +62,66 @@ def cli() -> None:
 @click.option("--id-column", default=None, help="Id column (default: material_id or id).")
 @click.option("--cif-column", default="cif", show_default=True, help="CIF column of a CSV.")
 @click.option("--format", "fmt", default=None, help="Input format (default: from the name).")
-@click.option("--descriptor", "-d", "descriptors", multiple=True,
-              help="Label set to compute while building (repeatable, or 'all').")
-@click.option("--dtype", "dtype", type=click.Choice(["float32", "float16"]), default="float32",
-              show_default=True, help="Storage dtype of label sets.")
-@click.option("--codec", type=click.Choice(CODEC_CHOICES), default="auto", show_default=True,
-              help="Label compression; auto = zlib for sets of >= 256 features.")
+@click.option(
+    "--descriptor",
+    "-d",
+    "descriptors",
+    multiple=True,
+    help="Label set to compute while building (repeatable, or 'all').",
+)
+@click.option(
+    "--dtype",
+    "dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Storage dtype of label sets.",
+)
+@click.option(
+    "--codec",
+    type=click.Choice(CODEC_CHOICES),
+    default="auto",
+    show_default=True,
+    help="Label compression; auto = zlib for sets of >= 256 features.",
+)
 @click.option("--strict", is_flag=True, help="Stop at the first bad structure.")
-@click.option("--allow-missing-targets", is_flag=True,
-              help="Keep structures with missing targets (stored as NaN).")
-@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky",
-              show_default=True, help="joblib backend.")
+@click.option(
+    "--allow-missing-targets",
+    is_flag=True,
+    help="Keep structures with missing targets (stored as NaN).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["loky", "dask"]),
+    default="loky",
+    show_default=True,
+    help="joblib backend.",
+)
 @click.option("--scheduler", default=None, help="Dask scheduler address (default: local).")
 @click.option("--chunk-size", default=32, show_default=True, help="Structures per task.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def build(inputs, out, cutoff, jobs, targets, units, id_column, cif_column, fmt, descriptors,
-          dtype, codec, strict, allow_missing_targets, backend, scheduler, chunk_size,
-          overwrite, quiet) -> None:
+def build(
+    inputs,
+    out,
+    cutoff,
+    jobs,
+    targets,
+    units,
+    id_column,
+    cif_column,
+    fmt,
+    descriptors,
+    dtype,
+    codec,
+    strict,
+    allow_missing_targets,
+    backend,
+    scheduler,
+    chunk_size,
+    overwrite,
+    quiet,
+) -> None:
     """Build a store from INPUTS (CSV with CIFs, CGCNN folder, extxyz, ASE db, pymatgen or
     MatBench JSON, MatDeepLearn JSON). Re-running the same command resumes an interrupted
     build."""
@@ -116,15 +158,21 @@ def build(inputs, out, cutoff, jobs, targets, units, id_column, cif_column, fmt,
 
 @cli.command()
 @click.argument("store")
-@click.option("--descriptor", "-d", "descriptors", multiple=True, required=True,
-              help="Label set to add (repeatable, or 'all').")
+@click.option(
+    "--descriptor",
+    "-d",
+    "descriptors",
+    multiple=True,
+    required=True,
+    help="Label set to add (repeatable, or 'all').",
+)
 @click.option("--force", is_flag=True, help="Recompute sets already present.")
 @click.option("--jobs", "-j", default=-1, show_default=True, help="Worker processes (-1 = all).")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
-              show_default=True)
+@click.option(
+    "--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True
+)
 @click.option("--codec", type=click.Choice(CODEC_CHOICES), default="auto", show_default=True)
-@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky",
-              show_default=True)
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True)
 @click.option("--scheduler", default=None, help="Dask scheduler address (default: local).")
 @click.option("--quiet", "-q", is_flag=True)
 def add(store, descriptors, force, jobs, dtype, codec, backend, scheduler, quiet) -> None:
@@ -133,8 +181,15 @@ def add(store, descriptors, force, jobs, dtype, codec, backend, scheduler, quiet
 
     names = _resolve_names(descriptors)
     manifest = add_descriptors(
-        store, names, jobs=jobs, backend=backend, scheduler=scheduler, force=force, dtype=dtype,
-        codec=_codecs(names, codec), progress=not quiet,
+        store,
+        names,
+        jobs=jobs,
+        backend=backend,
+        scheduler=scheduler,
+        force=force,
+        dtype=dtype,
+        codec=_codecs(names, codec),
+        progress=not quiet,
     )
     click.echo(f"{store}: descriptor sets {list(manifest['descriptors'])}")
     click.echo(f"content hash {manifest['content_hash']}")

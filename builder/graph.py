@@ -38,8 +38,7 @@ def graph_record(
         k = int(np.argmin(nl.edge_dist))
         j, i = nl.edge_index[:, k]
         raise Rejected(
-            f"overlapping atoms: {i} and {j} are {nl.edge_dist[k]:.3f} Å apart "
-            f"(< {MIN_DISTANCE} Å)"
+            f"overlapping atoms: {i} and {j} are {nl.edge_dist[k]:.3f} Å apart (< {MIN_DISTANCE} Å)"
         )
     counts = np.bincount(nl.edge_index[1], minlength=len(s.z))
     if (counts == 0).any():

@@ -40,20 +40,26 @@ def describe(store: str | Path) -> str:
         f"{c['inputs']:,} inputs",
         f"graph        cutoff {m['cutoff']} Å, {m['neighbour_policy']['kind']}, "
         f"{m['neighbour_policy']['images']}",
-        f"targets      "
+        "targets      "
         + (", ".join(f"{t['name']} [{t['unit'] or '-'}]" for t in m["targets"]) or "none"),
     ]
     for src in m["sources"]:
-        lines.append(f"source       {src['path']} ({src['format']}, {_human(src['bytes'])}, "
-                     f"sha256 {src['sha256'][:16]}…)")
+        lines.append(
+            f"source       {src['path']} ({src['format']}, {_human(src['bytes'])}, "
+            f"sha256 {src['sha256'][:16]}…)"
+        )
     lines.append(f"size on disk {_human(disk)}  ({disk / atoms:,.0f} bytes/atom)")
     if "graph_bytes" in c:
-        lines.append(f"  graphs     {_human(c['graph_bytes'])}  "
-                     f"({c['graph_bytes'] / atoms:,.0f} bytes/atom)")
+        lines.append(
+            f"  graphs     {_human(c['graph_bytes'])}  ({c['graph_bytes'] / atoms:,.0f} bytes/atom)"
+        )
     for name, d in m.get("descriptors", {}).items():
         err = d.get("cast_error", {})
-        lossy = (f", {d['dtype']} cast max rel err {err.get('max_rel', 0):.1e}"
-                 if d["dtype"] != "float64" else "")
+        lossy = (
+            f", {d['dtype']} cast max rel err {err.get('max_rel', 0):.1e}"
+            if d["dtype"] != "float64"
+            else ""
+        )
         lines.append(
             f"  {name:<10} {d['family']:<6} dim {d['dim']:>5}  {d['dtype']}/{d['codec']}  "
             f"{_human(d.get('stored_bytes', 0))}  ({d.get('bytes_per_atom', 0):,.0f} bytes/atom"

@@ -73,6 +73,7 @@ def _search_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
         return np.eye(3)
     if abs(np.linalg.det(cell)) > 1e-8:
         return cell
+
     def orthogonal_part(v: np.ndarray, basis: list[np.ndarray]) -> np.ndarray:
         v = v.astype(np.float64).copy()
         for b in basis:

@@ -74,6 +74,8 @@ def read_manifest(store_path: str | os.PathLike) -> dict[str, Any]:
         StoreError: no manifest (not a store, or an unfinished build) or invalid JSON.
         SchemaVersionError: unknown schema major version.
     """
+    if not Path(store_path).exists():
+        raise StoreError(f"{store_path}: no such store")
     path = Path(store_path) / MANIFEST_NAME
     if not path.is_file():
         raise StoreError(

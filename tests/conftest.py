@@ -7,7 +7,7 @@ import gzip
 import itertools
 import sys
 import warnings
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ def dataset(name: str) -> Path:
     return path
 
 
-@lru_cache(maxsize=None)
+@cache
 def csv_rows(name: str, n: int, step: int = 1) -> tuple[dict, ...]:
     """Every ``step``-th of the first ``n * step`` rows of a dataset CSV, as dicts."""
     with gzip.open(dataset(name), "rt", newline="") as fh:

@@ -48,10 +48,12 @@ from builder.descriptors._common import (
     centre_blocks,
     check_radius,
     cosine_cutoff,
+    edge_starts,
+    edge_vectors,
     format_value,
     gaussian_moments,
     gaussian_plan,
-    pad_edges,
+    padded_index,
 )
 from builder.neighbors import NeighbourList
 
@@ -89,12 +91,22 @@ def monomials(max_l: int) -> tuple[tuple[int, int, int], ...]:
 
 @lru_cache(maxsize=8)
 def _monomial_tables(max_l: int, rc: float):
-    """(monomial exponents, (M,) 1/sqrt(lx! ly! lz!), (L+1, M) reduction matrix).
+    """Constant tables of the monomials of order ≤ max_l.
 
-    reduce[l, n] = l!/Rc^{2l} if |n| ≤ l else 0, so x[l] = Σ_n reduce[l, n] ρ_n² is the
-    cumulative PyXtal_FF convention.
+    Returns:
+        exponents: (lx, ly, lz) per monomial (:func:`monomials`).
+        recursion: for monomials 1…M−1, (index of the monomial with one power less, axis).
+        norm: (M,) 1/sqrt(lx! ly! lz!).
+        reduce: (L+1, M), reduce[l, n] = l!/Rc^{2l} if |n| ≤ l else 0, so that
+            x[l] = Σ_n reduce[l, n] ρ_n² is the cumulative PyXtal_FF convention.
     """
     exponents = monomials(max_l)
+    position = {e: m for m, e in enumerate(exponents)}
+    recursion = []
+    for e in exponents[1:]:
+        axis = next(a for a in range(3) if e[a] > 0)
+        lower = tuple(p - (a == axis) for a, p in enumerate(e))
+        recursion.append((position[lower], axis))
     norm = np.array([1.0 / math.sqrt(math.prod(math.factorial(p) for p in e)) for e in exponents])
     reduce = np.array(
         [
@@ -102,7 +114,7 @@ def _monomial_tables(max_l: int, rc: float):
             for l in range(max_l + 1)
         ]
     )
-    return exponents, norm, reduce
+    return exponents, tuple(recursion), norm, reduce
 
 
 def _validated(max_l: int, etas: Sequence[float], rs: Sequence[float], rc: float):
@@ -175,30 +187,30 @@ def featurize(
     nl = check_radius(nl, rc, "EAD")
     if nl.num_edges == 0:
         return np.zeros((n_atoms, n_features))
-    exponents_list, norm, reduce = _monomial_tables(max_l, rc)
-    n_mono = len(exponents_list)
+    exponents, recursion, norm, reduce = _monomial_tables(max_l, rc)
+    n_mono = len(exponents)
 
     neighbour, centre = nl.edge_index
-    vectors = nl.edge_vectors(pos, cell)
-    # Per-edge monomial weights Z_j f_c x^lx y^ly z^lz / sqrt(lx! ly! lz!), (M, E), built degree
-    # by degree from the monomial with one power less.
-    mono = np.empty((n_mono, nl.num_edges))
-    mono[0] = z[neighbour] * cosine_cutoff(nl.edge_dist, rc)
-    position = {(0, 0, 0): 0}
-    for m, e in enumerate(exponents_list[1:], start=1):
-        axis = next(a for a in range(3) if e[a] > 0)
-        lower = list(e)
-        lower[axis] -= 1
-        np.multiply(mono[position[tuple(lower)]], vectors[:, axis], out=mono[m])
-        position[e] = m
-    mono *= norm[:, None]  # after the loop: the recursion needs the raw lower monomials
-
+    n_edges = nl.num_edges
+    # Per-edge [d, Z_j f_c, x, y, z] and a trailing zero column for the padding slots.
+    edge_values = np.zeros((5, n_edges + 1))
+    edge_values[0, :n_edges] = nl.edge_dist
+    edge_values[1, :n_edges] = cosine_cutoff(nl.edge_dist, rc)
+    edge_values[1, :n_edges] *= np.take(z, neighbour)
+    edge_values[2:, :n_edges] = edge_vectors(nl, pos, cell).T
+    counts, starts = edge_starts(centre, n_atoms)
     plan = gaussian_plan(etas, rs, rc, n_mono, squared=True, method=method)
     blocks = []
-    for first, last, lo, hi in centre_blocks(centre, n_atoms, plan.work_per_edge(n_mono)):
-        layout = pad_edges(centre[lo:hi] - first, last - first)
-        dist = layout.scatter(nl.edge_dist[lo:hi])
-        weights = layout.scatter(mono[:, lo:hi])
-        blocks.append(gaussian_moments(plan, dist, weights, last - first, reduce))
+    for first, last in centre_blocks(counts, plan.work_per_edge(n_mono)):
+        index = padded_index(counts[first:last], starts[first:last], n_edges)
+        padded = np.take(edge_values, index, axis=1)  # (5, C·S)
+        # weights[n] = Z_j f_c x^lx y^ly z^lz / sqrt(lx! ly! lz!), each monomial from the one
+        # with one power less (recursion on the raw monomials, normalised afterwards).
+        weights = np.empty((n_mono, padded.shape[1]))
+        weights[0] = padded[1]
+        for m, (source, axis) in enumerate(recursion, start=1):
+            np.multiply(weights[source], padded[2 + axis], out=weights[m])
+        weights *= norm[:, None]
+        blocks.append(gaussian_moments(plan, padded[0], weights, last - first, reduce))
     out = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     return out.reshape(n_atoms, n_features)

@@ -37,10 +37,11 @@ from builder.descriptors._common import (
     centre_blocks,
     check_radius,
     cosine_cutoff,
+    edge_starts,
     format_value,
     gaussian_moments,
     gaussian_plan,
-    pad_edges,
+    padded_index,
 )
 from builder.neighbors import NeighbourList
 
@@ -130,12 +131,17 @@ def featurize(
         return np.zeros((n_atoms, n_features))
     plan = gaussian_plan(etas, rs, rc, 1, squared=False, method=method)
     neighbour, centre = nl.edge_index
-    weight = z[neighbour] * cosine_cutoff(nl.edge_dist, rc)
+    n_edges = nl.num_edges
+    # Per-edge [d, Z_j f_c(d)] and a trailing zero column for the padding slots.
+    edge_values = np.zeros((2, n_edges + 1))
+    edge_values[0, :n_edges] = nl.edge_dist
+    edge_values[1, :n_edges] = cosine_cutoff(nl.edge_dist, rc)
+    edge_values[1, :n_edges] *= np.take(z, neighbour)
+    counts, starts = edge_starts(centre, n_atoms)
     blocks = []
-    for first, last, lo, hi in centre_blocks(centre, n_atoms, plan.work_per_edge(1)):
-        layout = pad_edges(centre[lo:hi] - first, last - first)
-        dist = layout.scatter(nl.edge_dist[lo:hi])
-        weights = layout.scatter(weight[None, lo:hi])
-        blocks.append(gaussian_moments(plan, dist, weights, last - first))
+    for first, last in centre_blocks(counts, plan.work_per_edge(1)):
+        index = padded_index(counts[first:last], starts[first:last], n_edges)
+        padded = np.take(edge_values, index, axis=1)  # (2, C·S)
+        blocks.append(gaussian_moments(plan, padded[0], padded[1:], last - first))
     out = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     return out.reshape(n_atoms, n_features)

@@ -79,8 +79,7 @@ def detect_format(path: str | os.PathLike) -> str:
             return "mdl"
         return "pymatgen"
     raise InputError(
-        f"{path}: cannot tell the format from the name; pass --format "
-        f"({', '.join(FORMATS)})"
+        f"{path}: cannot tell the format from the name; pass --format ({', '.join(FORMATS)})"
     )
 
 

@@ -106,8 +106,9 @@ def open_cgcnn(
                     source=str(id_prop),
                     row=line,
                     record_id=record_id,
-                    targets=tuple(parse_target(row[k]) if k < len(row) else float("nan")
-                                  for k in target_i),
+                    targets=tuple(
+                        parse_target(row[k]) if k < len(row) else float("nan") for k in target_i
+                    ),
                     kind="cif-file",
                     payload=str(folder / f"{record_id}.cif"),
                 )

@@ -160,8 +160,13 @@ def test_missing_targets_kept_as_nan_when_allowed(tmp_path):
 
 
 def test_empty_and_non_finite_structures_rejected(tmp_path):
-    good = {"structure_id": "ok", "positions": [[0, 0, 0], [2.82, 2.82, 2.82]],
-            "cell": (np.eye(3) * 5.64).tolist(), "atomic_numbers": [11, 17], "y": [1.0]}
+    good = {
+        "structure_id": "ok",
+        "positions": [[0, 0, 0], [2.82, 2.82, 2.82]],
+        "cell": (np.eye(3) * 5.64).tolist(),
+        "atomic_numbers": [11, 17],
+        "y": [1.0],
+    }
     data = [
         good,
         {**good, "structure_id": "empty", "positions": [], "atomic_numbers": []},
@@ -180,8 +185,9 @@ def test_empty_and_non_finite_structures_rejected(tmp_path):
 
 def test_strict_stops_at_first_problem_naming_file_and_line(tmp_path):
     src = bad_inputs_csv(tmp_path)
-    line = next(k for k, text in enumerate(src.read_text().splitlines(), 1)
-                if text.startswith("bad-cif,"))
+    line = next(
+        k for k, text in enumerate(src.read_text().splitlines(), 1) if text.startswith("bad-cif,")
+    )
     with pytest.raises(BuildError, match=rf"{src}, line {line} \(id bad-cif\): unparsable CIF"):
         build(tmp_path / "strict.lmdb", src, targets=["band_gap"], strict=True)
     assert not (tmp_path / "strict.lmdb").exists()
@@ -191,8 +197,9 @@ def test_existing_store_needs_overwrite(tmp_path):
     build(tmp_path / "a.lmdb", PEROV_SAMPLE, id_column="castelli_id")
     with pytest.raises(BuildError, match="already exists; pass --overwrite"):
         build(tmp_path / "a.lmdb", PEROV_SAMPLE, id_column="castelli_id")
-    m = build(tmp_path / "a.lmdb", PEROV_SAMPLE, id_column="castelli_id", cutoff=6.0,
-              overwrite=True)
+    m = build(
+        tmp_path / "a.lmdb", PEROV_SAMPLE, id_column="castelli_id", cutoff=6.0, overwrite=True
+    )
     assert open_store(tmp_path / "a.lmdb").manifest["cutoff"] == 6.0 == m["cutoff"]
     assert not (tmp_path / "a.lmdb.old").exists()
 
@@ -237,8 +244,24 @@ def test_kill_9_then_resume_gives_the_uninterrupted_hash(tmp_path):
     reference = build(tmp_path / "ref.lmdb", src, targets=MP_TARGETS)["content_hash"]
     out = tmp_path / "killed.lmdb"
     partial = tmp_path / "killed.lmdb.partial"
-    cmd = [sys.executable, "-m", "builder.cli", "build", str(src), "--out", str(out),
-           "-t", MP_TARGETS[0], "-t", MP_TARGETS[1], "-j", "2", "--chunk-size", "4", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "builder.cli",
+        "build",
+        str(src),
+        "--out",
+        str(out),
+        "-t",
+        MP_TARGETS[0],
+        "-t",
+        MP_TARGETS[1],
+        "-j",
+        "2",
+        "--chunk-size",
+        "4",
+        "-q",
+    ]
     killed_at = None
     for _attempt in range(3):
         proc = subprocess.Popen(cmd, start_new_session=True)
@@ -265,6 +288,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_hash(tmp_path):
 @pytest.mark.slow
 def test_dask_backend_on_a_local_cluster(tmp_path, mp_store):
     pytest.importorskip("distributed")
-    m = build(tmp_path / "dask.lmdb", MP_SAMPLE, targets=MP_TARGETS, backend="dask", jobs=2,
-              chunk_size=8)
+    m = build(
+        tmp_path / "dask.lmdb", MP_SAMPLE, targets=MP_TARGETS, backend="dask", jobs=2, chunk_size=8
+    )
     assert m["content_hash"] == open_store(mp_store).content_hash

@@ -117,7 +117,9 @@ def test_one_atom_and_tiny_skewed_cells(cell):
 def test_two_atoms_tiny_skewed_cell():
     cell = np.array([[2.2, 0, 0], [2.0, 0.9, 0], [1.1, 0.4, 1.9]])
     pos = np.array([[0.0, 0.0, 0.0], [1.3, 0.7, 0.9]])
-    assert_same(neighbour_list(pos, cell, [True] * 3, CUTOFF), brute_force(pos, cell, [True] * 3, CUTOFF))
+    assert_same(
+        neighbour_list(pos, cell, [True] * 3, CUTOFF), brute_force(pos, cell, [True] * 3, CUTOFF)
+    )
 
 
 def test_large_supercell():

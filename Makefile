@@ -1,0 +1,49 @@
+# fingerprint-pretrain: every entry point a user or CI needs.
+#   make example   install into .venv and run the main job on the bundled example
+#   make test      install (if needed) and run the whole test suite (what CI runs)
+#   make bench     run the benchmarks, results in bench/results/
+#   make lint      ruff
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+EXAMPLE_OUT ?= out/example
+
+.PHONY: install example test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU wheel on this machine, never a multi-GB CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+example: $(STAMP)
+	rm -rf $(EXAMPLE_OUT)
+	mkdir -p $(EXAMPLE_OUT)
+	$(BIN)/fp-build build examples/mp_20_sample.csv --out $(EXAMPLE_OUT)/mp_sample.lmdb \
+		--target formation_energy_per_atom --target-unit formation_energy_per_atom=eV/atom \
+		--target band_gap --target-unit band_gap=eV --jobs 2
+	$(BIN)/fp-build info $(EXAMPLE_OUT)/mp_sample.lmdb
+	$(BIN)/fp-build verify $(EXAMPLE_OUT)/mp_sample.lmdb --quiet
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python bench/bench_build.py
+	$(BIN)/python bench/summarize.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,115 @@
+"""fp-build from the command line: one-line errors, info, verify (including a corrupted copy),
+export."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from schemas import open_store
+from tests.builder.helpers import MP_SAMPLE, PEROV_SAMPLE
+
+
+def fp_build(*args, check=False):
+    result = subprocess.run(
+        [sys.executable, "-m", "builder.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "perov.lmdb"
+    fp_build(
+        "build",
+        PEROV_SAMPLE,
+        "--out",
+        out,
+        "--id-column",
+        "castelli_id",
+        "-t",
+        "heat_all",
+        "--target-unit",
+        "heat_all=eV",
+        "-j",
+        "1",
+        "-q",
+        check=True,
+    )
+    return out
+
+
+def one_line_error(result, code=1):
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fp-build: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_build_prints_what_was_built(store):
+    m = open_store(store).manifest
+    assert m["counts"]["records"] == 40
+
+
+@pytest.mark.parametrize(
+    "args,expected,code",
+    [
+        (["build", PEROV_SAMPLE, "--out", "x.lmdb", "--bogus"], "No such option '--bogus'", 2),
+        (["build", PEROV_SAMPLE, "--out", "x.lmdb", "--cutoff", "abc"], "'abc' is not a valid", 2),
+        (["build", PEROV_SAMPLE, "--out", "x.lmdb", "-t", "gap"], "available: castelli_id", 1),
+        (["build", "missing.csv", "--out", "x.lmdb"], "missing.csv: no such file", 1),
+        (["build", PEROV_SAMPLE, "--out", "x.lmdb", "--target-unit", "eV"], "not COLUMN=UNIT", 2),
+        (["info", "nowhere.lmdb"], "nowhere.lmdb: no such store", 1),
+        (["verify", MP_SAMPLE.parent], "not a finished store", 1),
+    ],
+)
+def test_wrong_command_lines_get_one_line_errors(args, expected, code, tmp_path):
+    args = [str(tmp_path / a) if a == "x.lmdb" else a for a in args]
+    assert expected in one_line_error(fp_build(*args), code)
+
+
+def test_info_reports_sizes_per_atom(store):
+    out = fp_build("info", store, check=True).stdout
+    assert "records      40" in out and "heat_all [eV]" in out
+    assert "bytes/atom" in out and "graphs" in out
+    assert "schema 1.0" in out
+    full = fp_build("info", store, "--json", check=True).stdout
+    assert '"content_hash"' in full
+
+
+def test_verify_passes_and_detects_a_flipped_byte(store, tmp_path):
+    result = fp_build("verify", store, "-q", check=True)
+    assert "OK" in result.stdout
+    copy = tmp_path / "copy.lmdb"
+    shutil.copytree(store, copy)
+    assert "OK" in fp_build("verify", copy, "-q", check=True).stdout  # a copy is intact
+    # flip one byte inside the positions of record 7, found by its exact bytes
+    pos = open_store(store)[7]["pos"]
+    data = bytearray((copy / "data.mdb").read_bytes())
+    at = data.find(pos.tobytes())
+    assert at > 0
+    data[at + 3] ^= 0x01
+    (copy / "data.mdb").write_bytes(bytes(data))
+    assert not np.array_equal(open_store(copy)[7]["pos"], pos)
+    result = fp_build("verify", copy, "-q")
+    assert result.returncode == 1
+    assert "CORRUPT" in result.stdout and "graphs: MISMATCH" in result.stdout
+
+
+def test_export_both_formats(store, tmp_path):
+    fp_build("export", store, "--format", "zarr", "--out", tmp_path / "p.zarr", "-q", check=True)
+    assert "OK" in fp_build("verify", tmp_path / "p.zarr", "-q", check=True).stdout
+    fp_build("export", store, "--format", "extxyz", "--out", tmp_path / "p.xyz", "-q", check=True)
+    assert (tmp_path / "p.xyz").read_text().startswith("5\nLattice=")
+    again = fp_build("export", store, "--format", "zarr", "--out", tmp_path / "p.zarr")
+    assert "already exists" in one_line_error(again, 2)
