@@ -199,6 +199,10 @@ def _add_one(
                 stats = chunk_stats[name] if stats is None else stats.merge(chunk_stats[name])
                 kv.append((stats_key(name), pack_stats(stats)))
             error = error.merge(chunk_errors.get(name, CastError()))
+            try:
+                error.check(name, labels.dtype)
+            except ValueError as err:
+                raise BuildError(f"{err} (rerun with --dtype float32)") from None
             state["cast_error"] = error.to_dict()
             state["done"] = first + len(blobs)
             kv.append((add_progress_key(name), json.dumps(state).encode()))

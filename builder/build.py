@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import struct
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -213,6 +214,8 @@ def run_parallel(
         else:
             client = Client(LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True))
     try:
+        # Stopping early (an error, --strict) cancels queued tasks; joblib warns about that.
+        warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
         with parallel_config(backend=backend, n_jobs=jobs):
             runner = Parallel(return_as="generator", pre_dispatch="2*n_jobs", batch_size=1)
             yield from runner(delayed(function)(*task) for task in tasks)
@@ -395,6 +398,13 @@ def _write_records(
                 kv.append((stats_key(name), pack_stats(stats[name])))
             for name, e in chunk_errors.items():
                 errors[name] = errors.get(name, CastError()).merge(e)
+                try:
+                    errors[name].check(name, labels.dtype)
+                except ValueError as err:
+                    raise BuildError(
+                        f"{err} (delete {writer.path} and rebuild with --dtype float32, or add "
+                        f"the set later with fp-build add --dtype float32)"
+                    ) from None
             progress["cast_error"] = {name: e.to_dict() for name, e in errors.items()}
             progress["inputs_done"] += len(results)
             kv.append((PROGRESS_KEY, json.dumps(progress).encode()))

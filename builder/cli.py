@@ -14,8 +14,8 @@ import click
 
 from builder import __version__
 
-CODEC_CHOICES = ("auto", "raw", "zlib")
-AUTO_ZLIB_MIN_DIM = 256  # "auto" compresses sets at least this wide (the EAD sets)
+CODEC_CHOICES = ("auto", "raw", "zlib", "shuffle-zlib")
+AUTO_COMPRESS_MIN_DIM = 256  # "auto" compresses sets at least this wide (the EAD sets)
 
 
 def _parse_units(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -35,7 +35,9 @@ def _codecs(names: list[str], codec: str) -> dict[str, str]:
         return {name: codec for name in names}
     from builder.descriptors.registry import get
 
-    return {name: "zlib" if get(name).dim >= AUTO_ZLIB_MIN_DIM else "raw" for name in names}
+    return {
+        name: "shuffle-zlib" if get(name).dim >= AUTO_COMPRESS_MIN_DIM else "raw" for name in names
+    }
 
 
 def _resolve_names(names: tuple[str, ...]) -> list[str]:

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 STORAGE_DTYPES = ("float32", "float16")
-CODECS = ("raw", "zlib")
+CODECS = ("raw", "zlib", "shuffle-zlib")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class LabelConfig:
     Attributes:
         names: registry names (``eadset1`` ...).
         dtype: storage dtype, ``float32`` (default) or ``float16``.
-        codec: (set name, codec) pairs, codec ``raw`` | ``zlib``; unlisted sets are raw.
+        codec: (set name, codec) pairs, codec one of :data:`CODECS`; unlisted sets are raw.
     """
 
     names: tuple[str, ...] = ()
@@ -84,6 +84,14 @@ class CastError:
     def to_dict(self) -> dict:
         return {"max_abs": self.max_abs, "max_rel": self.max_rel, "overflow": self.overflow}
 
+    def check(self, name: str, dtype: str) -> None:
+        """Raise ValueError when the cast turned finite values into infinities."""
+        if self.overflow:
+            raise ValueError(
+                f"{name}: {self.overflow} values exceed the {dtype} range "
+                f"(±{float(np.finfo(dtype).max):,.0f}); store this set as float32"
+            )
+
 
 def compute_labels(
     names: Iterable[str],
@@ -124,7 +132,8 @@ class LabelAccumulator:
         """name -> (FPR1 blob, digest) of one record's sets."""
         out = {}
         for name, exact in values.items():
-            stored = exact.astype(self.config.dtype)
+            with np.errstate(over="ignore"):  # overflow is measured and reported below
+                stored = exact.astype(self.config.dtype)
             error = CastError.of(exact, stored)
             self.errors[name] = self.errors.get(name, CastError()).merge(error)
             self._blocks.setdefault(name, []).append(stored)

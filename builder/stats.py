@@ -41,11 +41,13 @@ class FeatureStats:
         n, dim = values.shape
         if n == 0:
             return cls.empty(dim)
-        mean = values.mean(axis=0)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf in, inf/nan out: reported
+            mean = values.mean(axis=0)
+            m2 = ((values - mean) ** 2).sum(axis=0)
         return cls(
             n,
             mean,
-            ((values - mean) ** 2).sum(axis=0),
+            m2,
             values.min(axis=0),
             values.max(axis=0),
         )

@@ -30,8 +30,15 @@ serialisation; decodable with ``struct`` + ``json`` + ``numpy.frombuffer`` in an
     array buffers, each little-endian, C order, starting at a multiple of 8 bytes
 
 The header is ``{"id": str, "fields": [[name, dtype_str, shape, offset, nbytes, codec], ...]}``
-with offsets relative to the first byte after the padding. ``codec`` is ``"raw"`` or ``"zlib"``
-(deflate of the raw buffer; used for large descriptor arrays). Encoding is deterministic: the same
+with offsets relative to the first byte after the padding. ``codec`` is one of
+
+- ``"raw"``: the array's bytes;
+- ``"zlib"``: zlib (deflate) of the array's bytes;
+- ``"shuffle-zlib"``: the bytes regrouped by significance (byte k of every element, for
+  k = 0 … itemsize − 1, like Blosc's shuffle), then zlib level 1. Floats compress far better
+  this way (EAD labels: 0.66 of raw vs 0.85 for plain zlib); used for large label sets.
+
+All three use only the Python standard library to decode. Encoding is deterministic: the same
 arrays always give the same bytes, which the content hash relies on.
 """
 
@@ -90,7 +97,7 @@ def encode_record(
     Args:
         record_id: structure identifier (any string).
         arrays: name -> array; stored in insertion order with its dtype and shape.
-        codecs: optional name -> ``"raw"`` | ``"zlib"``; default raw.
+        codecs: optional name -> ``"raw"`` | ``"zlib"`` | ``"shuffle-zlib"``; default raw.
     """
     codecs = codecs or {}
     entries = []
@@ -103,6 +110,9 @@ def encode_record(
         codec = codecs.get(name, "raw")
         if codec == "zlib":
             raw = zlib.compress(raw, 6)
+        elif codec == "shuffle-zlib":
+            shuffled = np.frombuffer(raw, np.uint8).reshape(-1, dt.itemsize).T.tobytes()
+            raw = zlib.compress(shuffled, 1)
         elif codec != "raw":
             raise RecordError(f"unknown codec {codec!r} for field {name!r}")
         entries.append([name, dt.str, list(arr.shape), offset, len(raw), codec])
@@ -136,8 +146,10 @@ def decode_record(buf: bytes | memoryview, fields: set[str] | None = None) -> di
         count = int(np.prod(shape, dtype=np.int64))
         if codec == "raw":
             arr = np.frombuffer(buf, dtype=dt, count=count, offset=start + offset)
-        elif codec == "zlib":
+        elif codec in ("zlib", "shuffle-zlib"):
             raw = zlib.decompress(bytes(buf[start + offset : start + offset + nbytes]))
+            if codec == "shuffle-zlib":
+                raw = np.frombuffer(raw, np.uint8).reshape(dt.itemsize, -1).T.tobytes()
             arr = np.frombuffer(raw, dtype=dt, count=count)
         else:
             raise RecordError(f"field {name!r}: unknown codec {codec!r}")
@@ -148,7 +160,7 @@ def decode_record(buf: bytes | memoryview, fields: set[str] | None = None) -> di
 def array_digest(h: hashlib._Hash, name: str, arr: np.ndarray) -> None:
     """Feed one array's logical content (name, dtype, shape, little-endian bytes) into ``h``.
 
-    Independent of the codec it is stored with, so LMDB (raw or zlib) and Zarr copies of the
+    Independent of the codec it is stored with, so LMDB (raw or compressed) and Zarr copies of the
     same data hash alike.
     """
     arr = np.asarray(arr)
