@@ -1,1 +1,6 @@
-"""Descriptor families (wACSF, GMP, EAD) and the registry of the nine label sets."""
+"""Per-atom structural descriptors (pre-training labels): pure functions registered by name.
+
+Families: :mod:`~builder.descriptors.wacsf`, :mod:`~builder.descriptors.gmp`,
+:mod:`~builder.descriptors.ead`; the nine label sets of the paper are in
+:mod:`~builder.descriptors.registry` (``get("eadset1")``, ``resolve("all")``).
+"""

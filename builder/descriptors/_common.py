@@ -6,9 +6,10 @@ Gaussians on a grid of shifts:
     ρ[i, w, a, k] = Σ_j weight[w, ij] · exp(−η_a (d_ij − Rs_k)²)
 
 (wACSF: one weight, Z_j f_c(d_ij), and the output is ρ; EAD: one weight per Cartesian monomial,
-Z_j f_c x^lx y^ly z^lz / sqrt(lx! ly! lz!), and the output is Σ_w R[q, w] ρ_w² for a small matrix
-R). :func:`gaussian_moments` evaluates either for a block of centres whose edges sit in a padded
-(centre, slot) table (:func:`padded_index`; padding slots carry weight 0).
+Z_j f_c x^lx y^ly z^lz, and the output is Σ_w R[q, w] ρ_w² for a small matrix R that also holds
+the monomial normalisation). :func:`gaussian_moments` evaluates either for a block of centres
+whose edges sit in a padded (centre, slot) table (:func:`padded_index`; padding slots carry
+weight 0). wACSF's default path is a fused variant in :mod:`builder.descriptors.wacsf`.
 
 Two evaluation paths, both vectorised over centres and neighbours, chosen per η by a cached
 :class:`GaussianPlan`:
@@ -26,11 +27,14 @@ Two evaluation paths, both vectorised over centres and neighbours, chosen per η
 
   so ρ[w, b, t] = S_bt · T[w, b, t] with T[w, b, t] = Σ_j (weight_w A_b)(d_j) · P_t(d_j): one exp
   per (edge, block) and per (edge, step) instead of one per (edge, shift), and the sum over
-  neighbours is a matrix product per centre (rows = blocks × weights, columns = steps) that runs
-  near the CPU's peak. This is the recurrence exp(−η(d − Rs − δ)²) = exp(−η(d − Rs)²) ·
+  neighbours is a matrix product per centre (rows = blocks × weights, columns = steps; ~60-80 %
+  of the core's dgemm rate). This is the recurrence exp(−η(d − Rs − δ)²) = exp(−η(d − Rs)²) ·
   exp(2ηδ(d − Rs)) · exp(−ηδ²) unrolled over a block, restarted exactly at every block. In the
   squared mode the scale is applied after the reduction, Σ_w R ρ_w² = S² Σ_w R T_w², so the
-  per-shift scaling touches Q instead of W rows.
+  per-shift scaling touches Q instead of W rows. Block shape: minimises the elementwise work per
+  edge, blocks × (1 exp + W products) + B exps, preferring block counts that divide the grid
+  (EAD sets 1 / 3: 5 × 32 and 8 × 20 for all η; set 2: 10 × 24, 15 × 16, 20 × 12 for η ≤ 2, 5,
+  10); the η sharing a shape run as one group (a handful of numpy calls per group).
 
   Numerical safety. Every exponent that appears (2ηΔt d in P, 2ηΔtR_b + ηΔ²t² in S, doubled in
   the squared mode) is bounded by 2ηW·max(d_max, |Rs|) + ηW² with W = (B−1)Δ the block width; the
@@ -87,13 +91,17 @@ _WORK_ELEMENTS = 1 << 21
 _EXP_COST = 2.75
 
 
-def cosine_cutoff(d: np.ndarray, rc: float) -> np.ndarray:
-    """f_c(d) = ½ (cos(π d / rc) + 1) for d < rc, else 0 (dimensionless, same shape as d)."""
+def cosine_cutoff(d: np.ndarray, rc: float, inside: bool = False) -> np.ndarray:
+    """f_c(d) = ½ (cos(π d / rc) + 1) for d < rc, else 0 (dimensionless, same shape as d).
+
+    ``inside=True`` promises d < rc everywhere (a neighbour list cut at rc) and skips the mask.
+    """
     d = np.asarray(d, dtype=np.float64)
     value = np.cos(d * (np.pi / rc))
-    value += 1.0
     value *= 0.5
-    value[d >= rc] = 0.0
+    value += 0.5
+    if not inside:
+        value[d >= rc] = 0.0
     return value
 
 
@@ -175,15 +183,15 @@ def padded_index(counts: np.ndarray, starts: np.ndarray, n_edges: int) -> np.nda
 
 
 @dataclass(frozen=True)
-class _Factorised:
-    """Constants of the factorised path for one η (see the module docstring)."""
+class _FactorisedGroup:
+    """Constants of the factorised path for a group of g η sharing one block shape (B, blocks)."""
 
-    index: int  # position of η in etas
+    indices: tuple[int, ...]  # positions of the group's η in etas
     length: int  # B
     n_blocks: int
-    anchor_coefficients: np.ndarray  # (n_blocks, 3): −η (d − R_b)² = c · [d², d, 1]
-    power_coefficients: np.ndarray  # (3, B): 2ηΔ t d = c · [d², d, 1]
-    scale: np.ndarray  # (n_blocks, 1, B) S_bt (S_bt² in the squared mode)
+    anchor_coefficients: np.ndarray  # (g · blocks, 3): −η (d − R_b)² = c · [d², d, 1]
+    power_coefficients: np.ndarray  # (3, g · B): 2ηΔ t d = c · [d², d, 1]
+    scale: np.ndarray  # (g, 1, blocks, 1, B): S_bt (S_bt² in the squared mode)
 
 
 @dataclass(frozen=True)
@@ -194,19 +202,21 @@ class GaussianPlan:
         n_etas, n_rs: grid sizes.
         direct: indices of the η evaluated directly.
         direct_coefficients: (len(direct) · n_rs, 3) exponent coefficients of [d², d, 1].
-        factorised: per-η constants of the factorised path.
+        factorised: groups of η evaluated by the factorised path, one per block shape.
     """
 
     n_etas: int
     n_rs: int
     direct: tuple[int, ...]
     direct_coefficients: np.ndarray
-    factorised: tuple[_Factorised, ...]
+    factorised: tuple[_FactorisedGroup, ...]
 
     def work_per_edge(self, n_weights: int) -> int:
         """Largest work-array size per padded edge (doubles), for :func:`centre_blocks`."""
         sizes = [len(self.direct) * self.n_rs]
-        sizes += [f.n_blocks * (n_weights + 1) + f.length for f in self.factorised]
+        sizes += [
+            len(f.indices) * (f.n_blocks * (n_weights + 1) + f.length) for f in self.factorised
+        ]
         return max(sizes) + 3
 
 
@@ -220,42 +230,56 @@ def _regular_step(rs: np.ndarray) -> float | None:
     return float(step)
 
 
-def _factorise(index, eta, rs, step, d_max, n_weights, squared) -> _Factorised | None:
+def _block_shape(eta, rs, step, d_max, n_weights, squared) -> tuple[int, int] | None:
+    """(B, blocks) of the factorised path for one η, or None where it is unsafe."""
     n = len(rs)
     r_min, r_max = float(rs[0]), float(rs[-1])
-    reach = max(d_max, abs(r_max), abs(r_min))
-    limit = _EXP_LIMIT / (2.0 if squared else 1.0)
-    # Overflow bound on every exponent: 2ηW·reach + ηW² ≤ limit.
-    max_width = (-2.0 * reach + math.sqrt(4.0 * reach * reach + 4.0 * limit / eta)) / 2.0
     if r_min < 0.0:
         return None  # the bounds below assume shifts ≥ 0 (then S ≤ 1 and T ≥ ρ)
+    reach = max(d_max, r_max)
+    limit = _EXP_LIMIT / (2.0 if squared else 1.0)
+    # Overflow bound on every exponent: 2ηW·reach + ηW² ≤ limit.
+    max_width = -reach + math.sqrt(reach * reach + limit / eta)
     largest_gap = max(d_max - r_min, r_max)  # max |d − Rs| over d ∈ [0, d_max]
-    if eta * largest_gap**2 > _EXP_LIMIT:
+    if eta * largest_gap**2 > _EXP_LIMIT:  # some Gaussian may underflow: cap the block width
         max_width = min(max_width, _BLOCK_WIDTH_TIMES_SQRT_ETA / math.sqrt(eta))
     max_length = int(max_width / step) + 1
-    # Cost per edge in units of one elementwise product: blocks × (exp + W products) + B exps.
-    best = math.sqrt(n * _EXP_COST / (_EXP_COST + n_weights))
-    n_blocks = max(1, min(n, int(round(best))))
-    length = -(-n // n_blocks)
-    if length > max_length:
-        length = max_length
-    if length < 2:
+    if max_length < 2:
         return None
-    n_blocks = -(-n // length)
-    length = -(-n // n_blocks)  # same block count, least padding
-    block_start = r_min + step * length * np.arange(n_blocks)
+
+    # Elementwise cost per edge, in units of one product: blocks × (one exp + W products) plus
+    # B exps. Block counts that divide the grid exactly (no padded shifts) are preferred.
+    def cost(n_blocks: int) -> float:
+        return n_blocks * (_EXP_COST + n_weights) + -(-n // n_blocks) * _EXP_COST
+
+    feasible = [k for k in range(1, n + 1) if -(-n // k) <= max_length]
+    best = min(feasible, key=cost)
+    exact = [k for k in feasible if n % k == 0 and cost(k) <= 1.25 * cost(best)]
+    n_blocks = min(exact, key=cost) if exact else best
+    return -(-n // n_blocks), n_blocks
+
+
+def _factorised_group(indices, etas, rs, step, length, n_blocks, squared) -> _FactorisedGroup:
+    block_start = rs[0] + step * length * np.arange(n_blocks)  # R_b
     t = np.arange(length, dtype=np.float64)
-    anchor = np.stack([np.full(n_blocks, -eta), 2.0 * eta * block_start, -eta * block_start**2])
-    log_scale = -2.0 * eta * step * np.multiply.outer(block_start, t) - eta * step * step * t * t
-    if squared:
-        log_scale *= 2.0
-    return _Factorised(
-        index=index,
+    anchor, power, log_scale = [], [], []
+    for a in indices:
+        eta = float(etas[a])
+        anchor.append(
+            np.stack([np.full(n_blocks, -eta), 2 * eta * block_start, -eta * block_start**2], 1)
+        )
+        power.append(np.stack([np.zeros(length), 2.0 * eta * step * t, np.zeros(length)]))
+        log_scale.append(
+            -2.0 * eta * step * np.multiply.outer(block_start, t) - eta * step**2 * t * t
+        )
+    log_scale = np.array(log_scale) * (2.0 if squared else 1.0)
+    return _FactorisedGroup(
+        indices=tuple(indices),
         length=length,
         n_blocks=n_blocks,
-        anchor_coefficients=np.ascontiguousarray(anchor.T),
-        power_coefficients=np.stack([np.zeros(length), 2.0 * eta * step * t, np.zeros(length)]),
-        scale=np.exp(log_scale)[:, None, :],
+        anchor_coefficients=np.concatenate(anchor),
+        power_coefficients=np.concatenate(power, axis=1),
+        scale=np.exp(log_scale)[:, None, :, None, :],
     )
 
 
@@ -265,21 +289,24 @@ def _cached_plan(etas: bytes, rs: bytes, d_max, n_weights, squared, method) -> G
     rs_arr = np.frombuffer(rs, dtype=np.float64)
     step = _regular_step(rs_arr) if method != "direct" else None
     min_shifts = _MIN_FACTORISED_SHIFTS if method == "auto" else 2
-    factorised, direct = [], []
+    shapes: dict[tuple[int, int], list[int]] = {}
+    direct = []
     for a, eta in enumerate(etas_arr):
-        plan = None
+        shape = None
         if step is not None and len(rs_arr) >= min_shifts and eta > 0:
-            plan = _factorise(a, float(eta), rs_arr, step, d_max, n_weights, squared)
-        if plan is None:
+            shape = _block_shape(float(eta), rs_arr, step, d_max, n_weights, squared)
+        if shape is None:
             direct.append(a)
         else:
-            factorised.append(plan)
+            shapes.setdefault(shape, []).append(a)
+    groups = tuple(
+        _factorised_group(indices, etas_arr, rs_arr, step, length, n_blocks, squared)
+        for (length, n_blocks), indices in shapes.items()
+    )
     eta_col = np.repeat(etas_arr[direct], len(rs_arr))
     rs_col = np.tile(rs_arr, len(direct))
     coefficients = np.stack([-eta_col, 2.0 * eta_col * rs_col, -eta_col * rs_col * rs_col], 1)
-    return GaussianPlan(
-        len(etas_arr), len(rs_arr), tuple(direct), coefficients, tuple(factorised)
-    )
+    return GaussianPlan(len(etas_arr), len(rs_arr), tuple(direct), coefficients, groups)
 
 
 def gaussian_plan(
@@ -355,20 +382,29 @@ def gaussian_moments(
         if reduce is not None:
             np.multiply(rho, rho, out=rho)
             rho = np.matmul(reduce, rho)
-        out[:, :, plan.direct, :] = rho.reshape(n_rows, n_out, len(plan.direct), plan.n_rs)
+        out[:, :, _index(plan.direct), :] = rho.reshape(n_rows, n_out, len(plan.direct), plan.n_rs)
     for f in plan.factorised:
-        anchor = f.anchor_coefficients @ powers  # (blocks, C·S): −η (d − R_b)²
+        g, n_blocks, length = len(f.indices), f.n_blocks, f.length
+        anchor = f.anchor_coefficients @ powers  # (g·blocks, C·S): −η (d − R_b)²
         np.exp(anchor, out=anchor)
-        lhs = np.multiply(anchor[:, None, :], weights[None, :, :])  # (blocks, W, C·S)
-        lhs = lhs.reshape(f.n_blocks * n_weights, n_rows, n_slots).transpose(1, 0, 2)
-        power = powers.T @ f.power_coefficients  # (C·S, B): 2ηΔ t d
+        lhs = np.multiply(anchor[:, None, :], weights[None, :, :])  # (g·blocks, W, C·S)
+        lhs = lhs.reshape(g, n_blocks * n_weights, n_rows, n_slots).transpose(0, 2, 1, 3)
+        power = powers.T @ f.power_coefficients  # (C·S, g·B): 2ηΔ t d
         np.exp(power, out=power)
-        sums = np.matmul(lhs, power.reshape(n_rows, n_slots, f.length))  # T, (C, blocks·W, B)
-        sums = sums.reshape(n_rows, f.n_blocks, n_weights, f.length)
+        rhs = power.reshape(n_rows, n_slots, g, length).transpose(2, 0, 1, 3)  # (g, C, S, B)
+        sums = np.matmul(lhs, rhs)  # T, (g, C, blocks·W, B)
+        sums = sums.reshape(g, n_rows, n_blocks, n_weights, length)
         if reduce is not None:
             np.multiply(sums, sums, out=sums)
-            sums = np.matmul(reduce, sums)  # (C, blocks, Q, B)
-        sums *= f.scale  # S (or S²), broadcast over (C, ·, W or Q, ·)
-        flat = sums.transpose(0, 2, 1, 3).reshape(n_rows, n_out, f.n_blocks * f.length)
-        out[:, :, f.index, :] = flat[:, :, : plan.n_rs]
+            sums = np.matmul(reduce, sums)  # (g, C, blocks, Q, B)
+        sums *= f.scale  # S (or S²)
+        flat = sums.transpose(1, 3, 0, 2, 4).reshape(n_rows, n_out, g, n_blocks * length)
+        out[:, :, _index(f.indices), :] = flat[..., : plan.n_rs]
     return out
+
+
+def _index(indices: tuple[int, ...]) -> slice | list[int]:
+    """A slice for consecutive indices (a view: cheaper than fancy indexing), else a list."""
+    if indices == tuple(range(indices[0], indices[0] + len(indices))):
+        return slice(indices[0], indices[0] + len(indices))
+    return list(indices)

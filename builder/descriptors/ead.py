@@ -1,4 +1,4 @@
-"""Embedded atom density (EAD) descriptors, PyXtal_FF convention: label sets ``eadset1`` … ``eadset3``.
+"""Embedded atom density (EAD), PyXtal_FF convention: label sets ``eadset1`` … ``eadset3``.
 
 Definition (PyXtal_FF 0.2.3 ``descriptors/EAD.py``; Zhang et al. 2019 up to the convention noted
 below). For each Cartesian monomial n = (lx, ly, lz) with |n| = lx + ly + lz ≤ L,
@@ -57,24 +57,7 @@ from builder.descriptors._common import (
 )
 from builder.neighbors import NeighbourList
 
-__all__ = ["EAD_SETS", "feature_names", "featurize", "monomials", "required_radius"]
-
-
-def _set(max_l: int, etas: list[float], stop: float) -> dict:
-    return {
-        "L": max_l,
-        "etas": etas,
-        "rs": [float(r) for r in np.arange(0.0, stop, 0.05)],
-        "rc": stop,
-    }
-
-
-#: The paper's three EAD sets (Table 3), complete keyword arguments for ``featurize``.
-EAD_SETS: dict[str, dict] = {
-    "eadset1": _set(2, [1.0, 5.0], 8.0),
-    "eadset2": _set(1, [1.0, 2.0, 5.0, 10.0], 12.0),
-    "eadset3": _set(1, [1.0, 2.0, 3.0, 5.0], 8.0),
-}
+__all__ = ["feature_names", "featurize", "monomials", "required_radius"]
 
 
 @lru_cache(maxsize=8)
@@ -96,9 +79,9 @@ def _monomial_tables(max_l: int, rc: float):
     Returns:
         exponents: (lx, ly, lz) per monomial (:func:`monomials`).
         recursion: for monomials 1…M−1, (index of the monomial with one power less, axis).
-        norm: (M,) 1/sqrt(lx! ly! lz!).
-        reduce: (L+1, M), reduce[l, n] = l!/Rc^{2l} if |n| ≤ l else 0, so that
-            x[l] = Σ_n reduce[l, n] ρ_n² is the cumulative PyXtal_FF convention.
+        reduce: (L+1, M), reduce[l, n] = l!/Rc^{2l}/(lx! ly! lz!) if |n| ≤ l else 0, so that
+            x[l] = Σ_n reduce[l, n] ρ̃_n² with ρ̃_n the moments of the raw monomials
+            x^lx y^ly z^lz (ρ_n = ρ̃_n / sqrt(lx! ly! lz!)): the cumulative PyXtal_FF convention.
     """
     exponents = monomials(max_l)
     position = {e: m for m, e in enumerate(exponents)}
@@ -107,28 +90,41 @@ def _monomial_tables(max_l: int, rc: float):
         axis = next(a for a in range(3) if e[a] > 0)
         lower = tuple(p - (a == axis) for a, p in enumerate(e))
         recursion.append((position[lower], axis))
-    norm = np.array([1.0 / math.sqrt(math.prod(math.factorial(p) for p in e)) for e in exponents])
+    # The 1/sqrt(lx! ly! lz!) of ρ_n enters squared: folded into the reduction as 1/(lx! ly! lz!).
+    inverse_factorials = [1.0 / math.prod(math.factorial(p) for p in e) for e in exponents]
     reduce = np.array(
         [
-            [math.factorial(l) / rc ** (2 * l) if sum(e) <= l else 0.0 for e in exponents]
+            [
+                math.factorial(l) / rc ** (2 * l) * f if sum(e) <= l else 0.0
+                for e, f in zip(exponents, inverse_factorials, strict=True)
+            ]
             for l in range(max_l + 1)
         ]
     )
-    return exponents, tuple(recursion), norm, reduce
+    return exponents, tuple(recursion), reduce
 
 
 def _validated(max_l: int, etas: Sequence[float], rs: Sequence[float], rc: float):
+    """(L, etas, rs, rc) as int, float64 arrays and float; raises ValueError on bad values."""
+    return _validated_cached(
+        max_l, tuple(np.ravel(etas).tolist()), tuple(np.ravel(rs).tolist()), rc
+    )
+
+
+@lru_cache(maxsize=32)
+def _validated_cached(max_l, etas: tuple, rs: tuple, rc):
     if int(max_l) != max_l or max_l < 0:
         raise ValueError(f"EAD L must be an integer >= 0, got {max_l}")
-    etas = np.asarray(etas, dtype=np.float64).reshape(-1)
-    rs = np.asarray(rs, dtype=np.float64).reshape(-1)
-    if len(etas) == 0 or len(rs) == 0:
+    etas_arr = np.array(etas, dtype=np.float64)
+    rs_arr = np.array(rs, dtype=np.float64)
+    if len(etas_arr) == 0 or len(rs_arr) == 0:
         raise ValueError("EAD needs at least one eta and one Rs")
-    if np.any(etas <= 0):
-        raise ValueError(f"EAD etas must be > 0, got {etas.tolist()}")
+    if np.any(etas_arr <= 0):
+        raise ValueError(f"EAD etas must be > 0, got {list(etas)}")
     if not rc > 0:
         raise ValueError(f"EAD rc must be > 0, got {rc}")
-    return int(max_l), etas, rs, float(rc)
+    etas_arr.flags.writeable = rs_arr.flags.writeable = False
+    return int(max_l), etas_arr, rs_arr, float(rc)
 
 
 def feature_names(L: int, etas: Sequence[float], rs: Sequence[float], rc: float) -> list[str]:  # noqa: N803
@@ -187,7 +183,7 @@ def featurize(
     nl = check_radius(nl, rc, "EAD")
     if nl.num_edges == 0:
         return np.zeros((n_atoms, n_features))
-    exponents, recursion, norm, reduce = _monomial_tables(max_l, rc)
+    exponents, recursion, reduce = _monomial_tables(max_l, rc)
     n_mono = len(exponents)
 
     neighbour, centre = nl.edge_index
@@ -195,7 +191,7 @@ def featurize(
     # Per-edge [d, Z_j f_c, x, y, z] and a trailing zero column for the padding slots.
     edge_values = np.zeros((5, n_edges + 1))
     edge_values[0, :n_edges] = nl.edge_dist
-    edge_values[1, :n_edges] = cosine_cutoff(nl.edge_dist, rc)
+    edge_values[1, :n_edges] = cosine_cutoff(nl.edge_dist, rc, inside=True)
     edge_values[1, :n_edges] *= np.take(z, neighbour)
     edge_values[2:, :n_edges] = edge_vectors(nl, pos, cell).T
     counts, starts = edge_starts(centre, n_atoms)
@@ -204,13 +200,12 @@ def featurize(
     for first, last in centre_blocks(counts, plan.work_per_edge(n_mono)):
         index = padded_index(counts[first:last], starts[first:last], n_edges)
         padded = np.take(edge_values, index, axis=1)  # (5, C·S)
-        # weights[n] = Z_j f_c x^lx y^ly z^lz / sqrt(lx! ly! lz!), each monomial from the one
-        # with one power less (recursion on the raw monomials, normalised afterwards).
+        # weights[n] = Z_j f_c x^lx y^ly z^lz (raw monomials; their normalisation is in
+        # ``reduce``), each from the monomial with one power less.
         weights = np.empty((n_mono, padded.shape[1]))
         weights[0] = padded[1]
         for m, (source, axis) in enumerate(recursion, start=1):
             np.multiply(weights[source], padded[2 + axis], out=weights[m])
-        weights *= norm[:, None]
         blocks.append(gaussian_moments(plan, padded[0], weights, last - first, reduce))
     out = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     return out.reshape(n_atoms, n_features)

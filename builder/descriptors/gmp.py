@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 
 import numpy as np
@@ -138,7 +138,7 @@ class Density:
         return np.flatnonzero(self.counts > 0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_density(psp: str = DEFAULT_PSP) -> Density:
     """Read ``builder/data/<psp>.gpsp`` (format in ``builder/data/README.md``)."""
     text = resources.files("builder").joinpath("data", f"{psp}.gpsp").read_text()
@@ -181,7 +181,7 @@ def _components(n: int) -> list[tuple[int, int, int]]:
     return [(a, b, n - a - b) for a in range(n, -1, -1) for b in range(n - a, -1, -1)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _harmonic_polynomial(k: tuple[int, int, int]) -> dict[tuple[int, int, int], int]:
     """M_k as {monomial exponents: integer coefficient}.
 
@@ -215,7 +215,7 @@ def _harmonic_polynomial(k: tuple[int, int, int]) -> dict[tuple[int, int, int], 
     return {m: c for m, c in result.items() if c != 0}
 
 
-@lru_cache(maxsize=None)
+@cache
 def maxwell_cartesian(n: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
     """Order-n harmonics in the monomial basis.
 
@@ -442,16 +442,23 @@ def featurize(z, pos, cell, pbc, nl: NeighbourList, **params) -> np.ndarray:
         )
     nl = nl.within(radius)
     neighbour, centre = nl.edge_index
+    shift, dist2 = nl.edge_shift, nl.edge_dist**2
     if not periodic:
         # The as-run cluster: the N atoms at their given positions, no periodic images.
-        keep = ~nl.edge_shift.any(axis=1)
-        neighbour, centre = neighbour[keep], centre[keep]
-        vectors = pos[neighbour] - pos[centre]
-        dist2 = np.einsum("ij,ij->i", vectors, vectors)
-    else:
-        vectors = nl.edge_vectors(pos, cell)
-        dist2 = nl.edge_dist**2
+        keep = ~shift.any(axis=1)
+        neighbour, centre, shift, dist2 = neighbour[keep], centre[keep], shift[keep], dist2[keep]
+    same_centre = centre[1:] == centre[:-1]
+    if np.any((centre[1:] < centre[:-1]) | (same_centre & (dist2[1:] < dist2[:-1]))):
+        # The layout below needs edges by centre, nearest first (builder.neighbors' order).
+        order = np.lexsort((dist2, centre))
+        neighbour, centre, shift, dist2 = (
+            neighbour[order],
+            centre[order],
+            shift[order],
+            dist2[order],
+        )
     rank = np.searchsorted(elements, z)
+    edges = _Edges(neighbour, centre, shift, dist2, np.ascontiguousarray(pos.T), cell)
 
     # Blocks of consecutive centres (edges are sorted by centre) bound the work arrays.
     edge_start = np.searchsorted(centre, np.arange(n_atoms + 1))
@@ -463,26 +470,43 @@ def featurize(z, pos, cell, pbc, nl: NeighbourList, **params) -> np.ndarray:
         last = min(max(last, first + 1), n_atoms)
         lo, hi = edge_start[first], edge_start[last]
         out[first:last] = _featurize_block(
-            plan,
-            z[first:last],
-            elements,
-            centre[lo:hi] - first,
-            rank[neighbour[lo:hi]],
-            vectors[lo:hi],
-            dist2[lo:hi],
+            plan, z[first:last], elements, rank[neighbour[lo:hi]], edges, first, slice(lo, hi)
         )
         first = last
     return out
+
+
+@dataclass(frozen=True)
+class _Edges:
+    """The edges a structure's features sum over (sorted by centre, nearest first)."""
+
+    neighbour: np.ndarray  # (E,) j
+    centre: np.ndarray  # (E,) i
+    shift: np.ndarray  # (E, 3) int image offsets
+    dist2: np.ndarray  # (E,) |d|², Å²
+    pos_t: np.ndarray  # (3, N) positions by axis, Å
+    cell: np.ndarray  # (3, 3) lattice vectors as rows, Å
+
+    def vectors(self, edge_range: slice) -> np.ndarray:
+        """(3, E') d = r_j + shift·cell − r_i of a contiguous range of edges, by axis, Å."""
+        # A (3, 3) @ (3, E) product and take(): row gathers and transposes of (E, 3) arrays
+        # cost several times more.
+        j, i = self.neighbour[edge_range], self.centre[edge_range]
+        vectors = self.cell.T @ self.shift[edge_range].astype(np.float64).T
+        for axis in range(3):
+            vectors[axis] += self.pos_t[axis].take(j)
+            vectors[axis] -= self.pos_t[axis].take(i)
+        return vectors
 
 
 def _featurize_block(
     plan: _Plan,
     z_centre: np.ndarray,
     elements: np.ndarray,
-    centre: np.ndarray,
     neighbour_rank: np.ndarray,
-    vectors: np.ndarray,
-    dist2: np.ndarray,
+    edges: _Edges,
+    first_centre: int,
+    edge_range: slice,
 ) -> np.ndarray:
     """Features of consecutive centres 0..Nb−1 from their edges (sorted by centre, nearest first).
 
@@ -495,6 +519,8 @@ def _featurize_block(
     n_sigma, max_order = len(plan.sigmas), plan.max_order
     slots = plan.decay.shape[0]
     layers = max(max_order, 0) + 1
+    centre = edges.centre[edge_range] - first_centre
+    dist2 = edges.dist2[edge_range]
 
     # Position of every edge in the padded layout (a radix sort on a small key keeps it cheap).
     key = centre * n_elements + neighbour_rank
@@ -508,37 +534,56 @@ def _featurize_block(
     segment_start = np.cumsum(counts) - counts
     row = centre[order]
     col = offset[neighbour_rank[order]] + (np.arange(len(order)) - segment_start[key[order]])
+    flat = row * columns + col
     padded_dist2 = np.full((n_centres, columns), np.inf)
-    padded_dist2[row, col] = dist2[order]
+    padded_dist2.ravel()[flat] = dist2[order]
 
     # weights[n, c, slot, column] = Σ_g weight_g λ_gⁿ exp(−decay_g d²) of that edge (layout chosen
     # so each (n, slot) is a unit-stride 2-D slab and weights[n] is a transposed BLAS operand).
     weights = np.zeros((layers, n_centres, slots, columns))
+    n_gauss_max = int(plan.counts[elements].max())
+    # Work buffer for the per-(slot, Gaussian) path, reused by every element and slot: fresh
+    # large arrays cost page faults, measurably so at these sizes.
+    buffer = np.empty(n_gauss_max * n_centres * int(width.max()))
     for e, atomic_number in enumerate(elements):
         if width[e] == 0:
             continue
         column_min = padded_dist2[:, offset[e] : offset[e + 1]].min(axis=0)  # non-decreasing
         n_gauss = int(plan.counts[atomic_number])
+        # reach[s, g]: leading columns of the block that hold an edge within that radius.
+        reach = np.searchsorted(column_min, plan.radius[:, atomic_number, :n_gauss] ** 2)
+        used = int(reach.max())
+        if used == 0:
+            continue
+        d2 = padded_dist2[:, offset[e] : offset[e] + used]
+        decay = plan.decay[:, atomic_number, :n_gauss]
+        mixing = plan.weight[:, atomic_number, :n_gauss].transpose(0, 2, 1)  # (slots, layers, G)
+        # Either every term truncated at its own radius (one exp call per (slot, Gaussian)) or
+        # all (slot, Gaussian) terms up to the widest radius in one call, whichever costs less
+        # by a measured model: a NumPy call ≈ 700 exps, the one-call path ≈ 3× per exp (larger
+        # arrays, one more pass). It decides for small structures and narrow probes (gmpset2).
+        exact_cost = n_centres * int(reach.sum()) + 700 * 3 * reach.size
+        if 3 * n_centres * used * reach.size < exact_cost:
+            terms = np.empty((slots, n_gauss, n_centres * used))
+            np.multiply(d2.reshape(1, 1, -1), -decay[:, :, None], out=terms)
+            np.exp(terms, out=terms)
+            mixed = np.matmul(mixing, terms)  # (slots, layers, Nb·used)
+            weights[:, :, :, offset[e] : offset[e] + used] = mixed.reshape(
+                slots, layers, n_centres, used
+            ).transpose(1, 2, 0, 3)
+            continue
         for s in range(slots):
-            reach = np.searchsorted(
-                column_min, plan.radius[s, atomic_number, :n_gauss] ** 2, side="left"
-            )
-            used = int(reach.max())
-            if used == 0:
+            n_layers, slot_used = (layers if s < n_sigma else 1), int(reach[s].max())
+            if slot_used == 0:
                 continue
-            n_layers = layers if s < n_sigma else 1
-            d2 = padded_dist2[:, offset[e] : offset[e] + used]
-            terms = np.zeros((n_gauss, n_centres, used))
-            for g in range(n_gauss):
-                if reach[g]:
-                    np.multiply(
-                        d2[:, : reach[g]], -plan.decay[s, atomic_number, g], out=terms[g, :, : reach[g]]
-                    )
-                    np.exp(terms[g, :, : reach[g]], out=terms[g, :, : reach[g]])
-            mixed = plan.weight[s, atomic_number, :n_gauss, :n_layers].T @ terms.reshape(n_gauss, -1)
-            weights[:n_layers, :, s, offset[e] : offset[e] + used] = mixed.reshape(
-                n_layers, n_centres, used
-            )
+            terms = buffer[: n_gauss * n_centres * slot_used].reshape(n_gauss, n_centres, -1)
+            for g, cols in enumerate(reach[s].tolist()):
+                np.multiply(d2[:, :cols], -decay[s, g], out=terms[g, :, :cols])
+                np.exp(terms[g, :, :cols], out=terms[g, :, :cols])
+                terms[g, :, cols:] = 0.0
+            weights[:n_layers, :, s, offset[e] : offset[e] + slot_used] = (
+                mixing[s, :n_layers] @ terms.reshape(n_gauss, -1)
+            ).reshape(n_layers, n_centres, slot_used)
 
     requested = set(plan.orders)
     features = []
@@ -550,7 +595,9 @@ def _featurize_block(
         features.append(np.abs(zeroth[:, :n_sigma]))  # M_0 = 1, invariant weight 1
     if max_order >= 1:
         padded_vec = np.zeros((3, n_centres, columns))
-        padded_vec[:, row, col] = vectors[order].T
+        vectors = edges.vectors(edge_range)
+        for axis in range(3):
+            padded_vec[axis].ravel()[flat] = vectors[axis].take(order)
         lower_monomials: dict[tuple[int, int, int], np.ndarray] = {}
         for n in range(1, max_order + 1):
             components = _components(n)

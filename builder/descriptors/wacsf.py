@@ -1,4 +1,4 @@
-"""Weighted radial atom-centred symmetry functions (wACSF): label sets ``wacsfset1`` … ``wacsfset3``.
+"""Weighted radial atom-centred symmetry functions (wACSF): ``wacsfset1`` … ``wacsfset3``.
 
 Definition (Behler G2 with the element weight g(Z_j) = Z_j, as in the paper and PyXtal_FF's
 ``atom_weighted=True``):
@@ -19,17 +19,23 @@ Decisions and why:
   largest Rs of sets 1 and 3 (10 Å) only through Gaussian tails, exactly as a Behler G2 with
   Rs > Rc does elsewhere. Sets differ only in their (η, Rs) grids (paper Table 3).
 * An atom without neighbours gets zeros (PyXtal_FF asserts; DScribe returns zeros).
-* Evaluation: :func:`builder.descriptors._common.gaussian_moments` with one weight per edge
-  (Z_j f_c(d_ij)). The wACSF grids are short and irregular (8, 5 and 14 shifts), so the direct path
-  is taken: one exponent matrix product for all (η, Rs), one exp, one batched matrix-vector
-  product per centre. On this hardware numpy's exp costs about two multiplications, so the
-  factorised recurrence gains nothing on grids this short (measured in
-  ``bench/bench_descriptors.py``).
+* Evaluation (``method="auto"``, the fused path): the weight is folded into the exponent,
+  Z_j f_c exp(−η(d − Rs)²) = exp(−η d² + 2η Rs d − η Rs² + log(Z_j f_c)), so one matrix product
+  [d², d, 1, log(Z f_c)] (E × 4) · coefficients (4 × |η||Rs|) gives every exponent of the
+  structure, one in-place ``exp`` the terms, and one ``np.add.reduceat`` over the edges of each
+  centre (the neighbour list is sorted by centre) the sums: three array passes and no padding.
+  f_c > 0 for every d < Rc, so the logarithm is finite; rounding of the folded exponent is
+  ~1e-13 relative. The wACSF grids are short and irregular (8, 5 and 14 shifts): on this
+  hardware numpy's exp costs about two multiplications, so the factorised recurrence of
+  :mod:`builder.descriptors._common` (``method="factorised"``, regular grids only) gains
+  nothing here; ``"direct"`` / ``"factorised"`` run the shared engine and exist for tests and
+  benchmarks (results agree to ~1e-13).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -45,46 +51,41 @@ from builder.descriptors._common import (
 )
 from builder.neighbors import NeighbourList
 
-__all__ = ["DEFAULT_RC", "WACSF_SETS", "feature_names", "featurize", "required_radius"]
+__all__ = ["DEFAULT_RC", "feature_names", "featurize", "required_radius"]
 
 #: Default cutoff radius, Å (see the module docstring).
 DEFAULT_RC = 8.0
 
-#: The paper's three wACSF sets (Table 3), complete keyword arguments for ``featurize``.
-WACSF_SETS: dict[str, dict] = {
-    "wacsfset1": {
-        "etas": [0.01, 0.1, 0.4, 1.0, 3.5, 5.0],
-        "rs": [0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0],
-        "rc": DEFAULT_RC,
-    },
-    "wacsfset2": {
-        "etas": [0.01, 0.1, 0.4, 1.0],
-        "rs": [0.0, 1.0, 2.0, 3.0, 4.0],
-        "rc": DEFAULT_RC,
-    },
-    "wacsfset3": {
-        "etas": [0.01, 0.06, 0.1, 0.2, 0.4, 0.7, 1.0, 2.0, 3.5, 5.0],
-        "rs": [0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0],
-        "rc": DEFAULT_RC,
-    },
-}
-
 
 def _validated(etas: Sequence[float], rs: Sequence[float], rc: float):
-    etas = np.asarray(etas, dtype=np.float64).reshape(-1)
-    rs = np.asarray(rs, dtype=np.float64).reshape(-1)
-    if len(etas) == 0 or len(rs) == 0:
+    """(etas, rs, rc, fused coefficients) as read-only float64 arrays and a float; raises
+    ValueError on bad values. Cached: featurize is called once per structure."""
+    return _validated_cached(tuple(np.ravel(etas).tolist()), tuple(np.ravel(rs).tolist()), rc)
+
+
+@lru_cache(maxsize=32)
+def _validated_cached(etas: tuple, rs: tuple, rc):
+    etas_arr = np.array(etas, dtype=np.float64)
+    rs_arr = np.array(rs, dtype=np.float64)
+    if len(etas_arr) == 0 or len(rs_arr) == 0:
         raise ValueError("wACSF needs at least one eta and one Rs")
-    if np.any(etas <= 0):
-        raise ValueError(f"wACSF etas must be > 0, got {etas.tolist()}")
+    if np.any(etas_arr <= 0):
+        raise ValueError(f"wACSF etas must be > 0, got {list(etas)}")
     if not rc > 0:
         raise ValueError(f"wACSF rc must be > 0, got {rc}")
-    return etas, rs, float(rc)
+    # exponent of column (η, Rs) = [d², d, 1, log(Z f_c)] · (−η, 2η Rs, −η Rs², 1)
+    eta_col, rs_col = np.repeat(etas_arr, len(rs_arr)), np.tile(rs_arr, len(etas_arr))
+    coefficients = np.stack(
+        [-eta_col, 2.0 * eta_col * rs_col, -eta_col * rs_col**2, np.ones_like(eta_col)]
+    )
+    for array in (etas_arr, rs_arr, coefficients):
+        array.flags.writeable = False
+    return etas_arr, rs_arr, float(rc), coefficients
 
 
 def feature_names(etas: Sequence[float], rs: Sequence[float], rc: float = DEFAULT_RC) -> list[str]:
     """Names in output order: ``eta=<η>,Rs=<Rs>``, η slowest, Rs fastest."""
-    etas, rs, _ = _validated(etas, rs, rc)
+    etas, rs, _, _ = _validated(etas, rs, rc)
     return [f"eta={format_value(e)},Rs={format_value(r)}" for e in etas for r in rs]
 
 
@@ -115,29 +116,33 @@ def featurize(
         etas: Gaussian exponents η, Å⁻².
         rs: Gaussian centres Rs, Å.
         rc: cutoff radius, Å.
-        method: evaluation path of :func:`~builder.descriptors._common.gaussian_moments`
-            (results agree to ~1e-13; for benchmarks and tests).
+        method: ``"auto"`` (fused, see the module docstring), or ``"direct"`` /
+            ``"factorised"`` (paths of :func:`~builder.descriptors._common.gaussian_moments`;
+            results agree to ~1e-13; for tests and benchmarks).
 
     Returns:
         (N, len(etas)·len(rs)) float64, columns as in :func:`feature_names`.
     """
     del pos, cell, pbc  # distances come from the neighbour list
-    etas, rs, rc = _validated(etas, rs, rc)
+    etas, rs, rc, coefficients = _validated(etas, rs, rc)
     z = np.asarray(z, dtype=np.int64).reshape(-1)
     n_atoms = len(z)
     n_features = len(etas) * len(rs)
     nl = check_radius(nl, rc, "wACSF")
     if nl.num_edges == 0:
         return np.zeros((n_atoms, n_features))
-    plan = gaussian_plan(etas, rs, rc, 1, squared=False, method=method)
     neighbour, centre = nl.edge_index
     n_edges = nl.num_edges
+    counts, starts = edge_starts(centre, n_atoms)
+    weight = cosine_cutoff(nl.edge_dist, rc, inside=True)
+    weight *= np.take(z, neighbour)
+    if method == "auto":
+        return _fused(nl.edge_dist, weight, counts, starts, coefficients)
+    plan = gaussian_plan(etas, rs, rc, 1, squared=False, method=method)
     # Per-edge [d, Z_j f_c(d)] and a trailing zero column for the padding slots.
     edge_values = np.zeros((2, n_edges + 1))
     edge_values[0, :n_edges] = nl.edge_dist
-    edge_values[1, :n_edges] = cosine_cutoff(nl.edge_dist, rc)
-    edge_values[1, :n_edges] *= np.take(z, neighbour)
-    counts, starts = edge_starts(centre, n_atoms)
+    edge_values[1, :n_edges] = weight
     blocks = []
     for first, last in centre_blocks(counts, plan.work_per_edge(1)):
         index = padded_index(counts[first:last], starts[first:last], n_edges)
@@ -145,3 +150,26 @@ def featurize(
         blocks.append(gaussian_moments(plan, padded[0], padded[1:], last - first))
     out = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     return out.reshape(n_atoms, n_features)
+
+
+def _fused(dist, weight, counts, starts, coefficients) -> np.ndarray:
+    """Σ_j weight_j exp(−η (d_j − Rs)²) per centre by exponent GEMM, exp and reduceat."""
+    n_atoms, n_features = len(counts), coefficients.shape[1]
+    blocks = list(centre_blocks(counts, n_features))
+    out = None if len(blocks) == 1 and counts.min() > 0 else np.zeros((n_atoms, n_features))
+    for first, last in blocks:
+        lo, hi = int(starts[first]), int(starts[last - 1] + counts[last - 1])
+        if hi == lo:
+            continue
+        powers = np.empty((4, hi - lo))  # [d², d, 1, log(Z f_c)]
+        np.multiply(dist[lo:hi], dist[lo:hi], out=powers[0])
+        powers[1] = dist[lo:hi]
+        powers[2] = 1.0
+        np.log(weight[lo:hi], out=powers[3])
+        terms = powers.T @ coefficients  # (E, |η||Rs|) exponents incl. log weight
+        np.exp(terms, out=terms)
+        if out is None:  # one block, every centre has neighbours: the common case
+            return np.add.reduceat(terms, starts, axis=0)
+        rows = first + np.flatnonzero(counts[first:last] > 0)  # reduceat needs non-empty segments
+        out[rows] = np.add.reduceat(terms, starts[rows] - lo, axis=0)
+    return out

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.model import ETConfig, EquivariantTransformer, GraphRegressor, load_torchmd_net_weights
+from trainer.model import EquivariantTransformer, ETConfig, GraphRegressor, load_torchmd_net_weights
 
 torch.set_default_dtype(torch.float32)
 
