@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU wheel on this machine, never a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
+	# test oracles whose declared dependencies would pull another torch / all of Lightning
+	$(BIN)/pip install --quiet --no-deps pyxtal-ff==0.2.3 torchmd-net==3.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

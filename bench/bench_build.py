@@ -40,15 +40,32 @@ SETS = {
     "mp_20_subset": (DATASETS / "mp_20_subset.csv.gz", ["-t", "formation_energy_per_atom"]),
 }
 
+# Runs one build in a fresh process. Each LMDB commit is time-stamped (by wrapping the writer)
+# so the steady-state rate, after worker start-up and imports, can be told from the end-to-end
+# rate: the rate between the commit that passes 20 % of the records and the last one.
 BUILD_RUNNER = """
 import json, resource, sys, time
-from builder.build import BuildOptions, build_store
-opts = BuildOptions(**json.loads(sys.argv[1]))
+import builder.build as b
+stamps = []
+write = b.LmdbWriter.write
+def timed_write(self, items):
+    items = list(items)
+    write(self, items)
+    stamps.append((time.perf_counter(), sum(k.startswith(b"g/") for k, _ in items)))
+b.LmdbWriter.write = timed_write
+opts = b.BuildOptions(**json.loads(sys.argv[1]))
 t = time.perf_counter()
-m = build_store(opts)
+m = b.build_store(opts)
 wall = time.perf_counter() - t
+done, first = 0, None
+for when, n in stamps:
+    done += n
+    if first is None and done >= 0.2 * m["counts"]["records"]:
+        first = (when, done)
+steady = (done - first[1]) / (stamps[-1][0] - first[0])
 print(json.dumps({
     "wall_s": wall,
+    "steady_structures_per_s": steady,
     "records": m["counts"]["records"],
     "atoms": m["counts"]["atoms"],
     "edges": m["counts"]["edges"],
@@ -150,7 +167,7 @@ def bench_engines(structures, cutoff: float = 8.0) -> dict:
                     cell=c,
                     pbc=[True] * 3,
                     cutoff=cutoff,
-                    numbers=np.ones(len(p), int),
+                    numbers=np.ones(len(p), np.int32),
                 )
             )
 
@@ -282,18 +299,26 @@ def markdown(r: dict) -> str:
         "",
         "## Graph-only build (8 Å, complete neighbour lists)",
         "",
-        "| dataset | jobs | structures/s | atoms/s | speed-up | main peak RSS MiB | "
-        "worker peak RSS MiB | bytes/atom | edges/atom |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "End to end (one fresh process per build: start-up, worker spawn and imports, CSV "
+        "counting and hashing, finalisation included) and steady state (records per second "
+        "between the commit passing 20 % of the records and the last commit).",
+        "",
+        "| dataset | jobs | structures/s | atoms/s | speed-up | steady-state structures/s | "
+        "steady speed-up | main peak RSS MiB | worker peak RSS MiB | bytes/atom | edges/atom |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    base = {}
+    base, steady = {}, {}
     for b in r["builds"]:
         if b["jobs"] == 1:
             base[b["dataset"]] = b["structures_per_s"]
+            steady[b["dataset"]] = b["steady_structures_per_s"]
         lines.append(
             f"| {b['dataset']} ({b['records']:,} structures) | {b['jobs']} | "
             f"{b['structures_per_s']:.0f} | {b['atoms_per_s']:,.0f} | "
-            f"{b['structures_per_s'] / base[b['dataset']]:.2f}× | {b['main_peak_rss_mib']:.0f} | "
+            f"{b['structures_per_s'] / base[b['dataset']]:.2f}× | "
+            f"{b['steady_structures_per_s']:.0f} | "
+            f"{b['steady_structures_per_s'] / steady[b['dataset']]:.2f}× | "
+            f"{b['main_peak_rss_mib']:.0f} | "
             f"{b['worker_peak_rss_mib']:.0f} | {b['bytes_per_atom']:.0f} | "
             f"{b['edges_per_atom']:.0f} |"
         )

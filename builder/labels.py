@@ -113,10 +113,14 @@ def compute_labels(
     from builder.descriptors.registry import get
 
     specs = [get(name) for name in names]
-    radius = max(s.radius for s in specs)
+    radii = {s.name: s.radius_for(z) for s in specs}
+    radius = max(radii.values())
     if nl is None or nl.cutoff < radius:
-        nl = neighbour_list(pos, cell, pbc, radius)
-    return {s.name: np.asarray(s.compute(z, pos, cell, pbc, nl.within(s.radius))) for s in specs}
+        # descriptors need no distance order: skip the sort (most of a wide list's cost)
+        nl = neighbour_list(pos, cell, pbc, radius, sort=False)
+    return {
+        s.name: np.asarray(s.compute(z, pos, cell, pbc, nl.within(radii[s.name]))) for s in specs
+    }
 
 
 @dataclass

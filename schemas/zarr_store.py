@@ -21,12 +21,14 @@ array              dtype        shape         content
 ``descriptors/<set>``  float32/16  (A, d)     per-atom labels
 =================  ===========  ============  ============================================
 
-Chunks are compressed with Zstandard (Zarr's default). Random access is slower than LMDB
-(several chunk reads per record); Zarr is for analysis and sharing, LMDB for training.
+Chunks are compressed with Zstandard (Zarr's default). The reader keeps decoded chunks in a
+bounded LRU cache (``cache_bytes``, default 512 MiB per store object), so random access touches
+each chunk once while it fits; LMDB remains the format for training.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -39,18 +41,61 @@ from schemas.store import Store
 __all__ = ["ZarrStore"]
 
 
+class _ChunkCache:
+    """Decoded chunks of Zarr arrays, least recently used dropped first, bounded in bytes."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.used = 0
+        self.chunks: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def rows(self, name: str, array, start: int, stop: int, axis: int = 0) -> np.ndarray:
+        """``array[start:stop]`` along ``axis`` (0 or 1), assembled from cached chunks."""
+        if stop <= start:
+            shape = list(array.shape)
+            shape[axis] = 0
+            return np.zeros(shape, dtype=array.dtype)
+        step = array.chunks[axis]
+        parts = []
+        for c in range(start // step, (stop - 1) // step + 1):
+            block = self.chunks.get((name, c))
+            if block is None:
+                lo, hi = c * step, min((c + 1) * step, array.shape[axis])
+                block = array[lo:hi] if axis == 0 else array[:, lo:hi]
+                block.flags.writeable = False  # records are views of it: keep it intact
+                self.chunks[(name, c)] = block
+                self.used += block.nbytes
+                while self.used > self.budget and len(self.chunks) > 1:
+                    _, old = self.chunks.popitem(last=False)
+                    self.used -= old.nbytes
+            else:
+                self.chunks.move_to_end((name, c))
+            lo = max(start - c * step, 0)
+            hi = min(stop - c * step, step)
+            parts.append(block[lo:hi] if axis == 0 else block[:, lo:hi])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
+
+
 class ZarrStore(Store):
     """Read-only Zarr store with the same record interface as :class:`LmdbStore`."""
 
     backend = "zarr"
 
-    def __init__(self, path, manifest: dict, descriptors: Iterable[str] | None = None):
+    def __init__(
+        self,
+        path,
+        manifest: dict,
+        descriptors: Iterable[str] | None = None,
+        cache_bytes: int = 512 << 20,
+    ):
         super().__init__(path, manifest, descriptors)
         self._group = None
+        self._cache = _ChunkCache(cache_bytes)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_group"] = None
+        state["_cache"] = _ChunkCache(self._cache.budget)
         return state
 
     def _open(self):
@@ -80,18 +125,19 @@ class ZarrStore(Store):
         g = self._open()
         a0, a1 = int(self._atom_off[i]), int(self._atom_off[i + 1])
         e0, e1 = int(self._edge_off[i]), int(self._edge_off[i + 1])
-        shift = g["edge_shift"][e0:e1]
+        rows = self._cache.rows
+        shift = rows("edge_shift", g["edge_shift"], e0, e1)
         rec: dict[str, Any] = {
             "id": str(self._ids[i]),
-            "z": g["z"][a0:a1],
-            "pos": g["pos"][a0:a1],
-            "cell": g["cell"][i],
-            "pbc": g["pbc"][i],
-            "edge_index": g["edge_index"][:, e0:e1],
+            "z": rows("z", g["z"], a0, a1),
+            "pos": rows("pos", g["pos"], a0, a1),
+            "cell": rows("cell", g["cell"], i, i + 1)[0],
+            "pbc": rows("pbc", g["pbc"], i, i + 1)[0],
+            "edge_index": rows("edge_index", g["edge_index"], e0, e1, axis=1),
             "edge_shift": shift.astype(shift_dtype(shift)),
-            "edge_dist": g["edge_dist"][e0:e1],
-            "targets": g["targets"][i],
+            "edge_dist": rows("edge_dist", g["edge_dist"], e0, e1),
+            "targets": rows("targets", g["targets"], i, i + 1)[0],
         }
         for name in self.descriptors if descriptors is None else descriptors:
-            rec[name] = g["descriptors"][name][a0:a1]
+            rec[name] = rows(f"descriptors/{name}", g["descriptors"][name], a0, a1)
         return rec

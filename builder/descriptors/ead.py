@@ -28,12 +28,21 @@ Decisions and why:
 * Any L ≥ 0 is accepted (PyXtal_FF stops at 3). An atom without neighbours gets zeros (PyXtal_FF
   asserts). Raw values span ~1e-43 … 2e5: consumers must standardise per feature before training.
 
-Evaluation. Per centre this is a small matrix product (monomials × neighbours) · (neighbours × Rs)
-per η. :func:`builder.descriptors._common.gaussian_moments` runs it with the factorised
-recurrence on the regular Rs grid (one exp per (edge, block) and per (edge, step) instead of per
-(edge, shift)) and batched BLAS products over centres, in blocks of centres; then ρ² is reduced
-over monomial orders by one more small product. Floating-point work per atom and the measured
-rates are in ``bench/results/descriptors.md``.
+Evaluation. Per centre and η this is a small matrix product (monomials × neighbours) ·
+(neighbours × Rs). :func:`builder.descriptors._common.gaussian_moments` runs it with the
+factorised recurrence on the regular Rs grid (one exp per (edge, block) and per (edge, step)
+instead of per (edge, shift)) and batched BLAS products over centres; the raw monomials
+x^lx y^ly z^lz are the weights and their 1/(lx! ly! lz!) sits in the final reduction of ρ² over
+monomial orders (one more small product), so no pass normalises them.
+
+Work per atom on mp_20_subset (132.5 neighbours within 8 Å, 449.6 within 12 Å; M = 10 / 4 / 4
+monomials): the contraction is 2·M·|η|·|Rs|·neighbours = 0.85 / 3.45 / 0.68 MFLOP for sets
+1 / 2 / 3, run as dgemm at ~45-60 GFLOP/s; around it ~9.8k / 59k / 15k exps and ~13k / 99k / 17k
+elementwise products per atom (block shapes 5 × 32 / mixed / 8 × 20). On the benchmark machine
+(one core of a shared 2-core VM; numpy exp ≈ 0.7 ns, a product ≈ 0.4-0.6 ns per element, dgemm
+60-75 GFLOP/s) that puts the floor near 40 µs/atom for set 1: the contraction alone at dgemm peak
+would allow ~80k atoms/s, the exp and product passes (L2-bandwidth bound) and ~40 numpy calls
+per structure take the rest. Measured rates and PyXtal_FF ratios: ``bench/results/descriptors.md``.
 """
 
 from __future__ import annotations

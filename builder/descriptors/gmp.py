@@ -51,12 +51,21 @@ Decisions and why:
   radius for the elements present, and ``featurize`` itself only uses edges within that radius
   (``nl.within``). Inside it each Gaussian is evaluated only on the neighbour columns that can
   reach its own radius (edges are laid out per centre and element, nearest first), so narrow
-  Gaussians cost little. Terms just beyond a Gaussian's radius may still be included when they
-  share a column with a closer one (harmless: more accurate, never less).
+  Gaussians cost little; for small structures, where NumPy's per-call cost dominates, all of an
+  element's Gaussians are instead evaluated in one call up to the widest radius (a measured cost
+  model picks). Terms beyond a Gaussian's radius that get evaluated this way are kept (harmless:
+  more accurate, never less); the results of the two paths differ by ~1e-16 relative.
+* **Neighbour lists**: ``featurize`` needs a list complete to ``required_radius(elements=z,
+  ...)``; any edge order is accepted (re-sorted by centre and distance if needed).
 
-Costs are dominated by ``exp`` over (edges × σ × Gaussians) and a batched matrix product
-(monomials × edges × σ); there is no Python loop over atoms or edges (loops run over blocks of
-centres, elements present, σ, Gaussians and orders).
+Accuracy (tests): NaCl reference values of descriptors.md to 2e-13 (periodic) and 2e-10
+(cluster; both limited by the digits quoted), GMP-featurizer to ≤ 1e-13 of each atom's largest
+feature, a brute-force real-space grid integration to ~6e-14.
+
+Costs are dominated by ``exp`` over (edges × σ × Gaussians), memory passes over the padded edge
+layout and a batched matrix product (monomials × edges × σ); there is no Python loop over atoms
+or edges (loops run over blocks of centres, elements present, σ, Gaussians and orders). On one
+core this is 1.1-4.2× GMP-featurizer's speed (``bench/bench_gmp.py``).
 """
 
 from __future__ import annotations

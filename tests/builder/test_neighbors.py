@@ -150,3 +150,29 @@ def test_within_keeps_order_and_subset():
     sub = nl.within(5.0)
     assert_same(sub, brute_force(s.cart_coords, s.lattice.matrix, [True] * 3, 5.0))
     assert_sorted_nearest_first(sub)
+
+
+def test_unsorted_list_has_the_same_edges_grouped_by_centre():
+    for s in real_structures("mp_20_subset.csv.gz", 5, 211):
+        sorted_nl = neighbour_list(s.cart_coords, s.lattice.matrix, [True] * 3, 12.0)
+        fast = neighbour_list(s.cart_coords, s.lattice.matrix, [True] * 3, 12.0, sort=False)
+        assert as_dict(fast) == as_dict(sorted_nl)
+        assert np.all(np.diff(fast.edge_index[1]) >= 0)
+
+
+@pytest.mark.parametrize("name", ["wacsfset1", "eadset1", "gmpset2"])
+def test_descriptors_do_not_depend_on_edge_order(name):
+    from builder.descriptors.registry import get
+
+    spec = get(name)
+    s = real_structures("mp_20_subset.csv.gz", 1, 5)[0]
+    args = (
+        np.array([site.specie.Z for site in s]),
+        s.cart_coords,
+        s.lattice.matrix,
+        np.array([True] * 3),
+    )
+    radius = spec.radius_for(args[0])
+    a = spec.compute(*args, neighbour_list(*args[1:], radius))
+    b = spec.compute(*args, neighbour_list(*args[1:], radius, sort=False))
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300)

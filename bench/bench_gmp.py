@@ -1,0 +1,319 @@
+"""Benchmark of the GMP descriptors (label sets gmpset1..3) against GMP-featurizer.
+
+On the same structures (first ``--perov`` of perov_5 and first ``--mp`` of mp_20_subset), one
+core (OMP_NUM_THREADS=1, set before NumPy loads):
+
+1. atoms/s of ``featurize`` per set and dataset; neighbour-list time reported separately, for
+   the structure-independent radius (``required_radius(**params)``, what a static registry
+   asks for) and for the radius of the elements present (``required_radius(elements=z, ...)``).
+2. GMP-featurizer (TRI-AMDD, built from source; not on any package registry) on the same
+   structures in the same run, as a subprocess in its own virtual environment
+   (``--gmpfeaturizer-python``, default ``/work/oracles/gmp-venv/bin/python``; skipped with a
+   note when it is missing), ``cores=1``, periodic: atoms/s (its time includes its own
+   neighbour search), our speed ratio, and the largest difference of the features.
+3. Work per atom: exp evaluations and multiply-adds of the ideal algorithm (every Gaussian term
+   within its truncation radius once, no padding), and the time that work needs at this core's
+   measured exp throughput and dgemm rate: the fraction of the CPU's limit we reach.
+
+Run: ``python bench/bench_gmp.py --out bench/results/gmp.json`` (also writes ``gmp.md`` beside).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"  # before NumPy loads: one core, BLAS included
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import gzip  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+sys.path.insert(0, str(REPO))
+csv.field_size_limit(sys.maxsize)
+
+from builder.descriptors import gmp  # noqa: E402
+from builder.neighbors import neighbour_list  # noqa: E402
+
+DEFAULT_ORACLE_PYTHON = "/work/oracles/gmp-venv/bin/python"
+
+# Runs inside GMP-featurizer's environment: reads structures from an .npz, featurizes each set
+# with cores=1 (no Ray), writes features and the best wall time of `repeats` runs.
+ORACLE_WORKER = r"""
+import json, sys, time
+import numpy as np
+from GMPFeaturizer import GMPFeaturizer
+from GMPFeaturizer.constants import ATOM_INDEX_TO_SYMBOL_DICT as SYMBOL
+data = np.load(sys.argv[1])
+sets = json.loads(sys.argv[2])
+psp_path, out_path, repeats = sys.argv[3], sys.argv[4], int(sys.argv[5])
+names = json.loads(str(data["names"]))
+results, timings = {}, {}
+for set_name, params in sets.items():
+    featurizer = GMPFeaturizer(
+        GMPs={"GMPs": {"orders": params["orders"], "sigmas": params["sigmas"]},
+              "psp_path": psp_path, "overlap_threshold": params["overlap_threshold"]},
+        converter=None, calc_derivatives=False, verbose=False)
+    for dataset, keys in names.items():
+        images = [{"pbc": np.array([True, True, True]), "cell": data[k + "/cell"],
+                   "atom_positions": data[k + "/pos"],
+                   "atom_symbols": np.array([SYMBOL[int(z)] for z in data[k + "/z"]])}
+                  for k in keys]
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            out = featurizer.prepare_features(images, cores=1)
+            best = min(best, time.perf_counter() - start)
+        timings[set_name + "|" + dataset] = best
+        for k, entry in zip(keys, out):
+            results[set_name + "|" + k] = entry["features"]
+np.savez(out_path, **results)
+print(json.dumps(timings))
+"""
+
+
+def load_structures(name: str, count: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(z, pos, cell) of the first ``count`` structures of a dataset (pymatgen CIF parser)."""
+    from pymatgen.core import Structure
+
+    with gzip.open(DATASETS / f"{name}.csv.gz", "rt", newline="") as fh:
+        rows = list(itertools.islice(csv.DictReader(fh), count))
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for row in rows:
+            s = Structure.from_str(row["cif"], fmt="cif")
+            out.append((np.array(s.atomic_numbers), s.cart_coords, s.lattice.matrix))
+    return out
+
+
+def cpu_limits() -> dict:
+    """This core's NumPy exp throughput (ns per exp) and dgemm rate (GFLOP/s)."""
+    x = -np.random.default_rng(0).random(1 << 20) * 30
+    y = np.empty_like(x)
+    np.exp(x, out=y)
+    start = time.perf_counter()
+    for _ in range(20):
+        np.exp(x, out=y)
+    exp_ns = (time.perf_counter() - start) / (20 * x.size) * 1e9
+    a = np.random.default_rng(1).random((1024, 1024))
+    a @ a
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    gflops = 5 * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
+    return {"exp_ns": exp_ns, "dgemm_gflops": gflops}
+
+
+def ideal_work(z, nl, params) -> tuple[int, int]:
+    """(exp evaluations, multiply-adds) of the ideal algorithm for one structure.
+
+    Every (edge, σ or order −1 slot, Gaussian) within its truncation radius costs one exp and
+    one multiply-add per order layer (radial weights); every (edge, σ, component) one
+    multiply-add (contraction with the monomials) plus one multiply per monomial and edge.
+    """
+    plan, _ = gmp._plan_for(dict(params))
+    n_sigma, layers = len(plan.sigmas), plan.max_order + 1
+    radius = gmp.required_radius(elements=z, **params)
+    nl = nl.within(radius)
+    neighbour_z = z[nl.edge_index[0]]
+    exps = macs = 0
+    for element in np.unique(z):
+        d2 = np.sort(nl.edge_dist[neighbour_z == element] ** 2)
+        n_gauss = int(plan.counts[element])
+        for slot in range(plan.decay.shape[0]):
+            reach = np.searchsorted(d2, plan.radius[slot, element, :n_gauss] ** 2)
+            exps += int(reach.sum())
+            macs += int(reach.sum()) * (layers if slot < n_sigma else 1)
+    components = sum((n + 1) * (n + 2) // 2 for n in range(1, plan.max_order + 1))
+    macs += nl.num_edges * (n_sigma * (1 + components) + components)
+    return exps, macs
+
+
+def bench_ours(structures, params, repeats: int) -> dict:
+    """Best-of-``repeats`` times (s) of the neighbour lists and of ``featurize``, and work."""
+    pbc = np.ones(3, bool)
+    global_radius = gmp.required_radius(**params)
+    radii = [gmp.required_radius(elements=z, **params) for z, _, _ in structures]
+    best = {"nl_global_s": np.inf, "nl_elements_s": np.inf, "featurize_s": np.inf}
+    for _ in range(repeats):
+        # Per structure, nothing kept but the features: holding all lists (~1e7 edges) would
+        # time the memory system instead.
+        spent = dict.fromkeys(best, 0.0)
+        features, exps, macs = [], 0, 0
+        for (z, pos, cell), radius in zip(structures, radii):
+            start = time.perf_counter()
+            # sort=False: descriptors need no distance order (the builder skips the sort too)
+            neighbour_list(pos, cell, pbc, global_radius, sort=False)
+            spent["nl_global_s"] += time.perf_counter() - start
+            start = time.perf_counter()
+            nl = neighbour_list(pos, cell, pbc, radius, sort=False)
+            spent["nl_elements_s"] += time.perf_counter() - start
+            start = time.perf_counter()
+            features.append(gmp.featurize(z, pos, cell, pbc, nl, **params))
+            spent["featurize_s"] += time.perf_counter() - start
+            e, m = ideal_work(z, nl, params)
+            exps, macs = exps + e, macs + m
+        best = {k: min(best[k], spent[k]) for k in best}
+    timings = best
+    atoms = sum(len(s[0]) for s in structures)
+    return {
+        "structures": len(structures),
+        "atoms": atoms,
+        **timings,
+        "featurize_atoms_per_s": atoms / timings["featurize_s"],
+        "nl_elements_atoms_per_s": atoms / timings["nl_elements_s"],
+        "nl_global_atoms_per_s": atoms / timings["nl_global_s"],
+        "total_atoms_per_s": atoms / (timings["featurize_s"] + timings["nl_elements_s"]),
+        "exps_per_atom": exps / atoms,
+        "macs_per_atom": macs / atoms,
+        "_features": features,
+    }
+
+
+def run_oracle(python: str, datasets: dict, sets: dict, repeats: int) -> tuple[dict, dict] | str:
+    """GMP-featurizer timings and features, or a note why it did not run."""
+    if not Path(python).exists():
+        return f"GMP-featurizer not run: {python} not found"
+    psp = REPO / "builder" / "data" / "QE-kjpaw.gpsp"
+    with tempfile.TemporaryDirectory() as tmp:
+        arrays, names = {}, {}
+        for dataset, structures in datasets.items():
+            names[dataset] = []
+            for k, (z, pos, cell) in enumerate(structures):
+                key = f"{dataset}/{k}"
+                names[dataset].append(key)
+                arrays[key + "/z"], arrays[key + "/pos"], arrays[key + "/cell"] = z, pos, cell
+        np.savez(Path(tmp) / "in.npz", names=json.dumps(names), **arrays)
+        proc = subprocess.run(
+            [python, "-c", ORACLE_WORKER, str(Path(tmp) / "in.npz"), json.dumps(sets), str(psp),
+             str(Path(tmp) / "out.npz"), str(repeats)],
+            capture_output=True, text=True, cwd=tmp,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_DISABLE_IMPORT_WARNING": "1"},
+        )  # fmt: skip
+        if proc.returncode != 0:
+            return f"GMP-featurizer failed: {proc.stderr.strip().splitlines()[-1:]}"
+        timings = json.loads(proc.stdout.strip().splitlines()[-1])
+        with np.load(Path(tmp) / "out.npz") as out:
+            features = {k: out[k] for k in out.files}
+    return timings, features
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "gmp.json"))
+    parser.add_argument("--perov", type=int, default=500, help="first N structures of perov_5")
+    parser.add_argument("--mp", type=int, default=300, help="first N of mp_20_subset")
+    parser.add_argument("--gmpfeaturizer-python", default=DEFAULT_ORACLE_PYTHON)
+    parser.add_argument("--repeats", type=int, default=2, help="best of N timings")
+    args = parser.parse_args()
+
+    datasets = {"perov_5": load_structures("perov_5", args.perov)}
+    datasets["mp_20_subset"] = load_structures("mp_20_subset", args.mp)
+    limits = cpu_limits()
+    sets = {name: dict(params) for name, params in gmp.GMP_SETS.items()}
+
+    results, oracle = {}, None
+    for set_name, params in sets.items():
+        # GMP-featurizer and ours alternate set by set so that load from other processes on a
+        # shared machine hits both alike; each timing is the best of --repeats.
+        oracle = run_oracle(args.gmpfeaturizer_python, datasets, {set_name: params}, args.repeats)
+        for dataset, structures in datasets.items():
+            row = bench_ours(structures, params, args.repeats)
+            features = row.pop("_features")
+            ideal_s = row["atoms"] * (
+                row["exps_per_atom"] * limits["exp_ns"] * 1e-9
+                + 2 * row["macs_per_atom"] / (limits["dgemm_gflops"] * 1e9)
+            )
+            row["ideal_work_s"] = ideal_s
+            row["fraction_of_cpu_limit"] = ideal_s / row["featurize_s"]
+            if isinstance(oracle, tuple):
+                timings, reference = oracle
+                seconds = timings[f"{set_name}|{dataset}"]
+                row["gmpfeaturizer_s"] = seconds
+                row["gmpfeaturizer_atoms_per_s"] = row["atoms"] / seconds
+                row["speedup_featurize"] = seconds / row["featurize_s"]
+                row["speedup_with_nl"] = seconds / (row["featurize_s"] + row["nl_elements_s"])
+                worst = 0.0
+                for k, ours in enumerate(features):
+                    theirs = reference[f"{set_name}|{dataset}/{k}"]
+                    scale = np.abs(theirs).max(axis=1, keepdims=True)
+                    worst = max(worst, float((np.abs(ours - theirs) / scale).max()))
+                row["max_diff_vs_gmpfeaturizer"] = worst
+            results[f"{set_name}|{dataset}"] = row
+            print(set_name, dataset, {k: round(v, 3) for k, v in row.items()}, flush=True)
+
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    models = [ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")]
+    cpu = models[0] if models else platform.processor()
+    report = {
+        "machine": {"cpu": cpu, "python": platform.python_version(), "numpy": np.__version__},
+        "cpu_limits": limits,
+        "gmpfeaturizer": "ran" if isinstance(oracle, tuple) else oracle,
+        "results": results,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(markdown(report, args))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def markdown(report: dict, args) -> str:
+    lines = [
+        "# GMP descriptors (gmpset1..3)",
+        "",
+        f"Machine: {report['machine']['cpu']}, one core (OMP_NUM_THREADS=1), Python "
+        f"{report['machine']['python']}, NumPy {report['machine']['numpy']}. Structures: first "
+        f"{args.perov} of perov_5, first {args.mp} of mp_20_subset; best of {args.repeats} "
+        "timings, ours and GMP-featurizer alternating set by set. GMP-featurizer: "
+        f"{report['gmpfeaturizer']} (built from source, cores=1, periodic; its time includes its "
+        "own neighbour search). Core limits measured: "
+        f"exp {report['cpu_limits']['exp_ns']:.2f} ns, dgemm "
+        f"{report['cpu_limits']['dgemm_gflops']:.1f} GFLOP/s.",
+        "",
+        "| set | dataset | atoms | featurize atoms/s | NL atoms/s (elements / global radius) | "
+        "GMP-featurizer atoms/s | speed-up (featurize / with NL) | max diff | exps/atom | "
+        "MACs/atom | % of CPU limit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in report["results"].items():
+        set_name, dataset = key.split("|")
+        oracle = (
+            f"{r['gmpfeaturizer_atoms_per_s']:.0f} | {r['speedup_featurize']:.2f} / "
+            f"{r['speedup_with_nl']:.2f} | {r['max_diff_vs_gmpfeaturizer']:.1e}"
+            if "gmpfeaturizer_s" in r
+            else "– | – | –"
+        )
+        lines.append(
+            f"| {set_name} | {dataset} | {r['atoms']} | {r['featurize_atoms_per_s']:.0f} | "
+            f"{r['nl_elements_atoms_per_s']:.0f} / {r['nl_global_atoms_per_s']:.0f} | {oracle} | "
+            f"{r['exps_per_atom']:.3g} | {r['macs_per_atom']:.3g} | "
+            f"{100 * r['fraction_of_cpu_limit']:.0f} |"
+        )
+    lines += [
+        "",
+        "max diff: largest |ours − GMP-featurizer| over all atoms and features, divided by the "
+        "atom's largest feature. Work: the ideal algorithm's exp evaluations and multiply-adds "
+        "(each Gaussian term within its truncation radius once); % of CPU limit = time that work "
+        "needs at the measured exp and dgemm rates / our featurize time.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
