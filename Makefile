@@ -29,7 +29,9 @@ example: $(STAMP)
 	mkdir -p $(EXAMPLE_OUT)
 	$(BIN)/fp-build build examples/mp_20_sample.csv --out $(EXAMPLE_OUT)/mp_sample.lmdb \
 		--target formation_energy_per_atom --target-unit formation_energy_per_atom=eV/atom \
-		--target band_gap --target-unit band_gap=eV --jobs 2
+		--target band_gap --target-unit band_gap=eV --jobs 2 \
+		--descriptor wacsfset1 --descriptor eadset1
+	$(BIN)/fp-build add $(EXAMPLE_OUT)/mp_sample.lmdb --descriptor gmpset1 --jobs 2
 	$(BIN)/fp-build info $(EXAMPLE_OUT)/mp_sample.lmdb
 	$(BIN)/fp-build verify $(EXAMPLE_OUT)/mp_sample.lmdb --quiet
 

@@ -63,6 +63,19 @@ for when, n in stamps:
     if first is None and done >= 0.2 * m["counts"]["records"]:
         first = (when, done)
 steady = (done - first[1]) / (stamps[-1][0] - first[0])
+# Worker processes (joblib keeps them alive for reuse): their peak RSS from /proc.
+import os
+worker_peak = 0.0
+for pid in os.listdir("/proc"):
+    if not pid.isdigit():
+        continue
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except OSError:
+        continue
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if int(fields.get("PPid", "0").strip()) == os.getpid() and "VmHWM" in fields:
+        worker_peak = max(worker_peak, int(fields["VmHWM"].split()[0]) / 1024)
 print(json.dumps({
     "wall_s": wall,
     "steady_structures_per_s": steady,
@@ -71,7 +84,7 @@ print(json.dumps({
     "edges": m["counts"]["edges"],
     "content_hash": m["content_hash"],
     "main_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    "worker_peak_rss_mib": worker_peak,
 }))
 """
 

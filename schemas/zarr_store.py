@@ -95,6 +95,7 @@ class ZarrStore(Store):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_group"] = None
+        state.pop("_arrays", None)
         state["_cache"] = _ChunkCache(self._cache.budget)
         return state
 
@@ -109,6 +110,11 @@ class ZarrStore(Store):
             self._atom_off = group["atom_offsets"][:]
             self._edge_off = group["edge_offsets"][:]
             self._ids = group["id"][:]
+            # Array handles resolved once: looking one up reads its metadata from disk.
+            names = ("z", "pos", "cell", "pbc", "edge_index", "edge_shift", "edge_dist", "targets")
+            self._arrays = {name: group[name] for name in names}
+            for name in self.descriptor_names:
+                self._arrays[f"descriptors/{name}"] = group["descriptors"][name]
             self._group = group
         return self._group
 
@@ -122,22 +128,25 @@ class ZarrStore(Store):
 
     def get(self, index: int, descriptors: Sequence[str] | None = None) -> dict[str, Any]:
         i = self._check_index(index)
-        g = self._open()
+        self._open()
         a0, a1 = int(self._atom_off[i]), int(self._atom_off[i + 1])
         e0, e1 = int(self._edge_off[i]), int(self._edge_off[i + 1])
-        rows = self._cache.rows
-        shift = rows("edge_shift", g["edge_shift"], e0, e1)
+
+        def rows(name: str, start: int, stop: int, axis: int = 0) -> np.ndarray:
+            return self._cache.rows(name, self._arrays[name], start, stop, axis)
+
+        shift = rows("edge_shift", e0, e1)
         rec: dict[str, Any] = {
             "id": str(self._ids[i]),
-            "z": rows("z", g["z"], a0, a1),
-            "pos": rows("pos", g["pos"], a0, a1),
-            "cell": rows("cell", g["cell"], i, i + 1)[0],
-            "pbc": rows("pbc", g["pbc"], i, i + 1)[0],
-            "edge_index": rows("edge_index", g["edge_index"], e0, e1, axis=1),
+            "z": rows("z", a0, a1),
+            "pos": rows("pos", a0, a1),
+            "cell": rows("cell", i, i + 1)[0],
+            "pbc": rows("pbc", i, i + 1)[0],
+            "edge_index": rows("edge_index", e0, e1, axis=1),
             "edge_shift": shift.astype(shift_dtype(shift)),
-            "edge_dist": rows("edge_dist", g["edge_dist"], e0, e1),
-            "targets": rows("targets", g["targets"], i, i + 1)[0],
+            "edge_dist": rows("edge_dist", e0, e1),
+            "targets": rows("targets", i, i + 1)[0],
         }
         for name in self.descriptors if descriptors is None else descriptors:
-            rec[name] = rows(f"descriptors/{name}", g["descriptors"][name], a0, a1)
+            rec[name] = rows(f"descriptors/{name}", a0, a1)
         return rec

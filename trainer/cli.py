@@ -1,0 +1,160 @@
+"""``fp-train``: pre-train, fine-tune, evaluate, embed.
+
+Every :class:`~trainer.config.TrainConfig` field is a flag (``--batch-size``, ``--lr``,
+``--max-neighbors`` ...; booleans as ``--amp/--no-amp``) with the paper's value as default, and
+a key of the YAML file given with ``--config`` (flags win over the file). Errors end with one
+line on stderr, ``fp-train: error: ...``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+
+import click
+
+from trainer.config import TrainConfig, load_yaml
+
+# Fields set by each command's own arguments rather than generic flags.
+_OWN = {"mode", "store", "labels", "init"}
+
+
+def _config_options(func):
+    """Add one click option per TrainConfig field (defaults are applied later, per mode)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in reversed(dataclasses.fields(TrainConfig)):
+        if f.name in _OWN:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        if hint is bool:
+            func = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None)(
+                func
+            )
+        elif typing.get_origin(hint) is list:
+            func = click.option(
+                flag,
+                f.name,
+                type=float,
+                multiple=True,
+                help="repeat for each value (e.g. --split 0.6 --split 0.2 --split 0.2)",
+            )(func)
+        else:
+            inner = [a for a in typing.get_args(hint) if a is not type(None)]
+            kind = inner[0] if inner else hint
+            func = click.option(flag, f.name, type=kind, default=None)(func)
+    return click.option(
+        "--config", "config_file", default=None, help="YAML file of configuration keys."
+    )(func)
+
+
+def _make_config(mode: str, config_file, labels, store, init, options) -> TrainConfig:
+    cfg = TrainConfig.defaults(mode)
+    if config_file:
+        cfg = cfg.updated(**load_yaml(config_file))
+    given = {k: v for k, v in options.items() if v is not None and v != ()}
+    if "split" in given:
+        given["split"] = list(given["split"])
+    if labels:
+        given["labels"] = list(labels)
+    if store:
+        given["store"] = store
+    if init:
+        given["init"] = init
+    cfg = cfg.updated(mode=mode, **given)
+    if not cfg.store:
+        raise click.UsageError("--store is required (or 'store' in --config)")
+    if not cfg.labels:
+        what = "--descriptor" if mode == "pretrain" else "--target"
+        raise click.UsageError(f"{what} is required (or 'labels' in --config)")
+    return cfg
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli() -> None:
+    """Pre-train TorchMD-Net's equivariant transformer on structural fingerprints and
+    fine-tune it on properties, streaming fp-build stores."""
+
+
+@cli.command()
+@click.option("--store", default=None, help="Store with the descriptor labels.")
+@click.option("--descriptor", "-d", "labels", multiple=True, help="Label set(s) to regress.")
+@_config_options
+def pretrain(store, labels, config_file, **options) -> None:
+    """Node-level pre-training: predict every atom's descriptor vector."""
+    from trainer.train import train
+
+    train(_make_config("pretrain", config_file, labels, store, None, options))
+
+
+@cli.command()
+@click.option("--store", default=None, help="Store with the property targets.")
+@click.option("--target", "-t", "labels", multiple=True, help="Target name(s).")
+@click.option("--init", default=None, help="Pre-trained checkpoint (omit: from scratch).")
+@_config_options
+def finetune(store, labels, init, config_file, **options) -> None:
+    """Graph-level fine-tuning (from a pre-trained checkpoint, or the from-scratch baseline)."""
+    from trainer.train import train
+
+    train(_make_config("finetune", config_file, labels, store, init, options))
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, help="Checkpoint (best.pt / last.pt).")
+@click.option("--store", default=None, help="Store to evaluate on (default: the run's).")
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val", "test", "all"]),
+    default="test",
+    show_default=True,
+    help="Split of the run's store ('all' for another store).",
+)
+@click.option("--out", default=None, help="Predictions CSV (graph tasks).")
+@click.option("--device", default="auto", show_default=True)
+def evaluate(checkpoint, store, split, out, device) -> None:
+    """MAE of a checkpoint on a split (or a whole store), in the labels' units."""
+    from trainer.inference import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, store, split, out, device)
+    click.echo(f"MAE {result['test_mae']:.6g} on {result['test_structures']} structures")
+
+
+@cli.command()
+@click.option("--checkpoint", required=True)
+@click.option("--store", required=True, help="Store whose structures to embed.")
+@click.option("--out", required=True, help="Output .npz: ids (R,), embeddings (R, H).")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def embed(checkpoint, store, out, batch_size, device) -> None:
+    """Per-structure embeddings (sum of the final node features) to a file."""
+    from trainer.inference import embed_store
+
+    n, dim = embed_store(checkpoint, store, out, batch_size, device)
+    click.echo(f"wrote {out}: {n} structures × {dim} features")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from schemas import SchemaVersionError, StoreError
+    from trainer.train import TrainingError
+
+    try:
+        cli.main(args=argv, prog_name="fp-train", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("fp-train: aborted", err=True)
+        return 130
+    except click.UsageError as err:
+        hint = f" (see: fp-train {err.ctx.command.name} --help)" if err.ctx else ""
+        click.echo(f"fp-train: error: {err.format_message()}{hint}", err=True)
+        return 2
+    except (TrainingError, StoreError, SchemaVersionError, ValueError, FileNotFoundError) as err:
+        click.echo(f"fp-train: error: {err}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("fp-train: interrupted; continue with the same command and --resume", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Stores -> model batches: nearest-K edges, edge vectors, labels and their scaling, splits.
+
+Reads stores through :mod:`schemas` only. A :class:`StoreDataset` opens its store lazily in
+each DataLoader worker (the LMDB reader does), reads one record per item and never holds the
+store in memory, so a store larger than RAM trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from schemas import Store, StoreError, open_store
+
+__all__ = [
+    "Batch",
+    "LabelScaler",
+    "StoreDataset",
+    "collate",
+    "kfold_splits",
+    "nearest_k",
+    "random_split",
+]
+
+
+def nearest_k(edge_index: np.ndarray, dist: np.ndarray, k: int, cutoff: float) -> np.ndarray:
+    """Boolean mask of the edges kept: distance < cutoff and among each centre's k nearest.
+
+    Relies on the store's order (edges grouped by centre, nearest first). ``k = 0`` keeps all.
+    """
+    keep = dist < cutoff
+    if k <= 0:
+        return keep
+    centre = edge_index[1]
+    # rank of each edge within its centre among the edges that pass the cutoff
+    kept_centre = centre[keep]
+    starts = np.flatnonzero(np.r_[True, kept_centre[1:] != kept_centre[:-1]])
+    counts = np.diff(np.r_[starts, len(kept_centre)])
+    rank = np.arange(len(kept_centre)) - np.repeat(starts, counts)
+    out = np.zeros_like(keep)
+    out[np.flatnonzero(keep)[rank < k]] = True
+    return out
+
+
+@dataclass
+class LabelScaler:
+    """Affine label scaling y' = (y − shift) / scale, per feature.
+
+    Built from the store manifest's per-feature statistics (``per_feature``: each feature its own
+    mean and std; ``global``: one mean and std over all features, as the authors scaled GMP) or
+    fitted on training targets; ``none`` is the identity. Features with zero spread get scale 1.
+    """
+
+    shift: np.ndarray
+    scale: np.ndarray
+    mode: str = "per_feature"
+
+    @classmethod
+    def identity(cls, dim: int) -> LabelScaler:
+        return cls(np.zeros(dim), np.ones(dim), "none")
+
+    @classmethod
+    def from_stats(cls, stats: dict, mode: str) -> LabelScaler:
+        mean = np.asarray(stats["mean"], dtype=np.float64)
+        std = np.asarray(stats["std"], dtype=np.float64)
+        if mode == "none":
+            return cls.identity(len(mean))
+        if mode == "global":
+            # pooled over features: E[x] and E[x²] of the union of all feature columns
+            g_mean = mean.mean()
+            g_var = (std**2 + mean**2).mean() - g_mean**2
+            mean = np.full_like(mean, g_mean)
+            std = np.full_like(std, np.sqrt(max(g_var, 0.0)))
+        elif mode != "per_feature":
+            raise ValueError(f"unknown scaling {mode!r}: per_feature, global or none")
+        return cls(mean, np.where(std > 0, std, 1.0), mode)
+
+    @classmethod
+    def fit(cls, values: np.ndarray, mode: str = "per_feature") -> LabelScaler:
+        """Fit on (n, d) values (e.g. the training split's targets), ignoring NaN."""
+        values = np.asarray(values, dtype=np.float64)
+        stats = {"mean": np.nanmean(values, axis=0), "std": np.nanstd(values, axis=0)}
+        return cls.from_stats(stats, mode)
+
+    def transform(self, y: np.ndarray) -> np.ndarray:
+        return (y - self.shift) / self.scale
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y * torch.as_tensor(self.scale, dtype=y.dtype, device=y.device) + torch.as_tensor(
+            self.shift, dtype=y.dtype, device=y.device
+        )
+
+    def to_dict(self) -> dict:
+        return {"shift": self.shift.tolist(), "scale": self.scale.tolist(), "mode": self.mode}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LabelScaler:
+        return cls(np.asarray(d["shift"]), np.asarray(d["scale"]), d["mode"])
+
+
+class StoreDataset(torch.utils.data.Dataset):
+    """One store as model inputs.
+
+    Args:
+        path: store directory.
+        task: ``"node"`` (per-atom labels: the descriptor sets in ``labels``, concatenated) or
+            ``"graph"`` (structure targets: the target names in ``labels``).
+        labels: descriptor set names (node) or target names (graph).
+        max_neighbors: keep each atom's nearest K edges (0 = all).
+        cutoff: drop edges at or beyond this distance, Å (must not exceed the store's cutoff).
+        scaler: label scaling applied to ``y`` (identity if None).
+
+    Items are dicts: ``z`` (N,) int64, ``edge_index`` (2, E) int64 (row 0 = neighbour j, row 1 =
+    centre i), ``edge_vec`` (E, 3) float32 Å, ``y`` (N, D) or (1, T) float32 (scaled), ``index``.
+    """
+
+    def __init__(
+        self,
+        path,
+        task: str,
+        labels: Sequence[str],
+        max_neighbors: int = 32,
+        cutoff: float | None = None,
+        scaler: LabelScaler | None = None,
+    ):
+        if task not in ("node", "graph"):
+            raise ValueError(f"task must be 'node' or 'graph', got {task!r}")
+        self.path = str(path)
+        self.task = task
+        self.labels = list(labels)
+        self.max_neighbors = int(max_neighbors)
+        store = self._open()
+        self.store_cutoff = float(store.manifest["cutoff"])
+        self.cutoff = self.store_cutoff if cutoff is None else float(cutoff)
+        if self.cutoff > self.store_cutoff + 1e-9:
+            raise StoreError(
+                f"{path}: model cutoff {self.cutoff} Å exceeds the store's {self.store_cutoff} Å "
+                f"(its edges stop there); rebuild the store with --cutoff {self.cutoff}"
+            )
+        if task == "node":
+            missing = [n for n in self.labels if n not in store.descriptor_names]
+            if missing:
+                raise StoreError(
+                    f"{path}: descriptor set(s) {missing} not in store (present: "
+                    f"{store.descriptor_names or 'none'}); add with fp-build add"
+                )
+            self.label_dim = sum(store.manifest["descriptors"][n]["dim"] for n in self.labels)
+        else:
+            missing = [n for n in self.labels if n not in store.target_names]
+            if missing:
+                raise StoreError(
+                    f"{path}: target(s) {missing} not in store (targets: {store.target_names})"
+                )
+            self._target_cols = [store.target_names.index(n) for n in self.labels]
+            self.label_dim = len(self.labels)
+        self.scaler = scaler or LabelScaler.identity(self.label_dim)
+        self._store: Store | None = None  # opened per process on first item
+
+    def _open(self) -> Store:
+        descriptors = self.labels if self.task == "node" else []
+        return open_store(self.path, descriptors=descriptors)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = self._open()
+        return self._store
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_store"] = None  # each worker opens its own
+        return state
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def raw_labels(self, index: int) -> np.ndarray:
+        rec = self.store.get(index, descriptors=self.labels if self.task == "node" else [])
+        if self.task == "node":
+            return np.concatenate([np.asarray(rec[n], np.float64) for n in self.labels], axis=1)
+        return np.asarray(rec["targets"], np.float64)[self._target_cols][None, :]
+
+    def targets(self) -> np.ndarray:
+        """(R, T) float64 unscaled graph targets of every record (reads every record)."""
+        if self.task != "graph":
+            raise ValueError("targets() is for graph tasks")
+        store = self.store
+        return np.stack(
+            [store.get(i, descriptors=[])["targets"][self._target_cols] for i in range(len(store))]
+        )
+
+    def __getitem__(self, index: int) -> dict:
+        rec = self.store.get(index, descriptors=self.labels if self.task == "node" else [])
+        edge_index = np.asarray(rec["edge_index"], dtype=np.int64)
+        shift = np.asarray(rec["edge_shift"], dtype=np.float64)
+        j, i = edge_index
+        vec = rec["pos"][j] + shift @ rec["cell"] - rec["pos"][i]
+        dist = np.sqrt(np.einsum("ij,ij->i", vec, vec))
+        keep = nearest_k(edge_index, dist, self.max_neighbors, self.cutoff)
+        if self.task == "node":
+            y = np.concatenate([np.asarray(rec[n], np.float64) for n in self.labels], axis=1)
+        else:
+            y = np.asarray(rec["targets"], np.float64)[self._target_cols][None, :]
+        return {
+            "z": torch.from_numpy(np.asarray(rec["z"], dtype=np.int64)),
+            "edge_index": torch.from_numpy(edge_index[:, keep]),
+            "edge_vec": torch.from_numpy(vec[keep].astype(np.float32)),
+            "y": torch.from_numpy(self.scaler.transform(y).astype(np.float32)),
+            "index": index,
+        }
+
+
+@dataclass
+class Batch:
+    """Several structures as one disconnected graph.
+
+    z (N,), edge_index (2, E) with node offsets applied, edge_vec (E, 3), batch (N,) graph of
+    each node, y (N, D) node labels or (G, T) graph labels, index (G,) store indices.
+    """
+
+    z: torch.Tensor
+    edge_index: torch.Tensor
+    edge_vec: torch.Tensor
+    batch: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    num_graphs: int
+
+    def to(self, device, non_blocking: bool = False) -> Batch:
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(
+            move(self.z),
+            move(self.edge_index),
+            move(self.edge_vec),
+            move(self.batch),
+            move(self.y),
+            self.index,
+            self.num_graphs,
+        )
+
+    def pin_memory(self) -> Batch:
+        return Batch(
+            self.z.pin_memory(),
+            self.edge_index.pin_memory(),
+            self.edge_vec.pin_memory(),
+            self.batch.pin_memory(),
+            self.y.pin_memory(),
+            self.index,
+            self.num_graphs,
+        )
+
+
+def collate(items: list[dict]) -> Batch:
+    """Concatenate items into a :class:`Batch` (node indices offset per structure)."""
+    sizes = torch.tensor([len(it["z"]) for it in items])
+    offsets = torch.cumsum(sizes, 0) - sizes
+    return Batch(
+        z=torch.cat([it["z"] for it in items]),
+        edge_index=torch.cat([it["edge_index"] + off for it, off in zip(items, offsets)], dim=1),
+        edge_vec=torch.cat([it["edge_vec"] for it in items]),
+        batch=torch.repeat_interleave(torch.arange(len(items)), sizes),
+        y=torch.cat([it["y"] for it in items]),
+        index=torch.tensor([it["index"] for it in items]),
+        num_graphs=len(items),
+    )
+
+
+def random_split(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Shuffle 0 … n−1 with ``seed`` and cut it by ``fractions`` (summing to 1; the last part
+    takes the rounding remainder). The paper: 0.8/0.05/0.15 (pre-training), 0.6/0.2/0.2."""
+    if abs(sum(fractions) - 1.0) > 1e-9:
+        raise ValueError(f"split fractions {list(fractions)} do not sum to 1")
+    perm = np.random.default_rng(seed).permutation(n)
+    cuts = np.floor(np.cumsum(fractions)[:-1] * n).astype(int)
+    return [np.sort(part) for part in np.split(perm, cuts)]
+
+
+def kfold_splits(
+    n: int, folds: int = 5, seed: int = 18012019
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """MatBench's protocol: ``KFold(n_splits=5, shuffle=True, random_state=18012019)``.
+
+    Reproduces scikit-learn's KFold (a legacy ``RandomState(seed)`` shuffle of 0 … n−1, then
+    contiguous folds, the first ``n % folds`` one element larger) without importing it.
+    Returns ``[(train, test), ...]`` index arrays, sorted.
+    """
+    perm = np.arange(n)
+    np.random.RandomState(seed).shuffle(perm)
+    sizes = np.full(folds, n // folds)
+    sizes[: n % folds] += 1
+    out, start = [], 0
+    for size in sizes:
+        test = perm[start : start + size]
+        train = np.concatenate([perm[:start], perm[start + size :]])
+        out.append((np.sort(train), np.sort(test)))
+        start += size
+    return out

@@ -1,0 +1,71 @@
+"""Using a trained checkpoint: evaluation on a split or store, and structure embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from trainer.config import TrainConfig
+from trainer.data import LabelScaler, StoreDataset, collate
+from trainer.train import (
+    EpochSampler,
+    TrainingError,
+    _device,
+    build_model,
+    evaluate_split,
+    load_checkpoint,
+)
+
+__all__ = ["evaluate_checkpoint", "embed_store", "model_from_checkpoint"]
+
+
+def model_from_checkpoint(path, device) -> tuple[torch.nn.Module, TrainConfig, dict]:
+    ckpt = load_checkpoint(path, map_location="cpu")
+    cfg = TrainConfig(**ckpt["config"])
+    model = build_model(cfg, ckpt["model_args"]["out_dim"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), cfg, ckpt
+
+
+def evaluate_checkpoint(checkpoint, store=None, split="test", out=None, device="auto") -> dict:
+    """MAE of the checkpoint on ``split`` of its run's store, or on all of ``store``."""
+    dev = _device(device)
+    model, cfg, ckpt = model_from_checkpoint(checkpoint, dev)
+    task = "node" if cfg.mode == "pretrain" else "graph"
+    scaler = LabelScaler.from_dict(ckpt["scaler"])
+    path = store or cfg.store
+    dataset = StoreDataset(path, task, ckpt["labels"], cfg.max_neighbors, cfg.cutoff, scaler)
+    if store and split != "all":
+        raise TrainingError("--split applies to the run's own store; use --split all with --store")
+    indices = np.arange(len(dataset)) if split == "all" else np.asarray(ckpt["splits"][split])
+    return evaluate_split(
+        model, dataset, indices, cfg.updated(num_workers=0), dev, scaler, Path(out) if out else None
+    )
+
+
+@torch.no_grad()
+def embed_store(checkpoint, store, out, batch_size: int = 64, device="auto") -> tuple[int, int]:
+    """Write ``out`` (.npz) with ``ids`` (R,) and ``embeddings`` (R, H) float32: the sum over
+    atoms of the final node features of the checkpoint's representation."""
+    dev = _device(device)
+    model, cfg, _ = model_from_checkpoint(checkpoint, dev)
+    dataset = StoreDataset(store, "graph", [], cfg.max_neighbors, cfg.cutoff)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        collate_fn=collate,
+        sampler=EpochSampler(np.arange(len(dataset)), 0, False, 0, 1),
+    )
+    chunks, ids = [], []
+    for batch in loader:
+        batch = batch.to(dev)
+        x, _ = model.representation(batch.z, batch.edge_index, batch.edge_vec)
+        pooled = torch.zeros(batch.num_graphs, x.shape[1], device=dev).index_add_(0, batch.batch, x)
+        chunks.append(pooled.float().cpu().numpy())
+        ids += [dataset.store.get(i, descriptors=[])["id"] for i in batch.index.tolist()]
+    embeddings = np.concatenate(chunks)
+    np.savez(out, ids=np.array(ids), embeddings=embeddings)
+    return embeddings.shape

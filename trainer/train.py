@@ -1,0 +1,511 @@
+"""The training loop: pre-training on descriptor labels, fine-tuning on properties.
+
+One function, :func:`train`, reads top to bottom: set-up (device, distributed, seeds), data
+(store, splits, label scaling), model (from scratch or ``init``), optimiser and schedule, an
+epoch loop with validation, checkpoints every epoch and on the best validation loss, and a
+final test pass writing predictions. Launch on several GPUs (or CPU processes) with::
+
+    torchrun --nproc_per_node N -m trainer.cli pretrain --store mp.lmdb --descriptor eadset1
+
+Resuming (``resume=True``) restores model, optimiser, scheduler, epoch, best loss, RNG states
+and the split saved with the run; the data order of every epoch is a function of (seed, epoch),
+so a run killed at any point and resumed ends exactly where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
+
+from trainer.config import TrainConfig
+from trainer.data import Batch, LabelScaler, StoreDataset, collate, kfold_splits, random_split
+from trainer.model import ETConfig, GraphRegressor, NodeRegressor
+
+__all__ = ["TrainingError", "train", "build_model", "load_checkpoint", "transfer_weights"]
+
+CHECKPOINT_VERSION = 1
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot continue (non-finite loss, incompatible store or checkpoint)."""
+
+
+# ------------------------------------------------------------------------------------------
+# Set-up helpers
+# ------------------------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002  (third-party code may use the global RNG)
+    torch.manual_seed(seed)
+
+
+class EpochSampler(Sampler[int]):
+    """Indices of one split in an order fixed by (seed, epoch), sharded over ranks.
+
+    Each rank gets every ``world``-th index of the shuffled list (padded by wrapping so all
+    ranks take the same number of steps).
+    """
+
+    def __init__(self, indices: np.ndarray, seed: int, shuffle: bool, rank: int, world: int):
+        self.indices = np.asarray(indices)
+        self.seed, self.shuffle, self.rank, self.world = seed, shuffle, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> np.ndarray:
+        order = self.indices
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = order[rng.permutation(len(order))]
+        per_rank = math.ceil(len(order) / self.world)
+        if per_rank * self.world > len(order) and len(order):
+            order = np.resize(order, per_rank * self.world)
+        return order[self.rank :: self.world]
+
+    def __iter__(self):
+        return iter(self._order().tolist())
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.world)
+
+
+def _splits(cfg: TrainConfig, n: int) -> dict[str, np.ndarray]:
+    if cfg.fold is not None:
+        train_val, test = kfold_splits(n)[cfg.fold]
+        rng = np.random.default_rng(cfg.seed)
+        train_val = rng.permutation(train_val)
+        n_val = int(round(cfg.val_fraction * len(train_val)))
+        parts = {
+            "train": np.sort(train_val[n_val:]),
+            "val": np.sort(train_val[:n_val]),
+            "test": test,
+        }
+    else:
+        train, val, test = random_split(n, cfg.split, cfg.seed)
+        parts = {"train": train, "val": val, "test": test}
+    if cfg.max_train is not None and cfg.max_train < len(parts["train"]):
+        rng = np.random.default_rng([cfg.seed, 1])
+        parts["train"] = np.sort(rng.choice(parts["train"], cfg.max_train, replace=False))
+    return parts
+
+
+def build_model(cfg: TrainConfig, out_dim: int) -> torch.nn.Module:
+    et = ETConfig(
+        hidden_channels=cfg.hidden_channels,
+        num_layers=cfg.num_layers,
+        num_rbf=cfg.num_rbf,
+        num_heads=cfg.num_heads,
+        cutoff_upper=cfg.cutoff,
+        self_loops=cfg.self_loops,
+        head_channels=cfg.head_channels,
+    )
+    return NodeRegressor(et, out_dim) if cfg.mode == "pretrain" else GraphRegressor(et, out_dim)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """A checkpoint written by :func:`train` (refuses other files with a clear message)."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: no such checkpoint") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "fingerprint-pretrain-checkpoint":
+        raise TrainingError(f"{path}: not a fingerprint-pretrain checkpoint")
+    return ckpt
+
+
+def transfer_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy every parameter whose name and shape match, except the head's last layer (which is
+    re-initialised, as the authors did). Returns the names copied."""
+    own = model.state_dict()
+    copied = []
+    for name, value in state.items():
+        if name.startswith("head.out.") or name not in own or own[name].shape != value.shape:
+            continue
+        own[name] = value
+        copied.append(name)
+    model.load_state_dict(own)
+    return copied
+
+
+def _loader(dataset, sampler, cfg: TrainConfig, device: torch.device) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+    )
+
+
+def _forward(model, batch: Batch) -> torch.Tensor:
+    return model(batch.z, batch.edge_index, batch.edge_vec, batch.batch, batch.num_graphs)
+
+
+def _l1(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the labels that are present (NaN targets are skipped)."""
+    mask = ~torch.isnan(y)
+    return (pred.float() - torch.nan_to_num(y)).abs()[mask].mean()
+
+
+# ------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) a pre-training or fine-tuning run. Returns the final metrics."""
+    device = _device(cfg.device)
+    rank, world = _init_distributed(device)
+    main = rank == 0
+    run_dir = Path(cfg.run_dir)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    resume = cfg.resume and last_path.exists()
+    ckpt = load_checkpoint(last_path) if resume else None
+    if ckpt is not None and ckpt["config"]["store"] != cfg.store:
+        raise TrainingError(f"{last_path} belongs to a run on {ckpt['config']['store']}")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    _seed_everything(cfg.seed)
+
+    # -- data ------------------------------------------------------------------------------
+    task = "node" if cfg.mode == "pretrain" else "graph"
+    dataset = StoreDataset(cfg.store, task, cfg.labels, cfg.max_neighbors, cfg.cutoff)
+    manifest = dataset.store.manifest
+    splits = (
+        {k: np.asarray(v) for k, v in ckpt["splits"].items()}
+        if ckpt
+        else _splits(cfg, len(dataset))
+    )
+    if task == "node":
+        if len(cfg.labels) == 1:
+            stats = manifest["descriptors"][cfg.labels[0]]["stats"]
+        else:
+            stats = {
+                k: sum((manifest["descriptors"][n]["stats"][k] for n in cfg.labels), [])
+                for k in ("mean", "std")
+            }
+        scaler = LabelScaler.from_stats(stats, cfg.label_scaling)
+    elif cfg.target_scaling == "standard":
+        scaler = LabelScaler.fit(dataset.targets()[splits["train"]])
+    else:
+        scaler = LabelScaler.identity(dataset.label_dim)
+    dataset.scaler = scaler
+    if main and not resume:
+        np.savez(run_dir / "splits.npz", **splits)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+
+    # -- model, optimiser, schedule ------------------------------------------------------------
+    model = build_model(cfg, dataset.label_dim).to(device)
+    transferred: list[str] = []
+    if cfg.init and not resume:
+        init = load_checkpoint(cfg.init)
+        ours = build_model_args(cfg)
+        differ = [
+            k
+            for k, v in init["model_args"].items()
+            if k in ours and k not in ("mode", "max_neighbors") and ours[k] != v
+        ]
+        if differ:
+            raise TrainingError(
+                f"{cfg.init}: its model differs from this run's in "
+                + ", ".join(f"{k} ({init['model_args'][k]} vs {ours[k]})" for k in differ)
+            )
+        transferred = transfer_weights(model, init["model"])
+        if main:
+            print(f"init: {len(transferred)} tensors copied from {cfg.init}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
+    )
+    start_epoch, best_val, history = 0, math.inf, []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, best_val, history = ckpt["epoch"] + 1, ckpt["best_val"], ckpt["history"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        np.random.set_state(ckpt["rng"]["numpy"])  # noqa: NPY002
+        random.setstate(ckpt["rng"]["python"])
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        net = torch.compile(net, dynamic=True)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if cfg.amp and device.type == "cuda"
+        else nullcontext()
+    )
+
+    train_sampler = EpochSampler(splits["train"], cfg.seed, True, rank, world)
+    train_loader = _loader(dataset, train_sampler, cfg, device)
+    val_loader = _loader(
+        dataset, EpochSampler(splits["val"], cfg.seed, False, rank, world), cfg, device
+    )
+    writer = _tensorboard(run_dir) if main else None
+
+    def checkpoint(epoch: int) -> dict:
+        return {
+            "format": "fingerprint-pretrain-checkpoint",
+            "version": CHECKPOINT_VERSION,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "best_val": best_val,
+            "history": history,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),  # noqa: NPY002
+                "python": random.getstate(),
+            },
+            "config": cfg.to_dict(),
+            "model_args": {"out_dim": dataset.label_dim, **build_model_args(cfg)},
+            "scaler": scaler.to_dict(),
+            "splits": splits,
+            "labels": cfg.labels,
+            "store": {
+                "path": cfg.store,
+                "content_hash": manifest["content_hash"],
+                "schema_version": manifest["schema_version"],
+            },
+        }
+
+    # -- epochs --------------------------------------------------------------------------------
+    step = sum(h["steps"] for h in history)
+    for epoch in range(start_epoch, cfg.epochs):
+        train_sampler.set_epoch(epoch)
+        net.train()
+        started = time.perf_counter()
+        total, count, steps = 0.0, 0, 0
+        bar = _bar(train_loader, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and main)
+        for batch in bar:
+            batch = batch.to(device, non_blocking=True)
+            with autocast:
+                pred = _forward(net, batch)
+            loss = _l1(pred, batch.y)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {steps + 1}, "
+                    f"lr {optimizer.param_groups[0]['lr']:.2e}; stopping (last good checkpoint: "
+                    f"{last_path if last_path.exists() else 'none'})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            optimizer.step()
+            total += loss.item() * batch.num_graphs
+            count += batch.num_graphs
+            steps += 1
+            step += 1
+            if writer is not None and step % cfg.log_every == 0:
+                writer.add_scalar("train/loss_step", loss.item(), step)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        train_loss = _reduce_mean(total, count, device, world)
+        val_loss, val_mae = _evaluate_loss(net, val_loader, device, autocast, scaler, world)
+        scheduler.step(val_loss)
+        improved = val_loss < best_val
+        best_val = min(best_val, val_loss)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_mae": val_mae,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - started,
+            "steps": steps,
+        }
+        history.append(row)
+        if main:
+            state = checkpoint(epoch)
+            _atomic_save(state, last_path)
+            if improved:
+                _atomic_save(state, best_path)
+            _write_csv(run_dir / "metrics.csv", history)
+            if writer is not None:
+                for key in ("train_loss", "val_loss", "val_mae", "lr"):
+                    writer.add_scalar(f"epoch/{key}", row[key], epoch + 1)
+                writer.flush()
+            if cfg.progress:
+                print(
+                    f"epoch {epoch + 1}: train {train_loss:.4f}  val {val_loss:.4f}  "
+                    f"val MAE {val_mae:.4g}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+                )
+    if world > 1:
+        dist.barrier()
+
+    # -- test with the best weights --------------------------------------------------------------
+    result = {"epochs": len(history), "best_val_loss": best_val}
+    if main and best_path.exists():
+        model.load_state_dict(load_checkpoint(best_path)["model"])
+        result.update(
+            evaluate_split(
+                model,
+                dataset,
+                splits["test"],
+                cfg,
+                device,
+                scaler,
+                run_dir / "test_predictions.csv",
+            )
+        )
+        (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+        if cfg.progress:
+            print(f"test MAE {result['test_mae']:.6g} ({len(splits['test'])} structures)")
+    if writer is not None:
+        writer.close()
+    return result
+
+
+def build_model_args(cfg: TrainConfig) -> dict:
+    keys = (
+        "mode",
+        "hidden_channels",
+        "num_layers",
+        "num_rbf",
+        "num_heads",
+        "head_channels",
+        "cutoff",
+        "self_loops",
+        "max_neighbors",
+    )
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def _bar(loader, desc: str, enabled: bool):
+    if not enabled:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def _reduce_mean(total: float, count: int, device, world: int) -> float:
+    if world > 1:
+        t = torch.tensor([total, count], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        total, count = t.tolist()
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def _evaluate_loss(net, loader, device, autocast, scaler: LabelScaler, world: int):
+    """Validation L1 on scaled labels, and MAE in label units (mean over labels present)."""
+    net.eval()
+    loss_sum, abs_sum, n_graphs, n_labels = 0.0, 0.0, 0, 0
+    for batch in loader:
+        batch = batch.to(device, non_blocking=True)
+        with autocast:
+            pred = _forward(net, batch).float()
+        loss_sum += _l1(pred, batch.y).item() * batch.num_graphs
+        n_graphs += batch.num_graphs
+        err = (scaler.inverse(pred) - scaler.inverse(batch.y)).abs()
+        mask = ~torch.isnan(err)
+        abs_sum += err[mask].sum().item()
+        n_labels += int(mask.sum())
+    if world > 1:
+        t = torch.tensor(
+            [loss_sum, n_graphs, abs_sum, n_labels], dtype=torch.float64, device=device
+        )
+        dist.all_reduce(t)
+        loss_sum, n_graphs, abs_sum, n_labels = t.tolist()
+    return loss_sum / max(n_graphs, 1), abs_sum / max(n_labels, 1)
+
+
+@torch.no_grad()
+def evaluate_split(
+    model,
+    dataset: StoreDataset,
+    indices,
+    cfg: TrainConfig,
+    device,
+    scaler: LabelScaler,
+    predictions_csv: Path | None,
+) -> dict:
+    """MAE (label units) of ``model`` on ``indices``; writes (id, target, prediction) rows."""
+    model.eval()
+    loader = _loader(dataset, EpochSampler(indices, 0, False, 0, 1), cfg, device)
+    abs_sum, n_labels, rows = 0.0, 0, []
+    for batch in loader:
+        batch = batch.to(device)
+        pred = scaler.inverse(_forward(model, batch).double()).cpu()
+        if dataset.task == "graph":  # exact stored targets, not a float32 round trip
+            y = torch.tensor(np.concatenate([dataset.raw_labels(i) for i in batch.index.tolist()]))
+        else:
+            y = scaler.inverse(batch.y.double().cpu())
+        err = (pred - y).abs()
+        mask = ~torch.isnan(err)
+        abs_sum += err[mask].sum().item()
+        n_labels += int(mask.sum())
+        if predictions_csv is not None and dataset.task == "graph":
+            for k, idx in enumerate(batch.index.tolist()):
+                record_id = dataset.store.get(idx, descriptors=[])["id"]
+                rows.append([record_id, *y[k].tolist(), *pred[k].tolist()])
+    if predictions_csv is not None and dataset.task == "graph":
+        with open(predictions_csv, "w", newline="") as fh:
+            out = csv.writer(fh)
+            out.writerow(
+                [
+                    "id",
+                    *[f"target_{n}" for n in dataset.labels],
+                    *[f"prediction_{n}" for n in dataset.labels],
+                ]
+            )
+            out.writerows(rows)
+    return {"test_mae": abs_sum / max(n_labels, 1), "test_structures": int(len(indices))}
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """All epochs so far (rewritten whole, so a resumed run never duplicates or drops rows)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        out = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        out.writeheader()
+        out.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; tolerate its absence in odd installs
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
