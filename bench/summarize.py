@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ["build.md", "descriptors.md", "gmp.md"]  # the rest follow alphabetically
+ORDER = ["build.md", "descriptors.md", "gmp.md", "train.md"]  # the rest follow alphabetically
 
 
 def main() -> None:
