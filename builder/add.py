@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from builder.bookkeeping import (
@@ -23,7 +24,7 @@ from builder.bookkeeping import (
     stats_key,
     unpack_stats,
 )
-from builder.build import BuildError, available_cores, run_parallel
+from builder.build import BuildError, available_cores, progress_bar, run_parallel
 from builder.labels import (
     CastError,
     LabelAccumulator,
@@ -106,6 +107,7 @@ def add_descriptors(
 
     close_env(str(Path(store).resolve()))  # this process's read handle must not outlive writes
     writer = LmdbWriter(store)
+    run = _Run(jobs, backend, scheduler, chunk_size, progress, stop_after_chunks)
     try:
         for name in todo:
             labels = LabelConfig((name,), dtype, tuple(sorted((codec or {}).items())))
@@ -116,20 +118,7 @@ def add_descriptors(
                 writer.write(
                     [(add_progress_key(name), json.dumps(state).encode()), (stats_key(name), None)]
                 )
-            if not _add_one(
-                writer,
-                name,
-                labels,
-                state,
-                n,
-                cutoff,
-                jobs,
-                backend,
-                scheduler,
-                chunk_size,
-                progress,
-                stop_after_chunks,
-            ):
+            if not _add_one(writer, name, labels, state, n, cutoff, run):
                 return manifest  # stopped early on purpose (tests)
             entry = descriptor_entry(
                 name,
@@ -148,45 +137,43 @@ def add_descriptors(
     return manifest
 
 
+@dataclass(frozen=True)
+class _Run:
+    """How to run one ``add``: workers, backend and progress output."""
+
+    jobs: int
+    backend: str
+    scheduler: str | None
+    chunk_size: int
+    progress: bool
+    stop_after_chunks: int | None
+
+
 def _add_one(
-    writer,
-    name,
-    labels,
-    state,
-    n,
-    cutoff,
-    jobs,
-    backend,
-    scheduler,
-    chunk_size,
-    progress,
-    stop_after_chunks,
+    writer: LmdbWriter,
+    name: str,
+    labels: LabelConfig,
+    state: dict,
+    n: int,
+    cutoff: float,
+    run: _Run,
 ) -> bool:
+    """Compute one set for records ``state["done"]`` … n − 1, committing as it goes.
+    Returns False when stopped early on purpose (``stop_after_chunks``)."""
     stats = unpack_stats(writer.get(stats_key(name)))
     error = CastError(**state["cast_error"])
     starts = []
 
     def tasks():
-        for first, records in _record_chunks(writer, state["done"], n, chunk_size):
+        for first, records in _record_chunks(writer, state["done"], n, run.chunk_size):
             starts.append(first)
             yield records, cutoff, labels
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=n,
-            initial=state["done"],
-            desc=f"add {name}",
-            unit="struct",
-            smoothing=0.05,
-            dynamic_ncols=True,
-        )
+    bar = progress_bar(n, state["done"], f"add {name}", run.progress)
     commits = 0
     try:
         for blobs, chunk_stats, chunk_errors in run_parallel(
-            label_chunk, tasks(), jobs, backend, scheduler
+            label_chunk, tasks(), run.jobs, run.backend, run.scheduler
         ):
             first = starts.pop(0)
             kv = []
@@ -210,7 +197,7 @@ def _add_one(
             if bar is not None:
                 bar.update(len(blobs))
             commits += 1
-            if stop_after_chunks is not None and commits >= stop_after_chunks:
+            if run.stop_after_chunks is not None and commits >= run.stop_after_chunks:
                 return False
     finally:
         if bar is not None:

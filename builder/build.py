@@ -182,6 +182,17 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def progress_bar(total: int | None, initial: int, desc: str, enabled: bool, unit: str = "struct"):
+    """A tqdm bar with rate and ETA, or None when progress output is off."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=initial, desc=desc, unit=unit, smoothing=0.05, dynamic_ncols=True
+    )
+
+
 def _chunks(items: Iterator[RawItem], size: int) -> Iterator[list[RawItem]]:
     while True:
         chunk = list(itertools.islice(items, size))
@@ -348,18 +359,9 @@ def _write_records(
         (chunk, opts.cutoff, opts.allow_missing_targets, labels)
         for chunk in _chunks(items, opts.chunk_size)
     )
-    bar = None
-    if opts.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=total,
-            initial=progress["inputs_done"],
-            desc=f"build {Path(opts.out).name}",
-            unit="struct",
-            smoothing=0.05,
-            dynamic_ncols=True,
-        )
+    bar = progress_bar(
+        total, progress["inputs_done"], f"build {Path(opts.out).name}", opts.progress
+    )
     commits = 0
     stored = progress.setdefault("stored_bytes", {})
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from builder.build import progress_bar
 from schemas.manifest import MANIFEST_NAME, write_json_atomic
 from schemas.store import Store
 
@@ -22,11 +23,14 @@ _BLOCK_RECORDS = 4096  # records gathered in memory before a write
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="rec", smoothing=0.05, dynamic_ncols=True)
+    bar = progress_bar(total, 0, desc, enabled, unit="rec")
+    if bar is None:
+        yield from iterable
+        return
+    with bar:
+        for item in iterable:
+            yield item
+            bar.update(1)
 
 
 def export_zarr(store: Store, out: str | os.PathLike, progress: bool = True) -> Path:
