@@ -56,3 +56,17 @@ lint: $(STAMP)
 
 clean:
 	rm -rf out .pytest_cache
+
+# The paper's datasets as ready stores (docs/datasets.md): every registry entry that can be had is
+# downloaded (or found locally), checked, built with all nine label sets, verified and split.
+# Downloads go to $FP_DATA/downloads, stores to $FP_DATA/stores (FP_DATA defaults to
+# ~/.cache/fingerprint-pretrain); re-running skips complete stores. Where ../shared/datasets
+# exists (the project's machines, which have no internet) it is the mirror and nothing is
+# downloaded; elsewhere pass a mirror with DATASETS_ARGS="--from-dir DIR".
+DATASETS_MIRROR ?= $(wildcard ../shared/datasets)
+DATASETS_ARGS ?= $(if $(DATASETS_MIRROR),--from-dir $(DATASETS_MIRROR) --offline)
+DATASETS_JOBS ?= -1
+.PHONY: datasets
+datasets: $(STAMP)
+	$(BIN)/fp-build make-datasets $(DATASETS_ARGS) --jobs $(DATASETS_JOBS) \
+		$(if $(DATASETS_OUT),--out $(DATASETS_OUT))

@@ -54,7 +54,7 @@ from builder.lmdb_writer import LmdbWriter
 from builder.readers import RawItem, open_input
 from builder.stats import FeatureStats
 from builder.structure import Rejected, to_arrays
-from schemas.lmdb_store import SIZES_KEY, descriptor_key, graph_key
+from schemas.lmdb_store import SIZES_KEY, close_env, descriptor_key, graph_key
 from schemas.manifest import (
     FORMAT_NAME,
     MANIFEST_NAME,
@@ -323,6 +323,8 @@ def build_store(opts: BuildOptions) -> dict:
     finally:
         writer.close()
     if final.exists():  # --overwrite: swap in the new store, then drop the old one
+        # A read handle this process holds on the old store would keep serving old pages.
+        close_env(os.path.realpath(final))
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)

@@ -254,6 +254,132 @@ def list_descriptors() -> None:
         click.echo(f"{spec.name:<11} {spec.family:<7} {spec.dim:>5} {spec.radius:>9.2f}  {params}")
 
 
+# --------------------------------------------------------------------------------------------
+# The paper's datasets (builder/datasets): registry, fetch, make-datasets
+# --------------------------------------------------------------------------------------------
+def _dataset_options(function):
+    """Options shared by ``fetch`` and ``make-datasets``."""
+    options = [
+        click.option(
+            "--from-dir",
+            "from_dirs",
+            multiple=True,
+            type=click.Path(file_okay=False),
+            help="Folder with local copies of the files (a lab mirror); repeatable.",
+        ),
+        click.option("--offline", is_flag=True, help="Never download; use local copies only."),
+        click.option("--out", "-o", default=None, help="Folder of the stores [$FP_DATA/stores]."),
+        click.option("--cache", default=None, help="Download folder [$FP_DATA/downloads]."),
+        click.option("--jobs", "-j", default=-1, show_default=True, help="Workers per build."),
+        click.option(
+            "--descriptor",
+            "-d",
+            "descriptors",
+            multiple=True,
+            default=("all",),
+            show_default=True,
+            help="Label sets of the stores (repeatable; 'none' for graphs only).",
+        ),
+        click.option("--overwrite", is_flag=True, help="Rebuild a store of another source."),
+        click.option("--no-verify", is_flag=True, help="Skip re-hashing finished stores."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _make_options(from_dirs, offline, out, cache, jobs, descriptors, overwrite, no_verify, quiet):
+    from builder.datasets.make import MakeOptions
+
+    names = [] if list(descriptors) == ["none"] else list(descriptors)
+    return MakeOptions(
+        out=out,
+        cache=cache,
+        from_dirs=list(from_dirs),
+        offline=offline,
+        jobs=jobs,
+        descriptors=names,
+        verify=not no_verify,
+        overwrite=overwrite,
+        progress=not quiet,
+        log=click.echo,
+    )
+
+
+@cli.command("datasets")
+@click.option(
+    "--from-dir", "from_dirs", multiple=True, type=click.Path(file_okay=False), help="Mirror."
+)
+@click.option("--out", "-o", default=None, help="Folder of the stores [$FP_DATA/stores].")
+@click.option("--cache", default=None, help="Download folder [$FP_DATA/downloads].")
+@click.option("--verbose", "-v", is_flag=True, help="Sources' URLs, checksums and notes too.")
+def list_datasets(from_dirs, out, cache, verbose) -> None:
+    """List the paper's datasets (registry) and what is present locally."""
+    from builder.datasets.make import MakeOptions, status
+
+    opts = MakeOptions(out=out, cache=cache, from_dirs=list(from_dirs))
+    click.echo(f"downloads {opts.cache}   stores {opts.out}")
+    for row in status(opts):
+        d = row["dataset"]
+        click.echo(f"{d.name:<11} {d.role:<8} {d.size:>7,}  {d.prop or d.title}")
+        for src, s in zip(d.sources, row["sources"]):
+            files = f"files {s['present']}/{s['files']} here" if s["files"] else "API"
+            built = s["store"]
+            if built and built["source"] not in (None, src.name):
+                store = f"(store {Path(built['path']).name} is from source {built['source']})"
+            elif built:
+                store = (
+                    f"store {Path(built['path']).name} ({built['records']:,} records, "
+                    f"{built['descriptors']} label sets)"
+                )
+            else:
+                store = "no store"
+            tag = " stand-in subset" if s["subset"] else ""
+            click.echo(
+                f"    {src.name:<9} {src.kind:<8} {files:<16} {store}  "
+                f"target {d.target_of(src) or '-'}{tag}"
+            )
+            if verbose:
+                for f in src.files:
+                    click.echo(f"        {f.name}: {', '.join(f.urls) or 'no URL'}; {f.checksum}")
+                click.echo(f"        {src.note}")
+                click.echo(f"        {src.verified}")
+
+
+@cli.command("fetch")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--source", default=None, help="Which source of the registry entry to use.")
+@click.option("--download-only", is_flag=True, help="Get and check the files; build nothing.")
+@_dataset_options
+def fetch_command(names, source, download_only, **options) -> None:
+    """Download (or find locally), verify, build and split the dataset(s) NAMES of the
+    registry (fp-build datasets lists them)."""
+    from builder.datasets.make import fetch_dataset, summary_table
+
+    opts = _make_options(**options)
+    rows = [fetch_dataset(n, opts, source, download_only=download_only) for n in names]
+    if not download_only:
+        click.echo(summary_table(rows))
+
+
+@cli.command("make-datasets")
+@click.option("--only", multiple=True, help="Just these datasets (repeatable).")
+@_dataset_options
+def make_datasets_command(only, **options) -> None:
+    """Every dataset of the registry that can be had: downloaded or found locally, verified,
+    built with all label sets, split. Re-running skips what is complete; missing datasets are
+    listed with how to get them. Exit status 1 if a dataset failed."""
+    from builder.datasets.make import make_datasets, summary_table
+
+    opts = _make_options(**options)
+    rows = make_datasets(opts, list(only) or None)
+    click.echo("")
+    click.echo(summary_table(rows))
+    if any(r["status"] == "failed" for r in rows):
+        sys.exit(1)
+
+
 def _short(value) -> str:
     if isinstance(value, (list, tuple)) and len(value) > 6:
         return f"[{value[0]}, {value[1]}, ..., {value[-1]}] ({len(value)})"

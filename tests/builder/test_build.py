@@ -292,3 +292,11 @@ def test_dask_backend_on_a_local_cluster(tmp_path, mp_store):
         tmp_path / "dask.lmdb", MP_SAMPLE, targets=MP_TARGETS, backend="dask", jobs=2, chunk_size=8
     )
     assert m["content_hash"] == open_store(mp_store).content_hash
+
+
+def test_overwrite_in_the_same_process_reads_the_new_store(tmp_path):
+    out = tmp_path / "o.lmdb"
+    build(out, PEROV_SAMPLE, id_column="castelli_id")
+    assert open_store(out)[0]["edge_dist"].max() >= 6.0  # read: this process holds a handle
+    build(out, PEROV_SAMPLE, id_column="castelli_id", cutoff=5.0, overwrite=True)
+    assert open_store(out)[0]["edge_dist"].max() < 5.0

@@ -1,0 +1,623 @@
+"""Datasets -> finished, verified, split stores (``fp-build fetch``, ``fp-build make-datasets``,
+``make datasets``).
+
+For each dataset: choose a source (:func:`resolve`), get its files (:class:`Fetcher`: cache,
+mirrors, download; all checksummed), convert them if the source needs it (:mod:`prepare`), build
+the store with graphs and every descriptor set (:func:`builder.build.build_store`, resumable),
+add label sets it lacks (:func:`builder.add.add_descriptors`), check it (:func:`verify_store`),
+and write its splits next to it. Everything is skipped that is already done: re-running on
+complete stores only re-verifies them.
+
+Layout of the output folder (default ``$FP_DATA/stores``)::
+
+    <store>.lmdb/            the store (manifest names the source file and its sha256)
+    <store>.splits/          seed111.npz ... seed555.npz (train/val/test), matbench_fold0..4.npz
+                             (train/test), splits.json; plain npz (allow_pickle=False)
+    <store>.dataset.json     which datasets use it, the source, files and checksums, build time
+
+Choice of source (unless ``--source``): the source the existing store was built from, if its
+files are at hand; else the first full source whose files are local (cache or ``--from-dir``);
+else (online) the first downloadable full source; else a stand-in subset found locally (its
+store has its own name, e.g. ``perov5_subset``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from builder.build import BuildError, BuildOptions, build_store
+from builder.datasets.download import Fetched, Fetcher, data_home
+from builder.datasets.registry import DATASETS, Dataset, Source, get
+from builder.readers import InputError
+from schemas.manifest import StoreError, write_json_atomic
+from schemas.splits import MATBENCH_SEED, PAPER_SEEDS, kfold_splits, random_split
+
+__all__ = [
+    "MakeOptions",
+    "NotAvailable",
+    "Resolved",
+    "fetch_dataset",
+    "how_to_get",
+    "make_datasets",
+    "resolve",
+    "status",
+    "write_splits",
+]
+
+PAPER_FRACTIONS = (0.6, 0.2, 0.2)
+
+
+class NotAvailable(BuildError):
+    """No source of a dataset can be had with the options given."""
+
+
+@dataclass
+class MakeOptions:
+    """Options of ``fp-build fetch`` / ``make-datasets``.
+
+    Attributes:
+        out: folder of the stores (default ``$FP_DATA/stores``).
+        cache: download folder (default ``$FP_DATA/downloads``).
+        from_dirs: local mirrors searched for the files.
+        offline: never download.
+        jobs: worker processes per build (-1: all cores).
+        descriptors: label sets of every store (default all nine).
+        verify: re-check finished stores' content hashes.
+        overwrite: rebuild a store that was built from another source or is damaged.
+        progress: progress bars.
+        log: where messages go.
+    """
+
+    out: Path | None = None
+    cache: Path | None = None
+    from_dirs: list[Path] = field(default_factory=list)
+    offline: bool = False
+    jobs: int = -1
+    descriptors: list[str] = field(default_factory=lambda: ["all"])
+    verify: bool = True
+    overwrite: bool = False
+    progress: bool = True
+    retries: int = 4
+    backoff: float = 1.0
+    log: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out) if self.out else data_home() / "stores"
+        self.cache = Path(self.cache) if self.cache else data_home() / "downloads"
+        # absolute, so that manifests and records name the files unambiguously
+        self.from_dirs = [Path(d).expanduser().resolve() for d in self.from_dirs]
+
+    def fetcher(self) -> Fetcher:
+        return Fetcher(
+            self.cache,
+            self.from_dirs,
+            offline=self.offline,
+            progress=self.progress,
+            retries=self.retries,
+            backoff=self.backoff,
+            log=self.log,
+        )
+
+    @property
+    def prepared(self) -> Path:
+        """Converted build inputs (pickle-free extxyz), next to the downloads."""
+        return self.cache / "prepared"
+
+
+@dataclass
+class Resolved:
+    """A dataset with the source chosen and its files at hand."""
+
+    dataset: Dataset
+    source: Source
+    files: list[Fetched]
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing a source
+# --------------------------------------------------------------------------------------------
+def _sidecar(out: Path, store: str) -> Path:
+    return out / f"{store}.dataset.json"
+
+
+def _local(source: Source, fetcher: Fetcher) -> list[Fetched] | None:
+    if source.kind == "mp-api":
+        return None
+    found = []
+    for spec in source.files:
+        hit, notes = fetcher.locate(spec)
+        for note in notes:
+            fetcher.log(f"  note: {note}")
+        if hit is None:
+            return None
+        found.append(hit)
+    return found
+
+
+def resolve(
+    dataset: Dataset, opts: MakeOptions, source_name: str | None = None, fetcher=None
+) -> Resolved:
+    """Choose the source of ``dataset`` and get its files (see the module docstring).
+
+    Raises:
+        NotAvailable: nothing usable; the message says how to get the dataset.
+        DownloadError / ChecksumError: a download failed or did not match.
+    """
+    fetcher = fetcher or opts.fetcher()
+    if source_name:
+        source = dataset.source(source_name)
+        if source.kind == "mp-api":
+            return Resolved(dataset, source, [])
+        return Resolved(dataset, source, [fetcher.fetch(spec) for spec in source.files])
+    candidates = [s for s in dataset.sources if s.kind != "mp-api"]
+    built = [
+        s.name
+        for s in candidates
+        if _sidecar(opts.out, s.store).is_file()
+        and json.loads(_sidecar(opts.out, s.store).read_text()).get("source") == s.name
+    ]
+    for source in sorted(candidates, key=lambda s: (s.name not in built, s.subset)):
+        if source.subset and not opts.offline and _downloadable(dataset):
+            continue  # a stand-in only when the real data cannot be downloaded
+        files = _local(source, fetcher)
+        if files is not None:
+            return Resolved(dataset, source, files)
+    if not opts.offline:
+        for source in candidates:
+            if source.kind == "download" and not source.subset:
+                return Resolved(dataset, source, [fetcher.fetch(spec) for spec in source.files])
+    raise NotAvailable(f"{dataset.name}: no source available. " + " | ".join(how_to_get(dataset)))
+
+
+def _downloadable(dataset: Dataset) -> bool:
+    return any(s.kind == "download" and not s.subset for s in dataset.sources)
+
+
+def how_to_get(dataset: Dataset) -> list[str]:
+    """One line per source saying how to obtain it."""
+    lines = []
+    for s in dataset.sources:
+        if s.kind == "download":
+            files = ", ".join(f.name for f in s.files)
+            lines.append(
+                f"[{s.name}] fp-build fetch {dataset.name} --source {s.name} (downloads "
+                f"{s.files[0].urls[0]}{' ...' if len(s.files) > 1 else ''}), or save it as "
+                f"{files} in a folder given with --from-dir"
+            )
+        elif s.kind == "local":
+            names = ", ".join(" or ".join([f.name, *(a for a, _ in f.aliases)]) for f in s.files)
+            lines.append(f"[{s.name}] put {names} in --from-dir DIR: {s.note}")
+        else:
+            lines.append(
+                f"[{s.name}] pip install '.[mp]'; export MP_API_KEY=...; fp-build fetch "
+                f"{dataset.name} --source {s.name}"
+            )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Build input, store, splits
+# --------------------------------------------------------------------------------------------
+def build_input(resolved: Resolved, opts: MakeOptions) -> tuple[Path, dict]:
+    """The file the builder reads, converting the downloads if the source needs it."""
+    from builder.datasets.download import file_digests
+    from builder.datasets.prepare import prepare
+
+    source = resolved.source
+    if source.prepare is None:
+        if len(resolved.files) != 1:
+            raise BuildError(f"{source.name}: expected one input file")
+        return resolved.files[0].path, {}
+    out = opts.prepared / f"{source.store}.extxyz.gz"
+    path, record = prepare(
+        source.prepare,
+        [f.path for f in resolved.files],
+        [f.sha256 for f in resolved.files],
+        out,
+        progress=opts.progress,
+        log=opts.log,
+    )
+    record = {**record, "sha256": file_digests(path)["sha256"]}
+    return path, record
+
+
+def _codecs(names: list[str]) -> dict[str, str]:
+    from builder.cli import _codecs as auto_codecs
+
+    return auto_codecs(names, "auto")
+
+
+def _descriptor_names(opts: MakeOptions) -> list[str]:
+    from builder.descriptors.registry import resolve as resolve_sets
+
+    return [s.name for s in resolve_sets(opts.descriptors)] if opts.descriptors else []
+
+
+def ensure_store(source: Source, input_path: Path, opts: MakeOptions) -> dict:
+    """Build, complete or just verify ``<out>/<source.store>.lmdb``.
+
+    Returns:
+        ``{"status", "manifest", "build_seconds", "add_seconds"}``; status is ``built``,
+        ``completed`` (label sets added) or ``up to date``.
+    """
+    from builder.add import add_descriptors
+    from builder.build import file_sha256
+    from builder.info import verify_store
+    from schemas import read_manifest
+
+    store = opts.out / f"{source.store}.lmdb"
+    names = _descriptor_names(opts)
+    input_sha = file_sha256(input_path)
+    status, build_seconds, add_seconds = "up to date", None, None
+    if store.exists():
+        manifest = read_manifest(store)
+        built_from = [s["sha256"] for s in manifest["sources"]]
+        targets = [t["name"] for t in manifest["targets"]]
+        if built_from != [input_sha] or targets != list(source.targets):
+            if not opts.overwrite:
+                raise BuildError(
+                    f"{store} was built from {[s['path'] for s in manifest['sources']]} "
+                    f"(sha256 {built_from[0][:12]}…, targets {targets}), not from "
+                    f"{input_path} (sha256 {input_sha[:12]}…, targets {list(source.targets)}); "
+                    f"pass --overwrite to rebuild it"
+                )
+            store_exists = False
+        else:
+            store_exists = True
+    else:
+        store_exists = False
+    if not store_exists:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        if store.with_name(store.name + ".partial").exists():
+            opts.log(f"  resuming the interrupted build of {store}")
+        start = time.perf_counter()
+        build_store(
+            BuildOptions(
+                inputs=[str(input_path)],
+                out=str(store),
+                jobs=opts.jobs,
+                targets=list(source.targets),
+                target_units=dict(source.units),
+                id_column=source.id_column,
+                fmt=source.fmt,
+                descriptors=names,
+                descriptor_codec=_codecs(names),
+                overwrite=store.exists(),
+                progress=opts.progress,
+            )
+        )
+        build_seconds = time.perf_counter() - start
+        status = "built"
+    else:
+        missing = [n for n in names if n not in read_manifest(store).get("descriptors", {})]
+        if missing:
+            opts.log(f"  {store.name}: adding label sets {missing}")
+            start = time.perf_counter()
+            add_descriptors(
+                store, missing, jobs=opts.jobs, codec=_codecs(missing), progress=opts.progress
+            )
+            add_seconds = time.perf_counter() - start
+            status = "completed"
+    if opts.verify:
+        ok, lines = verify_store(store, progress=False)
+        if not ok:
+            raise BuildError(
+                f"{store} fails verification ({'; '.join(lines)}); delete it or rerun with "
+                f"--overwrite"
+            )
+    return {
+        "status": status,
+        "manifest": read_manifest(store),
+        "build_seconds": build_seconds,
+        "add_seconds": add_seconds,
+    }
+
+
+def source_ids(input_path: Path, source: Source) -> list[str]:
+    """Record ids of the build input, in its order (no structure is parsed)."""
+    from builder.readers import open_input
+
+    _, _, items, _ = open_input(input_path, source.fmt, [], source.id_column)
+    return [item.record_id for item in items]
+
+
+def align(store_ids: list[str], ids: list[str]) -> np.ndarray:
+    """Position in the source of every store record: the store keeps the source's order and
+    drops rejected structures, so its ids are a subsequence of the source's.
+
+    Raises:
+        BuildError: they are not (the store does not come from this source, or is reordered).
+    """
+    out = np.empty(len(store_ids), dtype=np.int64)
+    pos = 0
+    for i, record_id in enumerate(store_ids):
+        while pos < len(ids) and ids[pos] != record_id:
+            pos += 1
+        if pos == len(ids):
+            raise BuildError(
+                f"store record {i} (id {record_id!r}) is not in the source after position "
+                f"{out[i - 1] if i else 0}: store and source are not aligned"
+            )
+        out[i] = pos
+        pos += 1
+    return out
+
+
+def write_splits(
+    store: Path, source: Source, input_path: Path, protocols: tuple[str, ...], log=print
+) -> Path | None:
+    """Write the split files of ``store`` (see the module docstring); a no-op when they exist
+    for this store content.
+
+    - ``seed<S>.npz`` (``random``): the paper's random 0.6/0.2/0.2 split of the store's records
+      for S in 111, 222, 333, 444, 555 (:func:`schemas.splits.random_split`, as ``fp-train
+      --seed S`` computes it);
+    - ``matbench_fold<K>.npz`` (``matbench``): MatBench's KFold(5, shuffle, 18012019) over the
+      *source's* rows, mapped to store indices (a structure the builder rejected is dropped
+      from its fold, so folds still match MatBench's for the others).
+
+    Every file holds int64 index arrays (``train``, ``val``, ``test`` / ``train``, ``test``)
+    and ``store_content_hash``; ``np.load(path, allow_pickle=False)`` reads them.
+    """
+    from schemas import open_store
+
+    if not protocols:
+        return None
+    s = open_store(store)
+    folder = store.with_name(store.name.removesuffix(".lmdb") + ".splits")
+    info_path = folder / "splits.json"
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        if info.get("store_content_hash") == s.content_hash and set(protocols) <= set(
+            info.get("protocols", [])
+        ):
+            return folder
+    n = len(s)
+    content = np.array(s.content_hash)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    info = {
+        "store": store.name,
+        "store_content_hash": s.content_hash,
+        "records": n,
+        "protocols": list(protocols),
+        "files": {},
+    }
+    if "random" in protocols:
+        for seed in PAPER_SEEDS:
+            train, val, test = random_split(n, PAPER_FRACTIONS, seed)
+            name = f"seed{seed}.npz"
+            np.savez(tmp / name, train=train, val=val, test=test, store_content_hash=content)
+            info["files"][name] = {"train": len(train), "val": len(val), "test": len(test)}
+        info["random"] = (
+            f"schemas.splits.random_split(n={n}, fractions={list(PAPER_FRACTIONS)}, seed) for "
+            f"seeds {list(PAPER_SEEDS)}: the paper's fine-tuning protocol"
+        )
+    if "matbench" in protocols:
+        store_ids = [s.get(i, descriptors=[])["id"] for i in range(n)]
+        ids = source_ids(input_path, source)
+        rows = align(store_ids, ids)
+        row_to_index = np.full(len(ids), -1, dtype=np.int64)
+        row_to_index[rows] = np.arange(n)
+        for k, (train_rows, test_rows) in enumerate(kfold_splits(len(ids), 5, MATBENCH_SEED)):
+            train = row_to_index[train_rows]
+            test = row_to_index[test_rows]
+            train, test = np.sort(train[train >= 0]), np.sort(test[test >= 0])
+            name = f"matbench_fold{k}.npz"
+            np.savez(tmp / name, train=train, test=test, store_content_hash=content)
+            info["files"][name] = {"train": len(train), "test": len(test)}
+        info["matbench"] = (
+            f"KFold(n_splits=5, shuffle=True, random_state={MATBENCH_SEED}) over the "
+            f"{len(ids)} source rows, mapped to store indices ({len(ids) - n} rejected rows "
+            f"dropped); MatBench's own folds only when the source is MatBench's file in its "
+            f"order ({source.name})"
+        )
+    write_json_atomic(tmp / "splits.json", info)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    log(f"  splits: {folder}")
+    return folder
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+def _users(source: Source) -> list[Dataset]:
+    """Datasets that resolve to the same store (e.g. the mp20 stand-in)."""
+    return [d for d in DATASETS.values() if any(s.store == source.store for s in d.sources)]
+
+
+def fetch_dataset(
+    name: str,
+    opts: MakeOptions,
+    source_name: str | None = None,
+    download_only: bool = False,
+    done: dict | None = None,
+) -> dict:
+    """Get, build, verify and split one dataset. Returns a result row (see
+    :func:`make_datasets`). ``done`` maps store names already handled in this run to their
+    rows (a store shared by several datasets is built once)."""
+    dataset = get(name)
+    opts.log(f"{name}:")
+    resolved = resolve(dataset, opts, source_name)
+    source = resolved.source
+    for f in resolved.files:
+        opts.log(f"  {f.spec.name}: {f.how} {f.path} ({f.check})")
+    row = {
+        "dataset": name,
+        "source": source.name,
+        "subset": source.subset,
+        "store": str(opts.out / f"{source.store}.lmdb"),
+        "target": dataset.target_of(source),
+    }
+    if download_only:
+        return {**row, "status": "downloaded"}
+    if done is not None and source.store in done:
+        return {**done[source.store], **row}
+    input_path, prepared = build_input(resolved, opts)
+    result = ensure_store(source, input_path, opts)
+    store = opts.out / f"{source.store}.lmdb"
+    # a shared store (the mp20 stand-in) gets the protocols of every task that uses it
+    protocols = tuple(
+        dict.fromkeys(protocol for d in _users(source) if d.role == "task" for protocol in d.splits)
+    )
+    splits = write_splits(store, source, input_path, protocols, log=opts.log)
+    manifest = result["manifest"]
+    side = _sidecar(opts.out, source.store)
+    previous = json.loads(side.read_text()) if side.is_file() else {}
+    if result["status"] != "built" and previous.get("source") == source.name:
+        result["build_seconds"] = previous.get("build_seconds")  # the store's own build
+    record = {
+        "store": store.name,
+        "source": source.name,
+        "subset": source.subset,
+        "datasets": {
+            d.name: {"target": d.target_of(source), "role": d.role}
+            for d in _users(source)
+            if source in d.sources
+        },
+        "files": [
+            {"name": f.spec.name, "path": str(f.path), "sha256": f.sha256, "check": f.check}
+            for f in resolved.files
+        ],
+        "input": {"path": str(input_path), **({"prepared": prepared} if prepared else {})},
+        "content_hash": manifest["content_hash"],
+        "records": manifest["counts"]["records"],
+        "rejected": manifest["counts"]["rejected"],
+        "descriptors": list(manifest.get("descriptors", {})),
+        "build_seconds": result["build_seconds"],
+        "add_seconds": _sum(previous.get("add_seconds"), result["add_seconds"]),
+        "disk_bytes": _disk_bytes(store),
+        "splits": str(splits) if splits else None,
+        "verified": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        if opts.verify
+        else previous.get("verified"),
+    }
+    write_json_atomic(side, record)
+    row = {
+        **row,
+        "status": result["status"],
+        "records": record["records"],
+        "rejected": record["rejected"],
+        "build_seconds": record["build_seconds"],
+        "disk_bytes": record["disk_bytes"],
+        "splits": record["splits"],
+    }
+    if done is not None:
+        done[source.store] = row
+    opts.log(
+        f"  {row['status']}: {store} ({row['records']:,} records, "
+        f"{_human(row['disk_bytes'])}, target {row['target']})"
+    )
+    return row
+
+
+def make_datasets(opts: MakeOptions, only: list[str] | None = None) -> list[dict]:
+    """Every registry dataset that can be had: one verified, split store each (stores shared
+    by several datasets built once). Missing datasets get a row saying how to get them."""
+    rows, done = [], {}
+    for name in only or list(DATASETS):
+        try:
+            rows.append(fetch_dataset(name, opts, done=done))
+        except NotAvailable:
+            opts.log("  missing (how to get it: below)")
+            rows.append({"dataset": name, "status": "missing", "how": how_to_get(get(name))})
+        except (BuildError, InputError, StoreError) as err:
+            opts.log(f"  FAILED: {err}")
+            rows.append({"dataset": name, "status": "failed", "error": str(err)})
+    return rows
+
+
+def _sum(a: float | None, b: float | None) -> float | None:
+    return None if a is None and b is None else (a or 0.0) + (b or 0.0)
+
+
+def _human(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The closing table of ``make-datasets``."""
+    lines = [
+        f"{'dataset':<12} {'status':<11} {'source':<9} {'store':<18} {'records':>8} "
+        f"{'build s':>8} {'size':>10}  target"
+    ]
+    for r in rows:
+        if r["status"] in ("missing", "failed"):
+            lines.append(f"{r['dataset']:<12} {r['status']:<11}")
+            continue
+        secs = r.get("build_seconds")
+        lines.append(
+            f"{r['dataset']:<12} {r['status']:<11} {r['source']:<9} "
+            f"{Path(r['store']).name:<18} {r.get('records', 0):>8,} "
+            f"{(f'{secs:.0f}' if secs is not None else '-'):>8} "
+            f"{_human(r.get('disk_bytes')):>10}  {r.get('target') or '-'}"
+            + ("  (stand-in subset)" if r.get("subset") else "")
+        )
+    missing = [r for r in rows if r["status"] == "missing"]
+    if missing:
+        lines.append("")
+        lines.append("missing datasets and how to get them:")
+        for r in missing:
+            lines.append(f"  {r['dataset']}:")
+            lines.extend(f"    {h}" for h in r["how"])
+    failed = [r for r in rows if r["status"] == "failed"]
+    for r in failed:
+        lines.append(f"FAILED {r['dataset']}: {r['error']}")
+    return "\n".join(lines)
+
+
+def status(opts: MakeOptions) -> list[dict]:
+    """What is present locally for every registry dataset (files by name only, stores by
+    manifest); no checksums, no network."""
+    from schemas import read_manifest
+
+    fetcher = opts.fetcher()
+    rows = []
+    for d in DATASETS.values():
+        sources = []
+        for s in d.sources:
+            present = [fetcher.present(f) for f in s.files]
+            store = opts.out / f"{s.store}.lmdb"
+            entry = {
+                "source": s.name,
+                "kind": s.kind,
+                "subset": s.subset,
+                "files": len(s.files),
+                "present": sum(p is not None for p in present),
+                "store": None,
+            }
+            if store.is_dir() and (store / "manifest.json").is_file():
+                m = read_manifest(store)
+                side = _sidecar(opts.out, s.store)
+                entry["store"] = {
+                    "path": str(store),
+                    "records": m["counts"]["records"],
+                    "descriptors": len(m.get("descriptors", {})),
+                    "source": json.loads(side.read_text()).get("source")
+                    if side.is_file()
+                    else None,
+                }
+            sources.append(entry)
+        rows.append({"dataset": d, "sources": sources})
+    return rows
