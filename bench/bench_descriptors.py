@@ -15,6 +15,10 @@ core (OMP_NUM_THREADS=1, set before NumPy loads), best of ``--repeat`` passes:
    GMPFeaturizer comparisons are in ``bench/bench_gmp.py``.
 4. Work per atom of the EAD sets (the contraction's multiply-adds, 2·M·|η|·|Rs|·neighbours flops,
    M monomials) and this core's dgemm rate (a 2000³ product): the effective GFLOP/s reached.
+   EAD sets are also timed per evaluation path on the same structures in the same run: the
+   compiled kernel (``method="kernel"``, :mod:`builder.descriptors.ead_kernel`, when built; the
+   instruction-set variant is reported) and the NumPy path (``method="numpy"``); the main rate
+   is the default (``"auto"``: the kernel when available).
 5. The projection of all nine sets over 1.9 M atoms on 16 such cores, in minutes.
 
 Run: ``python bench/bench_descriptors.py --out bench/results/descriptors.json`` (also writes
@@ -50,6 +54,7 @@ DATASETS = REPO.parent / "shared" / "datasets"
 sys.path.insert(0, str(REPO))
 csv.field_size_limit(sys.maxsize)
 
+from builder.descriptors import ead_kernel  # noqa: E402
 from builder.descriptors.registry import REGISTRY  # noqa: E402
 from builder.neighbors import neighbour_list  # noqa: E402
 
@@ -208,6 +213,8 @@ def main() -> None:
             "python": platform.python_version(),
             "numpy": np.__version__,
             "dgemm_gflops_one_core": round(gflops, 1),
+            "ead_kernel": ead_kernel.ISA if ead_kernel.available() else None,
+            "ead_kernel_unavailable": ead_kernel.unavailable_reason(),
         },
         "structures": {k: len(v) for k, v in datasets.items()},
         "atoms": {k: int(sum(len(s[0]) for s in v)) for k, v in datasets.items()},
@@ -264,6 +271,19 @@ def main() -> None:
                 result["contraction_mflop_per_atom"] = round(flops / 1e6, 3)
                 result["effective_gflops"] = round(flops * rate / 1e9, 1)
                 result["fraction_of_dgemm_peak"] = round(flops * rate / 1e9 / gflops, 3)
+                # Each evaluation path on the same structures (kernel only where it is built).
+                methods = ["kernel", "numpy"] if ead_kernel.available() else ["numpy"]
+                for method in methods:
+
+                    def run_method(structures=structures, nls=nls, spec=spec, method=method):
+                        for (z, p, c), nl in zip(structures, nls):
+                            spec.module.featurize(z, p, c, pbc, nl, **spec.params, method=method)
+
+                    method_rate, _ = best_rate(run_method, n_atoms, args.repeat)
+                    result[f"{method}_atoms_per_s"] = round(method_rate)
+                    result[f"{method}_fraction_of_dgemm_peak"] = round(
+                        flops * method_rate / 1e9 / gflops, 3
+                    )
             if not args.no_oracles and spec.family == "wacsf":
                 reference = dscribe_rate(structures, spec.params, args.repeat)
                 if reference:
@@ -280,6 +300,12 @@ def main() -> None:
                         ]
 
                     ours_subset, _ = best_rate(run_subset, sub_atoms, args.repeat)
+
+                    def run_subset_numpy(subset=subset, nls=nls, spec=spec):
+                        for (z, p, c), nl in zip(subset, nls):
+                            spec.module.featurize(z, p, c, pbc, nl, **spec.params, method="numpy")
+
+                    numpy_subset, _ = best_rate(run_subset_numpy, sub_atoms, args.repeat)
                     oracle = pyxtal_run(args.pyxtal_python, subset, spec.params, workdir)
                     if "error" in oracle:
                         result["pyxtal_ff"] = {"error": oracle["error"]}
@@ -294,6 +320,8 @@ def main() -> None:
                             "atoms_per_s": round(oracle["rate"], 1),
                             "ours_atoms_per_s": round(ours_subset),
                             "ratio": round(ours_subset / oracle["rate"], 1),
+                            "numpy_atoms_per_s": round(numpy_subset),
+                            "numpy_ratio": round(numpy_subset / oracle["rate"], 1),
                             "max_relative_difference": float(difference.max()),
                         }
                 else:
@@ -374,6 +402,36 @@ def markdown(report: dict) -> str:
         lines.append(f"| {key} | {v['atoms_per_s']:,} | {v['edges_per_atom']} |")
     ead = [(n, e) for n, e in report["sets"].items() if e["family"] == "ead" and "skipped" not in e]
     if ead:
+        kernel = m.get("ead_kernel")
+        lines += [
+            "",
+            "EAD evaluation paths on the same structures, same run: the compiled kernel "
+            + (
+                f"(`{kernel}` variant)"
+                if kernel
+                else f"(unavailable: {m.get('ead_kernel_unavailable')})"
+            )
+            + " and the NumPy path. PyXtal_FF ratios on its subset of mp_20 (rate of each path "
+            "on that subset / PyXtal_FF's).",
+            "",
+            "| set | dataset | kernel atoms/s | NumPy atoms/s | kernel / NumPy | "
+            "kernel vs PyXtal_FF | NumPy vs PyXtal_FF |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for n, e in ead:
+            for d in ("perov_5", "mp_20_subset"):
+                r = e.get(d, {})
+                if "numpy_atoms_per_s" not in r:
+                    continue
+                k, nump = r.get("kernel_atoms_per_s"), r["numpy_atoms_per_s"]
+                px = r.get("pyxtal_ff", {})
+                kernel_ratio = f"{px['ratio']}×" if "ratio" in px and k else "–"
+                numpy_ratio = f"{px['numpy_ratio']}×" if "numpy_ratio" in px else "–"
+                speedup = f"{k / nump:.2f}×" if k else "–"
+                lines.append(
+                    f"| {n} | {d} | {f'{k:,}' if k else '–'} | {nump:,} | {speedup} | "
+                    f"{kernel_ratio} | {numpy_ratio} |"
+                )
         lines += [
             "",
             "EAD work per atom (the contraction Σ_j weight · Gaussian, 2·M·|η|·|Rs|·neighbours "

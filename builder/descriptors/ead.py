@@ -28,7 +28,18 @@ Decisions and why:
 * Any L ≥ 0 is accepted (PyXtal_FF stops at 3). An atom without neighbours gets zeros (PyXtal_FF
   asserts). Raw values span ~1e-43 … 2e5: consumers must standardise per feature before training.
 
-Evaluation. Per centre and η this is a small matrix product (monomials × neighbours) ·
+Evaluation paths (``featurize(..., method=)``). ``"auto"`` (the default) runs the compiled
+kernel when it is built (:mod:`builder.descriptors.ead_kernel`: an optional C extension,
+``_ead_kernel.c``; ``ead_kernel.available()``, ``FP_EAD_KERNEL=0`` switches it off), else the
+NumPy path (``"numpy"``), which stays the reference and the fallback; ``"kernel"`` and
+``"numpy"`` force one, ``"direct"`` / ``"factorised"`` the NumPy path with that Gaussian method.
+All agree to ~1e-12 relative (tests: ``test_ead.py`` runs the default, ``test_ead_kernel.py``
+the kernel per instruction set and the NumPy path). The kernel fuses everything below into one
+pass per centre (edge vectors and weights, block anchors and powers, the contraction into sums
+held in L1, the reduction) with the same factorised recurrence and safety argument; it reaches
+~60-80 % of a core's FMA peak on the contraction (rates: ``bench/results/descriptors.md``).
+
+NumPy path. Per centre and η this is a small matrix product (monomials × neighbours) ·
 (neighbours × Rs). :func:`builder.descriptors._common.gaussian_moments` runs it with the
 factorised recurrence on the regular Rs grid (one exp per (edge, block) and per (edge, step)
 instead of per (edge, shift)) and batched BLAS products over centres; the raw monomials
@@ -42,7 +53,9 @@ elementwise products per atom (block shapes 5 × 32 / mixed / 8 × 20). On the b
 (one core of a shared 2-core VM; numpy exp ≈ 0.7 ns, a product ≈ 0.4-0.6 ns per element, dgemm
 60-75 GFLOP/s) that puts the floor near 40 µs/atom for set 1: the contraction alone at dgemm peak
 would allow ~80k atoms/s, the exp and product passes (L2-bandwidth bound) and ~40 numpy calls
-per structure take the rest. Measured rates and PyXtal_FF ratios: ``bench/results/descriptors.md``.
+per structure take the rest; the compiled kernel removes both (~20-25 µs/atom for set 1, of
+which ~11 µs is the contraction at the FMA peak). Measured rates and PyXtal_FF ratios:
+``bench/results/descriptors.md``.
 """
 
 from __future__ import annotations
@@ -53,6 +66,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from builder.descriptors import ead_kernel
 from builder.descriptors._common import (
     centre_blocks,
     check_radius,
@@ -66,7 +80,10 @@ from builder.descriptors._common import (
 )
 from builder.neighbors import NeighbourList
 
-__all__ = ["feature_names", "featurize", "monomials", "required_radius"]
+__all__ = ["METHODS", "feature_names", "featurize", "monomials", "required_radius"]
+
+# Evaluation paths of featurize (see the module docstring).
+METHODS = ("auto", "kernel", "numpy", "direct", "factorised")
 
 
 @lru_cache(maxsize=8)
@@ -113,11 +130,43 @@ def _monomial_tables(max_l: int, rc: float):
     return exponents, tuple(recursion), reduce
 
 
+def _setup(max_l, etas, rs, rc) -> tuple:
+    """(L, etas, rs, rc, kernel plan): validated values (int, read-only float64 arrays, float)
+    and :func:`_kernel_plan`, cached per parameter set; raises ValueError on bad values."""
+    # The registry's flat lists go into the cache key as they are (a NumPy round trip of 160
+    # floats costs more than the rest of the lookup); anything unhashable is flattened first.
+    try:
+        return _setup_cached(max_l, _flat(etas), _flat(rs), rc)
+    except TypeError:
+        return _setup_cached(max_l, _raveled(etas), _raveled(rs), rc)
+
+
+def _flat(values) -> tuple:
+    return tuple(values) if type(values) in (list, tuple) else _raveled(values)
+
+
+def _raveled(values) -> tuple:
+    return tuple(np.ravel(values).tolist())
+
+
 def _validated(max_l: int, etas: Sequence[float], rs: Sequence[float], rc: float):
     """(L, etas, rs, rc) as int, float64 arrays and float; raises ValueError on bad values."""
-    return _validated_cached(
-        max_l, tuple(np.ravel(etas).tolist()), tuple(np.ravel(rs).tolist()), rc
-    )
+    return _setup(max_l, etas, rs, rc)[:4]
+
+
+@lru_cache(maxsize=32)
+def _setup_cached(max_l, etas: tuple, rs: tuple, rc) -> tuple:
+    max_l, etas_arr, rs_arr, rc = _validated_cached(max_l, etas, rs, rc)
+    return max_l, etas_arr, rs_arr, rc, _kernel_plan(max_l, etas_arr, rs_arr, rc)
+
+
+def _kernel_plan(max_l, etas: np.ndarray, rs: np.ndarray, rc) -> ead_kernel.KernelPlan | None:
+    """The compiled kernel's plan of a validated parameter set, or None where the kernel's
+    exp does not cover its exponents (absurdly steep or far Gaussians: the NumPy path runs)."""
+    if not ead_kernel.supports(etas, rs, rc):
+        return None
+    _, recursion, reduce = _monomial_tables(max_l, rc)
+    return ead_kernel.kernel_plan(etas, rs, rc, recursion, reduce)
 
 
 @lru_cache(maxsize=32)
@@ -176,20 +225,31 @@ def featurize(
         etas: Gaussian exponents η, Å⁻².
         rs: Gaussian centres Rs, Å.
         rc: cutoff radius, Å.
-        method: evaluation path of :func:`~builder.descriptors._common.gaussian_moments`
-            (results agree to ~1e-13; for benchmarks and tests).
+        method: evaluation path (results agree to ~1e-13; all but ``"auto"`` are for tests and
+            benchmarks): ``"auto"``, the compiled kernel when it is available
+            (:func:`builder.descriptors.ead_kernel.available`), else ``"numpy"``; ``"kernel"``
+            (RuntimeError when unavailable); ``"numpy"``, the NumPy path (factorised where
+            safe); ``"direct"`` / ``"factorised"``, the NumPy path with that
+            :func:`~builder.descriptors._common.gaussian_plan` method.
 
     Returns:
         (N, (L+1)·len(etas)·len(rs)) float64, columns as in :func:`feature_names`.
     """
     del pbc  # periodicity enters through the neighbour list
-    max_l, etas, rs, rc = _validated(L, etas, rs, rc)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; one of {METHODS}")
+    max_l, etas, rs, rc, kernel_plan = _setup(L, etas, rs, rc)
     z = np.asarray(z, dtype=np.int64).reshape(-1)
     pos = np.asarray(pos, dtype=np.float64).reshape(-1, 3)
     cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
     n_atoms = len(z)
     n_features = (max_l + 1) * len(etas) * len(rs)
     nl = check_radius(nl, rc, "EAD")
+    if method == "kernel" or (method == "auto" and ead_kernel.available()):
+        if kernel_plan is not None:
+            return ead_kernel.featurize(z, pos, cell, nl, kernel_plan)
+        if method == "kernel":
+            raise ValueError("EAD kernel: Gaussians too steep or far for its exp; use numpy")
     if nl.num_edges == 0:
         return np.zeros((n_atoms, n_features))
     exponents, recursion, reduce = _monomial_tables(max_l, rc)
@@ -204,7 +264,8 @@ def featurize(
     edge_values[1, :n_edges] *= np.take(z, neighbour)
     edge_values[2:, :n_edges] = edge_vectors(nl, pos, cell).T
     counts, starts = edge_starts(centre, n_atoms)
-    plan = gaussian_plan(etas, rs, rc, n_mono, squared=True, method=method)
+    numpy_method = "auto" if method in ("auto", "numpy") else method
+    plan = gaussian_plan(etas, rs, rc, n_mono, squared=True, method=numpy_method)
     blocks = []
     for first, last in centre_blocks(counts, plan.work_per_edge(n_mono)):
         index = padded_index(counts[first:last], starts[first:last], n_edges)

@@ -1,0 +1,799 @@
+/*
+ * Compiled EAD kernel (optional): builder.descriptors._ead_kernel.
+ *
+ * The embedded atom density of every atom of one structure (PyXtal_FF convention: definition,
+ * feature order and the plan's safety bounds in builder/descriptors/ead.py and ead_kernel.py).
+ * Plain C99 plus the CPython API (buffer protocol only, no NumPy headers); GNU vector extensions
+ * and target attributes where the compiler has them. Single-threaded; the GIL is released.
+ *
+ * Per centre i (edges sorted by centre), per chunk of EB = 8 of its edges (the last one padded
+ * with zero weights):
+ *   1. chunk_edges: d, Z_j f_c(d) with f_c = sin^2(pi (rc - d) / (2 rc)), the edge vectors
+ *      pos[j] + shift @ cell - pos[i] and the M monomial weights w[m] = Z_j f_c x^lx y^ly z^lz
+ *      (each from the monomial with one power less), vectorised over the 8 edges;
+ *   2. per eta with a block shape (B, blocks) (B a multiple of 8; the plan's choice): the shifts
+ *      are blocks of B grid points R_b + t Delta, R_b = Rs[bB], and
+ *          exp(-eta (d - R_b - t Delta)^2) = A_b * P_t * S_bt,
+ *          A_b = exp(-eta (d - R_b)^2),  P_t = exp(2 eta Delta d)^t,
+ *          S_bt = exp(-2 eta Delta t R_b - eta Delta^2 t^2)  (a table of the plan):
+ *      the recurrence restarted exactly at every block. Per edge: blocks + 1 exps (vectorised
+ *      over the chunk), P_t by products, the weights wa[m][b] = w[m] A_b, then
+ *          T[m][eta][bB + t] += sum over the chunk's edges of wa[m][b] P_t
+ *      (accumulate_blocks: M * blocks * B multiply-adds per edge, ~90 % of the work; T stays
+ *      in L1: M * |eta| * (blocks B) doubles, 25-31 KB for the registered sets);
+ *      per eta without a block shape (irregular or short grids, very steep Gaussians): the
+ *      Gaussians g[k] = exp(-eta (d - Rs_k)^2) directly and rho[m][eta][k] += sum w[m] g[k];
+ *   3. per centre: rho = S * T (after the sum over neighbours, as the NumPy path), then
+ *      x[l][eta][k] = sum_m reduce[l][m] rho[m][eta][k]^2.
+ * Exponentials are a branch-free polynomial (ead_exp, ~1 ulp) that the compiler vectorises.
+ *
+ * Instruction sets: on x86-64 with GCC/Clang the kernel body is compiled three times, for the
+ * baseline (SSE2: any x86-64 CPU) and under __attribute__((target(...))) for AVX2 + FMA and for
+ * AVX-512F; the variant is picked at run time with __builtin_cpu_supports. The module is built
+ * with portable flags (no -march) and still uses the widest vectors of the CPU it runs on.
+ * Other platforms and compilers get the baseline (plain loops where vector types are absent).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Bumped whenever the Python <-> C calling convention changes (checked by ead_kernel.py). */
+#define EAD_KERNEL_ABI 1
+
+#ifndef EAD_SOURCE_HASH /* sha256 of this file, set by setup.py (ead_kernel.py detects stale builds) */
+#define EAD_SOURCE_HASH ""
+#endif
+
+#define EB 8 /* edges per chunk (the accumulation's unrolling) */
+#define ALIGN 64
+
+#if defined(__GNUC__) || defined(__clang__)
+#define EAD_INLINE static inline __attribute__((always_inline))
+#else
+#define EAD_INLINE static inline
+#endif
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define EAD_X86_DISPATCH 1
+#else
+#define EAD_X86_DISPATCH 0
+#endif
+
+enum { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_COUNT = 3 };
+static const char *const isa_names[ISA_COUNT] = {"generic", "avx2", "avx512"};
+
+enum {
+    EAD_OK = 0,
+    EAD_UNSORTED = 1, /* centres not in ascending order: the caller sorts and retries */
+    EAD_BAD_INDEX = 2,
+    EAD_NO_MEMORY = 3,
+};
+
+typedef struct {
+    /* structure */
+    int64_t n_atoms, n_edges;
+    const int64_t *z;         /* (N,) */
+    const double *pos;        /* (N, 3) */
+    const double *cell;       /* (3, 3) rows = lattice vectors */
+    const int64_t *neighbour; /* (E,) edge_index[0] */
+    const int64_t *centre;    /* (E,) edge_index[1], ascending */
+    const int64_t *shift;     /* (E, 3) */
+    const double *dist;       /* (E,) */
+    /* plan */
+    int64_t n_l, n_mono, n_etas, n_rs; /* L + 1, M, |eta|, |Rs| */
+    int64_t scale_stride;              /* length of each row of `scale` */
+    const int64_t *shape;              /* (|eta|, 2): B (0 = direct), blocks */
+    const int64_t *rec;                /* (M - 1, 2): source monomial, axis */
+    double rc, step;
+    const double *etas, *rs;
+    const double *reduce; /* (L + 1, M) */
+    const double *scale;  /* (|eta|, scale_stride): S_bt at k = bB + t, 0 beyond |Rs| */
+    /* output */
+    double *out; /* (N, (L + 1) |eta| |Rs|) */
+} ead_args;
+
+typedef struct {
+    int64_t rs_pad;  /* |Rs| rounded up to a multiple of 8 */
+    int64_t g_pad;   /* row stride of rho and g: >= rs_pad and >= every B * blocks, 8 | g_pad */
+    int64_t p_len;   /* row stride of p: the largest B rounded up to 8 */
+    double *rho;     /* (M, |eta|, g_pad): rho, or T (unscaled) for a block eta */
+    double *g;       /* (EB, g_pad): Gaussians of a direct eta */
+    double *x;       /* (EB * (largest blocks + 1),): exponents, then exps */
+    double *p;       /* (EB, p_len): powers P_t per edge */
+    double *wa;      /* (M, largest blocks, EB): weights times anchors */
+    double *w;       /* (M, EB): monomial weights */
+    double *d;       /* (EB,): distances */
+    void *block;     /* the allocation */
+} ead_work;
+
+/* ------------------------------------------------------------------------------------------ */
+/* exp: branch-free, vectorisable.                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * exp(x) for -1e15 < x <= 709 (the plan bounds the exponents of P_t by 600), 0 for x < -708
+ * (no subnormals: the plan's safety argument only needs values above e^-600).
+ * Cody-Waite reduction x = k ln2 + r, |r| <= ln2/2 (+ rounding), Taylor polynomial of degree 13
+ * (truncation < 5e-18 relative), 2^k built in the exponent bits: ~1 ulp.
+ */
+EAD_INLINE double ead_exp(double x)
+{
+    const double log2e = 1.4426950408889634074;
+    const double ln2_hi = 6.93147180369123816490e-01; /* 32 significant bits: k ln2_hi exact */
+    const double ln2_lo = 1.90821492927058770002e-10;
+    const double shifter = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to an integer */
+    double kd = x * log2e + shifter;
+    uint64_t ki;
+    memcpy(&ki, &kd, sizeof ki);
+    kd -= shifter;
+    const double r = (x - kd * ln2_hi) - kd * ln2_lo;
+    double q = 1.6059043836821614599e-10; /* 1/13! */
+    q = q * r + 2.0876756987868098979e-09;
+    q = q * r + 2.5052108385441718775e-08;
+    q = q * r + 2.7557319223985890653e-07;
+    q = q * r + 2.7557319223985890653e-06;
+    q = q * r + 2.4801587301587301587e-05;
+    q = q * r + 1.9841269841269841270e-04;
+    q = q * r + 1.3888888888888888889e-03;
+    q = q * r + 8.3333333333333333333e-03;
+    q = q * r + 4.1666666666666666667e-02;
+    q = q * r + 1.6666666666666666667e-01;
+    q = q * r + 0.5;
+    q = q * r + 1.0;
+    q = q * r + 1.0;
+    /* 2^k from the low 12 bits of ki (k mod 4096: the shifter is a multiple of 4096 there),
+     * zeroed below -708 by an integer mask: no branch, no select of floating-point values, so
+     * the loop vectorises also under the default -ftrapping-math */
+    const uint64_t keep = (uint64_t)0 - (uint64_t)(x >= -708.0);
+    const uint64_t bits = ((ki + 1023u) << 52) & keep;
+    double scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return q * scale;
+}
+
+EAD_INLINE void ead_exp_inplace(double *restrict v, int64_t n)
+{
+    for (int64_t k = 0; k < n; k++)
+        v[k] = ead_exp(v[k]);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The kernel body, compiled once per instruction set.                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+/* g[k] = exp(-eta (d - rs[k])^2), k < n. */
+EAD_INLINE void direct_gaussians(double *restrict g, const double *restrict rs, double d,
+                                 double eta, int64_t n)
+{
+    for (int64_t k = 0; k < n; k++) {
+        const double u = d - rs[k];
+        g[k] = -eta * u * u;
+    }
+    ead_exp_inplace(g, n);
+}
+
+/* Powers P_t = p^t, t < B rounded up to 8, of one edge: t < 8 by a product chain, then
+ * P_{s+t} = P_{s-8+t} p^8, 8 at a time. The relative error of P_t is <= ~t ulp (t < B <= 64).
+ * Entries past B may overflow; they are never read. */
+EAD_INLINE void edge_powers(double *restrict p, double base, int64_t length)
+{
+    const int64_t p_len = (length + 7) & ~(int64_t)7;
+    p[0] = 1.0;
+    for (int t = 1; t < 8; t++)
+        p[t] = p[t - 1] * base;
+    const double base8 = p[7] * base;
+    for (int64_t s = 8; s < p_len; s += 8)
+        for (int t = 0; t < 8; t++)
+            p[s + t] = p[s - 8 + t] * base8;
+}
+
+/* x[b][q] = -eta (d_q - R_b)^2, R_b = rs[bB] (b < blocks), and x[blocks][q] = 2 eta Delta d_q. */
+EAD_INLINE void chunk_exponents(double *restrict x, const double *restrict d,
+                                const double *restrict rs, double eta, double step,
+                                int64_t length, int64_t n_blocks)
+{
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const double anchor = rs[b * length];
+        for (int q = 0; q < EB; q++) {
+            const double u = d[q] - anchor;
+            x[b * EB + q] = -eta * u * u;
+        }
+    }
+    for (int q = 0; q < EB; q++)
+        x[n_blocks * EB + q] = 2.0 * eta * step * d[q];
+}
+
+/* wa[m][b][q] = w[m][q] A_b[q]: the chunk's weights times the block anchors. */
+EAD_INLINE void chunk_block_weights(double *restrict wa, const double *restrict w,
+                                    const double *restrict anchors, int64_t n_mono,
+                                    int64_t n_blocks)
+{
+    for (int64_t m = 0; m < n_mono; m++)
+        for (int64_t b = 0; b < n_blocks; b++)
+            for (int q = 0; q < EB; q++)
+                wa[(m * n_blocks + b) * EB + q] = w[m * EB + q] * anchors[b * EB + q];
+}
+
+/*
+ * T[m][bB + t] += sum_q wa[m][b][q] P_q[t] for every monomial m, block b and t < B: the core
+ * of the kernel (M * blocks * B multiply-adds per edge and eta). Per tile of VW shifts the 8
+ * edges' powers stay in 8 vector registers and each (m, b) costs 8 FMAs with broadcast weights,
+ * one load and one store. With GCC/Clang the tile is an explicit vector (GNU vector extension;
+ * VW = 8 / 4 / 2 doubles for AVX-512 / AVX2 / SSE2): left to itself the auto-vectoriser
+ * vectorises this loop nest across blocks (strided gathers) or permutes the weights on the FMA
+ * ports. Other compilers get the plain loop. B is a multiple of 8, so of VW.
+ */
+#define EAD_ACCUMULATE_BLOCKS_BODY(VT, VW)                                                     \
+    for (int64_t tv = 0; tv < length; tv += VW) {                                              \
+        VT p0, p1, p2, p3, p4, p5, p6, p7;                                                     \
+        memcpy(&p0, p + tv, sizeof p0);                                                        \
+        memcpy(&p1, p + p_stride + tv, sizeof p1);                                             \
+        memcpy(&p2, p + 2 * p_stride + tv, sizeof p2);                                         \
+        memcpy(&p3, p + 3 * p_stride + tv, sizeof p3);                                         \
+        memcpy(&p4, p + 4 * p_stride + tv, sizeof p4);                                         \
+        memcpy(&p5, p + 5 * p_stride + tv, sizeof p5);                                         \
+        memcpy(&p6, p + 6 * p_stride + tv, sizeof p6);                                         \
+        memcpy(&p7, p + 7 * p_stride + tv, sizeof p7);                                         \
+        for (int64_t m = 0; m < n_mono; m++) {                                                 \
+            double *row = t_rows + m * m_stride + tv;                                          \
+            const double *c = wa + m * n_blocks * EB;                                          \
+            for (int64_t b = 0; b < n_blocks; b++, row += length, c += EB) {                   \
+                VT s;                                                                          \
+                memcpy(&s, row, sizeof s);                                                     \
+                s += c[0] * p0;                                                                \
+                s += c[1] * p1;                                                                \
+                s += c[2] * p2;                                                                \
+                s += c[3] * p3;                                                                \
+                s += c[4] * p4;                                                                \
+                s += c[5] * p5;                                                                \
+                s += c[6] * p6;                                                                \
+                s += c[7] * p7;                                                                \
+                memcpy(row, &s, sizeof s);                                                     \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
+#define EAD_ACCUMULATE_BLOCKS_ARGS                                                             \
+    double *restrict t_rows, int64_t m_stride, const double *restrict p, int64_t p_stride,     \
+        const double *restrict wa, int64_t n_mono, int64_t n_blocks, int64_t length
+
+#if defined(__GNUC__) || defined(__clang__)
+typedef double ead_v2 __attribute__((vector_size(16)));
+typedef double ead_v4 __attribute__((vector_size(32)));
+typedef double ead_v8 __attribute__((vector_size(64)));
+EAD_INLINE void accumulate_blocks_v2(EAD_ACCUMULATE_BLOCKS_ARGS)
+{
+    EAD_ACCUMULATE_BLOCKS_BODY(ead_v2, 2)
+}
+EAD_INLINE void accumulate_blocks_v4(EAD_ACCUMULATE_BLOCKS_ARGS)
+{
+    EAD_ACCUMULATE_BLOCKS_BODY(ead_v4, 4)
+}
+EAD_INLINE void accumulate_blocks_v8(EAD_ACCUMULATE_BLOCKS_ARGS)
+{
+    EAD_ACCUMULATE_BLOCKS_BODY(ead_v8, 8)
+}
+#define EAD_HAVE_VECTORS 1
+#else
+#define EAD_HAVE_VECTORS 0
+#endif
+
+EAD_INLINE void accumulate_blocks(EAD_ACCUMULATE_BLOCKS_ARGS, int vector_width)
+{
+#if EAD_HAVE_VECTORS
+    if (vector_width == 8) {
+        accumulate_blocks_v8(t_rows, m_stride, p, p_stride, wa, n_mono, n_blocks, length);
+        return;
+    }
+    if (vector_width == 4) {
+        accumulate_blocks_v4(t_rows, m_stride, p, p_stride, wa, n_mono, n_blocks, length);
+        return;
+    }
+    accumulate_blocks_v2(t_rows, m_stride, p, p_stride, wa, n_mono, n_blocks, length);
+#else
+    (void)vector_width;
+    for (int64_t m = 0; m < n_mono; m++)
+        for (int64_t b = 0; b < n_blocks; b++)
+            for (int64_t t = 0; t < length; t++) {
+                double s = t_rows[m * m_stride + b * length + t];
+                for (int q = 0; q < EB; q++)
+                    s += wa[(m * n_blocks + b) * EB + q] * p[q * p_stride + t];
+                t_rows[m * m_stride + b * length + t] = s;
+            }
+#endif
+}
+
+/* r0[k] += sum_q c[q] g[q][k] and r1[k] += sum_q c[EB + q] g[q][k], k < n (g rows g_pad apart).
+ * Separate functions with restrict parameters: GCC keeps that no-alias information through
+ * inlining (restrict-qualified locals it mostly ignores, and then gives up on the alias checks). */
+EAD_INLINE void accumulate2(double *restrict r0, double *restrict r1, const double *restrict g,
+                            int64_t g_pad, const double *restrict c, int64_t n)
+{
+    const double *g0 = g, *g1 = g0 + g_pad, *g2 = g1 + g_pad, *g3 = g2 + g_pad,
+                 *g4 = g3 + g_pad, *g5 = g4 + g_pad, *g6 = g5 + g_pad, *g7 = g6 + g_pad;
+    const double a0 = c[0], a1 = c[1], a2 = c[2], a3 = c[3], a4 = c[4], a5 = c[5], a6 = c[6],
+                 a7 = c[7];
+    const double b0 = c[8], b1 = c[9], b2 = c[10], b3 = c[11], b4 = c[12], b5 = c[13],
+                 b6 = c[14], b7 = c[15];
+    for (int64_t k = 0; k < n; k++) {
+        const double x0 = g0[k], x1 = g1[k], x2 = g2[k], x3 = g3[k], x4 = g4[k], x5 = g5[k],
+                     x6 = g6[k], x7 = g7[k];
+        double s = r0[k], u = r1[k];
+        s += a0 * x0;
+        u += b0 * x0;
+        s += a1 * x1;
+        u += b1 * x1;
+        s += a2 * x2;
+        u += b2 * x2;
+        s += a3 * x3;
+        u += b3 * x3;
+        s += a4 * x4;
+        u += b4 * x4;
+        s += a5 * x5;
+        u += b5 * x5;
+        s += a6 * x6;
+        u += b6 * x6;
+        s += a7 * x7;
+        u += b7 * x7;
+        r0[k] = s;
+        r1[k] = u;
+    }
+}
+
+/* r0[k] += sum_q c[q] g[q][k], k < n. */
+EAD_INLINE void accumulate1(double *restrict r0, const double *restrict g, int64_t g_pad,
+                            const double *restrict c, int64_t n)
+{
+    const double *g0 = g, *g1 = g0 + g_pad, *g2 = g1 + g_pad, *g3 = g2 + g_pad,
+                 *g4 = g3 + g_pad, *g5 = g4 + g_pad, *g6 = g5 + g_pad, *g7 = g6 + g_pad;
+    const double a0 = c[0], a1 = c[1], a2 = c[2], a3 = c[3], a4 = c[4], a5 = c[5], a6 = c[6],
+                 a7 = c[7];
+    for (int64_t k = 0; k < n; k++) {
+        double s = r0[k];
+        s += a0 * g0[k];
+        s += a1 * g1[k];
+        s += a2 * g2[k];
+        s += a3 * g3[k];
+        s += a4 * g4[k];
+        s += a5 * g5[k];
+        s += a6 * g6[k];
+        s += a7 * g7[k];
+        r0[k] = s;
+    }
+}
+
+/* One chunk of EB edges, one eta: add its terms to rho[m][ia][.] (T for a block eta). */
+EAD_INLINE void chunk_eta(const ead_args *restrict a, const ead_work *restrict w, int64_t ia,
+                          int rows, int tile)
+{
+    const double eta = a->etas[ia];
+    const int64_t length = a->shape[2 * ia], n_blocks = a->shape[2 * ia + 1];
+    const int64_t g_pad = w->g_pad, m_stride = a->n_etas * g_pad;
+    double *rho = w->rho + ia * g_pad;
+    int64_t m = 0;
+    if (length == 0) { /* direct: one exp per shift, then rho[m] += sum_q w[m][q] g[q] */
+        for (int q = 0; q < EB; q++)
+            direct_gaussians(w->g + q * g_pad, a->rs, w->d[q], eta, a->n_rs);
+        if (rows == 2)
+            for (; m + 1 < a->n_mono; m += 2)
+                accumulate2(rho + m * m_stride, rho + (m + 1) * m_stride, w->g, g_pad,
+                            w->w + m * EB, w->rs_pad);
+        for (; m < a->n_mono; m++)
+            accumulate1(rho + m * m_stride, w->g, g_pad, w->w + m * EB, w->rs_pad);
+        return;
+    }
+    /* block recurrence, scaled by S_bt after the sum over neighbours (in ead_body) */
+    chunk_exponents(w->x, w->d, a->rs, eta, a->step, length, n_blocks);
+    ead_exp_inplace(w->x, EB * (n_blocks + 1));
+    const int64_t p_stride = w->p_len;
+    for (int q = 0; q < EB; q++)
+        edge_powers(w->p + q * p_stride, w->x[n_blocks * EB + q], length);
+    chunk_block_weights(w->wa, w->w, w->x, a->n_mono, n_blocks);
+    accumulate_blocks(rho, m_stride, w->p, p_stride, w->wa, a->n_mono, n_blocks, length, tile);
+}
+
+/* sin(v) for |v| <= pi/2: Taylor polynomial to v^23 (truncation < 1e-20), ~1 ulp relative. */
+EAD_INLINE double ead_sin(double v)
+{
+    const double v2 = v * v;
+    double s = -3.8681701706306840377e-23; /* -1/23! */
+    s = s * v2 + 1.9572941063391261231e-20;
+    s = s * v2 - 8.2206352466243297170e-18;
+    s = s * v2 + 2.8114572543455207632e-15;
+    s = s * v2 - 7.6471637318198164759e-13;
+    s = s * v2 + 1.6059043836821614599e-10;
+    s = s * v2 - 2.5052108385441718775e-08;
+    s = s * v2 + 2.7557319223985890653e-06;
+    s = s * v2 - 1.9841269841269841270e-04;
+    s = s * v2 + 8.3333333333333333333e-03;
+    s = s * v2 - 1.6666666666666666667e-01;
+    return v + v * (v2 * s);
+}
+
+/* The chunk's edges c0 .. c0 + count - 1 (count <= EB; the other slots get weight 0): distances
+ * w->d[q] and monomial weights w->w[m][q] = Z_j f_c(d) x^lx y^ly z^lz, with
+ * f_c = (cos(pi d / rc) + 1) / 2 = sin^2(pi (rc - d) / (2 rc)) (no cancellation near rc). */
+EAD_INLINE void chunk_edges(const ead_args *restrict a, ead_work *restrict w, int64_t c0,
+                            int64_t count, const double *restrict pi)
+{
+    double zj[EB], sh[3][EB], rel[3][EB], v[3][EB];
+    for (int q = 0; q < EB; q++) { /* gather (scalar) */
+        const double d = q < count ? a->dist[c0 + q] : -1.0;
+        if (d >= 0.0 && d < a->rc) {
+            const int64_t e = c0 + q, j = a->neighbour[e];
+            zj[q] = (double)a->z[j];
+            w->d[q] = d;
+            for (int c = 0; c < 3; c++) {
+                sh[c][q] = (double)a->shift[3 * e + c];
+                rel[c][q] = a->pos[3 * j + c] - pi[c];
+            }
+        } else { /* padding slot, or a distance outside [0, rc) (none in a list cut at rc; the
+                  * plan's bounds assume d < rc): weight 0, a finite distance */
+            zj[q] = 0.0;
+            w->d[q] = 0.0;
+            for (int c = 0; c < 3; c++)
+                sh[c][q] = rel[c][q] = 0.0;
+        }
+    }
+    const double *cell = a->cell;
+    for (int c = 0; c < 3; c++)
+        for (int q = 0; q < EB; q++)
+            v[c][q] = rel[c][q] + (sh[0][q] * cell[c] + sh[1][q] * cell[3 + c] +
+                                   sh[2][q] * cell[6 + c]);
+    const double half_pi_over_rc = 1.57079632679489661923 / a->rc;
+    for (int q = 0; q < EB; q++) {
+        const double f = ead_sin((a->rc - w->d[q]) * half_pi_over_rc);
+        w->w[q] = zj[q] * (f * f);
+    }
+    for (int64_t m = 1; m < a->n_mono; m++) {
+        const double *restrict source = w->w + a->rec[2 * (m - 1)] * EB;
+        const double *restrict axis = v[a->rec[2 * (m - 1) + 1]];
+        double *restrict out = w->w + m * EB;
+        for (int q = 0; q < EB; q++)
+            out[q] = source[q] * axis[q];
+    }
+}
+
+/* row[k] = (scale[k] row[k])^2 (or row[k]^2 without scale), k < n. */
+EAD_INLINE void square_row(double *restrict row, const double *restrict scale, int64_t n)
+{
+    if (scale != NULL)
+        for (int64_t k = 0; k < n; k++) {
+            const double v = scale[k] * row[k];
+            row[k] = v * v;
+        }
+    else
+        for (int64_t k = 0; k < n; k++)
+            row[k] *= row[k];
+}
+
+EAD_INLINE void ead_body(const ead_args *restrict a, ead_work *restrict w, int rows, int tile)
+{
+    const int64_t n_rs = a->n_rs, g_pad = w->g_pad, n_etas = a->n_etas, n_mono = a->n_mono;
+    const int64_t n_features = a->n_l * n_etas * n_rs;
+    const int64_t rho_len = n_mono * n_etas * g_pad;
+    int64_t e0 = 0;
+    for (int64_t i = 0; i < a->n_atoms; i++) {
+        int64_t e1 = e0;
+        while (e1 < a->n_edges && a->centre[e1] == i)
+            e1++;
+        double *restrict row = a->out + i * n_features;
+        if (e1 == e0) {
+            memset(row, 0, (size_t)n_features * sizeof(double));
+            continue;
+        }
+        memset(w->rho, 0, (size_t)rho_len * sizeof(double));
+        const double *pi = a->pos + 3 * i;
+        for (int64_t c0 = e0; c0 < e1; c0 += EB) {
+            const int64_t count = e1 - c0 < EB ? e1 - c0 : EB;
+            chunk_edges(a, w, c0, count, pi);
+            for (int64_t ia = 0; ia < n_etas; ia++)
+                chunk_eta(a, w, ia, rows, tile);
+        }
+        /* rho^2 (rho = S T for the block etas; k < |Rs| only: T past |Rs| is never scaled),
+         * then x[l][eta][k] = sum_m reduce[l][m] rho[m][eta][k]^2 */
+        for (int64_t m = 0; m < n_mono; m++)
+            for (int64_t ia = 0; ia < n_etas; ia++)
+                square_row(w->rho + (m * n_etas + ia) * g_pad,
+                           a->shape[2 * ia] != 0 ? a->scale + ia * a->scale_stride : NULL, n_rs);
+        for (int64_t l = 0; l < a->n_l; l++) {
+            for (int64_t ia = 0; ia < n_etas; ia++) {
+                double *restrict o = row + (l * n_etas + ia) * n_rs;
+                for (int64_t k = 0; k < n_rs; k++)
+                    o[k] = 0.0;
+                for (int64_t m = 0; m < n_mono; m++) {
+                    const double c = a->reduce[l * n_mono + m];
+                    if (c == 0.0)
+                        continue;
+                    const double *restrict sq = w->rho + (m * n_etas + ia) * g_pad;
+                    for (int64_t k = 0; k < n_rs; k++)
+                        o[k] += c * sq[k];
+                }
+            }
+        }
+        e0 = e1;
+    }
+}
+
+static void ead_run_generic(const ead_args *a, ead_work *w) { ead_body(a, w, 1, 2); }
+
+#if EAD_X86_DISPATCH
+__attribute__((target("avx2,fma"))) static void ead_run_avx2(const ead_args *a, ead_work *w)
+{
+    ead_body(a, w, 1, 4);
+}
+
+__attribute__((target("avx512f,avx2,fma"))) static void ead_run_avx512(const ead_args *a,
+                                                                        ead_work *w)
+{
+    ead_body(a, w, 2, 8);
+}
+#endif
+
+/* Instruction sets this CPU (and OS) supports, as a bit mask over ISA_*. */
+static int supported_isas(void)
+{
+    int mask = 1 << ISA_GENERIC;
+#if EAD_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        mask |= 1 << ISA_AVX2;
+    if ((mask & (1 << ISA_AVX2)) && __builtin_cpu_supports("avx512f"))
+        mask |= 1 << ISA_AVX512;
+#endif
+    return mask;
+}
+
+static int best_isa(int mask)
+{
+    for (int isa = ISA_COUNT - 1; isa > 0; isa--)
+        if (mask & (1 << isa))
+            return isa;
+    return ISA_GENERIC;
+}
+
+/* Checks the edges (indices in range, centres ascending) and runs the kernel. */
+static int ead_run(const ead_args *a, int isa)
+{
+    for (int64_t e = 0; e < a->n_edges; e++) {
+        const int64_t i = a->centre[e], j = a->neighbour[e];
+        if (i < 0 || i >= a->n_atoms || j < 0 || j >= a->n_atoms)
+            return EAD_BAD_INDEX;
+        if (e > 0 && i < a->centre[e - 1])
+            return EAD_UNSORTED;
+    }
+    ead_work w;
+    int64_t max_length = 8, max_blocks = 1;
+    w.rs_pad = (a->n_rs + 7) & ~(int64_t)7;
+    w.g_pad = w.rs_pad;
+    for (int64_t ia = 0; ia < a->n_etas; ia++) {
+        const int64_t length = a->shape[2 * ia], n_blocks = a->shape[2 * ia + 1];
+        if (length > max_length)
+            max_length = length;
+        if (n_blocks > max_blocks)
+            max_blocks = n_blocks;
+        if (length * n_blocks > w.g_pad)
+            w.g_pad = length * n_blocks;
+    }
+    w.g_pad = (w.g_pad + 7) & ~(int64_t)7;
+    w.p_len = (max_length + 7) & ~(int64_t)7;
+    enum { N_WORK = 7 };
+    const int64_t sizes[N_WORK] = {
+        a->n_mono * a->n_etas * w.g_pad, EB * w.g_pad,   EB * (max_blocks + 1), EB * w.p_len,
+        a->n_mono * max_blocks * EB,     a->n_mono * EB, EB};
+    double **targets[N_WORK] = {&w.rho, &w.g, &w.x, &w.p, &w.wa, &w.w, &w.d};
+    int64_t total = 0;
+    for (int k = 0; k < N_WORK; k++)
+        total += (sizes[k] + 7) & ~(int64_t)7; /* every array 64-byte aligned */
+    w.block = calloc((size_t)total * sizeof(double) + ALIGN, 1);
+    if (w.block == NULL)
+        return EAD_NO_MEMORY;
+    double *cursor = (double *)(((uintptr_t)w.block + ALIGN - 1) & ~(uintptr_t)(ALIGN - 1));
+    for (int k = 0; k < N_WORK; k++) {
+        *targets[k] = cursor;
+        cursor += (sizes[k] + 7) & ~(int64_t)7;
+    }
+    switch (isa) {
+#if EAD_X86_DISPATCH
+    case ISA_AVX512:
+        ead_run_avx512(a, &w);
+        break;
+    case ISA_AVX2:
+        ead_run_avx2(a, &w);
+        break;
+#endif
+    default:
+        ead_run_generic(a, &w);
+    }
+    free(w.block);
+    return EAD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Python interface                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+static int g_isa_mask = 1;
+
+/* A C-contiguous buffer of 8-byte items of kind 'i' (signed integer) or 'f' (double). */
+static int get_buffer(PyObject *obj, Py_buffer *view, char kind, int writable, const char *name)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) != 0)
+        return -1;
+    const char *f = view->format ? view->format : "B";
+    while (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    int ok = view->itemsize == 8 && f[1] == '\0' &&
+             (kind == 'f' ? *f == 'd' : (*f == 'l' || *f == 'q'));
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a contiguous %s array", name,
+                     kind == 'f' ? "float64" : "int64");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+#define N_BUFFERS 9
+
+PyDoc_STRVAR(featurize_doc,
+             "featurize(z, pos, cell, edge_index, edge_shift, edge_dist, iplan, dplan, out, isa)\n"
+             "\n"
+             "EAD of every atom into `out` (N, (L+1)|eta||Rs|) float64, C-contiguous. Edges must\n"
+             "be sorted by centre (edge_index[1] ascending); returns 0, or 1 when they are not\n"
+             "(nothing written). isa: -1 = best supported, else an index into ALL_ISAS.\n"
+             "iplan (int64) = [L+1, M, |eta|, |Rs|, scale_stride, (B, blocks) per eta,\n"
+             "(source, axis) per monomial 1..M-1]; dplan (float64) = [rc, Delta, etas, rs,\n"
+             "reduce ((L+1) x M), scale (|eta| x scale_stride)]. Built by ead_kernel.py.");
+
+static PyObject *py_featurize(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *objs[N_BUFFERS];
+    int isa;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOi", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4],
+                          &objs[5], &objs[6], &objs[7], &objs[8], &isa))
+        return NULL;
+    static const char kinds[N_BUFFERS] = {'i', 'f', 'f', 'i', 'i', 'f', 'i', 'f', 'f'};
+    static const char *const names[N_BUFFERS] = {
+        "z", "pos", "cell", "edge_index", "edge_shift", "edge_dist", "iplan", "dplan", "out"};
+    Py_buffer views[N_BUFFERS];
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < N_BUFFERS; got++)
+        if (get_buffer(objs[got], &views[got], kinds[got], got == N_BUFFERS - 1, names[got]))
+            goto done;
+    Py_ssize_t len[N_BUFFERS];
+    for (int k = 0; k < N_BUFFERS; k++)
+        len[k] = views[k].len / 8;
+    const int64_t *ip = (const int64_t *)views[6].buf;
+    const double *dp = (const double *)views[7].buf;
+    ead_args a;
+    a.n_atoms = len[0];
+    a.n_edges = len[5];
+    if (len[6] < 5)
+        goto bad_plan;
+    a.n_l = ip[0];
+    a.n_mono = ip[1];
+    a.n_etas = ip[2];
+    a.n_rs = ip[3];
+    a.scale_stride = ip[4];
+    if (a.n_l < 1 || a.n_mono < 1 || a.n_etas < 1 || a.n_rs < 1 || a.scale_stride < a.n_rs ||
+        a.n_mono > 100000 || a.n_etas > 100000 || a.n_rs > 100000 || a.scale_stride > 1000000 ||
+        len[6] != 5 + 2 * a.n_etas + 2 * (a.n_mono - 1) ||
+        len[7] != 2 + a.n_etas + a.n_rs + a.n_l * a.n_mono + a.n_etas * a.scale_stride)
+        goto bad_plan;
+    a.shape = ip + 5;
+    a.rec = ip + 5 + 2 * a.n_etas;
+    for (int64_t ia = 0; ia < a.n_etas; ia++) {
+        const int64_t length = a.shape[2 * ia], n_blocks = a.shape[2 * ia + 1];
+        if (length < 0 || length > 64 || length % 8 != 0 ||
+            (length > 0 && (n_blocks < 1 || n_blocks > a.n_rs ||
+                                                         length * n_blocks < a.n_rs ||
+                                                         length * n_blocks > a.scale_stride ||
+                                                         (n_blocks - 1) * length >= a.n_rs)))
+            goto bad_plan;
+    }
+    for (int64_t m = 1; m < a.n_mono; m++)
+        if (a.rec[2 * (m - 1)] < 0 || a.rec[2 * (m - 1)] >= m || a.rec[2 * (m - 1) + 1] < 0 ||
+            a.rec[2 * (m - 1) + 1] > 2)
+            goto bad_plan;
+    a.rc = dp[0];
+    a.step = dp[1];
+    a.etas = dp + 2;
+    a.rs = a.etas + a.n_etas;
+    a.reduce = a.rs + a.n_rs;
+    a.scale = a.reduce + a.n_l * a.n_mono;
+    if (len[1] != 3 * a.n_atoms || len[2] != 9 || len[3] != 2 * a.n_edges ||
+        len[4] != 3 * a.n_edges || len[8] != a.n_atoms * a.n_l * a.n_etas * a.n_rs) {
+        PyErr_SetString(PyExc_ValueError, "_ead_kernel.featurize: inconsistent array sizes");
+        goto done;
+    }
+    a.z = (const int64_t *)views[0].buf;
+    a.pos = (const double *)views[1].buf;
+    a.cell = (const double *)views[2].buf;
+    a.neighbour = (const int64_t *)views[3].buf;
+    a.centre = a.neighbour + a.n_edges;
+    a.shift = (const int64_t *)views[4].buf;
+    a.dist = (const double *)views[5].buf;
+    a.out = (double *)views[8].buf;
+    if (isa < 0)
+        isa = best_isa(g_isa_mask);
+    if (isa >= ISA_COUNT || !(g_isa_mask & (1 << isa))) {
+        PyErr_Format(PyExc_ValueError, "_ead_kernel.featurize: instruction set %d unsupported",
+                     isa);
+        goto done;
+    }
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = ead_run(&a, isa);
+    Py_END_ALLOW_THREADS
+    if (status == EAD_BAD_INDEX)
+        PyErr_SetString(PyExc_ValueError, "_ead_kernel.featurize: edge index out of range");
+    else if (status == EAD_NO_MEMORY)
+        PyErr_NoMemory();
+    else
+        result = PyLong_FromLong(status);
+    goto done;
+bad_plan:
+    PyErr_SetString(PyExc_ValueError, "_ead_kernel.featurize: malformed plan");
+done:
+    for (int k = 0; k < got; k++)
+        PyBuffer_Release(&views[k]);
+    return result;
+}
+
+PyDoc_STRVAR(isas_doc, "isas() -> names of the instruction-set variants this CPU runs (a subset\n"
+                       "of ALL_ISAS, the best last).");
+
+static PyObject *py_isas(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    PyObject *out = PyTuple_New(0);
+    for (int isa = 0; isa < ISA_COUNT && out; isa++) {
+        if (!(g_isa_mask & (1 << isa)))
+            continue;
+        PyObject *name = PyUnicode_FromString(isa_names[isa]);
+        if (!name || _PyTuple_Resize(&out, PyTuple_GET_SIZE(out) + 1)) {
+            Py_XDECREF(name);
+            Py_XDECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, PyTuple_GET_SIZE(out) - 1, name);
+    }
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"featurize", py_featurize, METH_VARARGS, featurize_doc},
+    {"isas", py_isas, METH_NOARGS, isas_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_ead_kernel", "Compiled EAD kernel (see ead_kernel.py).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__ead_kernel(void)
+{
+    g_isa_mask = supported_isas();
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "ABI", EAD_KERNEL_ABI) ||
+        PyModule_AddStringConstant(m, "SOURCE_HASH", EAD_SOURCE_HASH) ||
+        PyModule_AddObject(m, "ALL_ISAS",
+                           Py_BuildValue("(sss)", isa_names[0], isa_names[1], isa_names[2]))) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,276 @@
+"""Optional compiled EAD kernel: loading, evaluation plan and a NumPy-facing wrapper.
+
+The C extension ``builder.descriptors._ead_kernel`` (``_ead_kernel.c``, built by ``setup.py``
+when a C compiler is available; a failed build does not fail installation) evaluates
+:func:`builder.descriptors.ead.featurize` in one fused pass per structure: per centre, per chunk
+of 8 neighbours, the edge vectors, Z_j f_c and monomial weights; per η the block anchors
+A_b = exp(−η(d − R_b)²) and powers P_t = exp(2ηΔd)^t of each neighbour (the regular-grid
+recurrence, restarted exactly at every block of B shifts) and the sums
+T[n, η, bB + t] = Σ_j w_n A_b P_t, kept in L1 and scaled by S_bt per centre, as the NumPy
+path's factorised evaluation does; or, where no block is safe, one exp per shift. Finally
+x[l] = Σ_n R[l, n] ρ_n². Same definition, conventions and output as the NumPy path
+(:mod:`builder.descriptors.ead`), which stays the reference and the fallback: the two agree to
+~1e-12 relative (the kernel is within ~1e-13 of the term-by-term reference).
+
+Loading. :func:`available` is True when the extension imports, its calling convention
+(``ABI``) matches this file, and (in a source tree, e.g. an editable install) the source hash
+compiled into it equals the current ``_ead_kernel.c``: a stale build is refused rather than
+used (rebuild with ``pip install -e .``). :func:`unavailable_reason` says why not. The variant
+compiled for the widest instruction set this CPU supports is used (:func:`isas`: ``generic``
+(SSE2, any x86-64), ``avx2`` (AVX2 + FMA), ``avx512`` (AVX-512F)); the environment variable
+``FP_EAD_KERNEL`` overrides at import: ``0`` / ``off`` disables the kernel, a variant name
+selects that variant. :data:`ISA` holds the variant in use (tests may monkeypatch it).
+
+Plan (:func:`kernel_plan`, cached by the caller). Per η a block length B, a multiple of 8 (the
+accumulation's vector tiles) of at most ``MAX_BLOCK`` shifts, the largest such that
+
+* no exponent of P_t or S_bt exceeds 600 in magnitude (2ηW·max(Rc, Rs_max) + ηW² ≤ 600 with
+  W = (B−1)Δ): P_t cannot overflow nor S_bt underflow, and the unscaled sums T ≤ e^600 Σ_j |w_j|
+  keep a factor ~1e47 of headroom below the float64 maximum;
+* where some Gaussian of the table can underflow (η·D² > 700 for D the largest |d − Rs|),
+  W ≤ 0.9 (√708 − √600)/√η, so that whenever a block's anchor exp(−η(d − R_b)²) underflows
+  (the kernel flushes exponents below −708 to 0) every Gaussian of the block is below e^−600:
+  the argument of :mod:`builder.descriptors._common`.
+
+Irregular, negative or short grids, and η where not even B = 8 is safe (η = 60 Å⁻² on the
+0.05 Å grid), are evaluated directly (one exp per shift). Exps are a vectorised polynomial
+(~1 ulp); P_t = p^t by products (~t ulp, t < B).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from builder.descriptors._common import _BLOCK_WIDTH_TIMES_SQRT_ETA, _EXP_LIMIT, _regular_step
+from builder.neighbors import NeighbourList
+
+__all__ = [
+    "ISA",
+    "KernelPlan",
+    "available",
+    "featurize",
+    "isas",
+    "kernel_plan",
+    "supports",
+    "unavailable_reason",
+]
+
+# Calling convention of _ead_kernel.featurize; must equal the C file's EAD_KERNEL_ABI.
+ABI = 1
+# Longest block of the recurrence (P_t = p^t carries ~t ulp). Measured on the registered sets:
+# 32 and 40 are equally fast, 24 and 48-64 (more exps, or more padding past |Rs|) slower.
+MAX_BLOCK = 32
+# Largest |exponent| of P_t and S_bt. The kernel sums T = Σ_j w_j A_b P_t over neighbours
+# before scaling by S_bt, so |T| ≤ e^limit Σ_j |w_j|: 600 leaves a factor e^109 ≈ 1e47 for the
+# weights' sum (Z f_c |x^lx y^ly z^lz| per neighbour) below the float64 maximum.
+_KERNEL_EXP_LIMIT = 600.0
+# Largest |η (d − Rs)²| handed to the kernel's exp (valid down to ~−1e15: a generous guard).
+_MAX_EXPONENT = 1e12
+_SOURCE = Path(__file__).with_name("_ead_kernel.c")
+
+
+def _source_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load():
+    """(extension module or None, reason it is unavailable or None)."""
+    setting = os.environ.get("FP_EAD_KERNEL", "").strip().lower()
+    if setting in ("0", "off", "false", "no"):
+        return None, f"disabled by FP_EAD_KERNEL={setting}"
+    try:
+        from builder.descriptors import _ead_kernel as extension
+    except ImportError as error:
+        return None, f"the extension is not built ({error}); install with a C compiler present"
+    if getattr(extension, "ABI", None) != ABI:
+        return None, (
+            f"built for ABI {getattr(extension, 'ABI', None)}, this wrapper needs {ABI}: "
+            "rebuild (pip install -e .)"
+        )
+    built_from = getattr(extension, "SOURCE_HASH", "")
+    if built_from and _SOURCE.exists() and built_from != _source_hash(_SOURCE):
+        return None, (
+            f"stale build: {_SOURCE.name} changed since it was compiled; rebuild (pip install -e .)"
+        )
+    return extension, None
+
+
+_EXTENSION, _REASON = _load()
+_ALL_ISAS: tuple[str, ...] = _EXTENSION.ALL_ISAS if _EXTENSION else ()
+_SUPPORTED: tuple[str, ...] = _EXTENSION.isas() if _EXTENSION else ()
+
+
+def _initial_isa() -> str | None:
+    global _EXTENSION, _REASON
+    if _EXTENSION is None:
+        return None
+    wanted = os.environ.get("FP_EAD_KERNEL", "").strip().lower()
+    if wanted in ("", "1", "on", "auto", "true", "yes"):
+        return _SUPPORTED[-1]
+    if wanted not in _SUPPORTED:
+        _EXTENSION, _REASON = None, f"FP_EAD_KERNEL={wanted}: not one of {_SUPPORTED}"
+        return None
+    return wanted
+
+
+# Instruction-set variant used by featurize (None when the kernel is unavailable).
+ISA: str | None = _initial_isa()
+
+
+def available() -> bool:
+    """Whether the compiled kernel can be used."""
+    return _EXTENSION is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False (None when it is True)."""
+    return _REASON
+
+
+def isas() -> tuple[str, ...]:
+    """Instruction-set variants this CPU can run, the widest last (empty when unavailable)."""
+    return _SUPPORTED if _EXTENSION is not None else ()
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Constants of one EAD parameter set, in the layout ``_ead_kernel.featurize`` reads.
+
+    Attributes:
+        iplan: int64 [L+1, M, |η|, |Rs|, scale_stride, (B, blocks) per η (B = 0: direct),
+            (source monomial, axis) per monomial 1 … M−1].
+        dplan: float64 [Rc, Δ, η…, Rs…, reduce ((L+1) × M), S (|η| × scale_stride)].
+        n_features: (L+1)·|η|·|Rs|.
+        shapes: (B, blocks) per η, for reports and tests.
+    """
+
+    iplan: np.ndarray
+    dplan: np.ndarray
+    n_features: int
+    shapes: tuple[tuple[int, int], ...]
+
+
+def block_length(eta: float, rs: np.ndarray, step: float | None, d_max: float) -> int:
+    """Block length B of the kernel's recurrence for one η (0: evaluate directly)."""
+    if step is None or rs[0] < 0.0:
+        return 0
+    reach = max(d_max, float(rs[-1]))
+    # Every exponent of P_t and S_bt: 2ηW·reach + ηW² ≤ _KERNEL_EXP_LIMIT.
+    max_width = -reach + math.sqrt(reach * reach + _KERNEL_EXP_LIMIT / eta)
+    largest_gap = max(d_max - float(rs[0]), float(rs[-1]))
+    if eta * largest_gap**2 > _EXP_LIMIT:  # some Gaussian may underflow: cap the block width
+        max_width = min(max_width, _BLOCK_WIDTH_TIMES_SQRT_ETA / math.sqrt(eta))
+    length = min(int(max_width / step) + 1, MAX_BLOCK, -(-len(rs) // 8) * 8)
+    return length - length % 8  # 0 (direct) below 8
+
+
+def kernel_plan(
+    etas: np.ndarray,
+    rs: np.ndarray,
+    rc: float,
+    recursion: tuple[tuple[int, int], ...],
+    reduce: np.ndarray,
+) -> KernelPlan:
+    """The kernel's constants (callers cache the result per parameter set).
+
+    Args:
+        etas: (A,) Gaussian exponents η > 0, Å⁻².
+        rs: (K,) Gaussian shifts, Å.
+        rc: cutoff, Å (also the largest distance the recurrence must handle).
+        recursion: for monomials 1 … M−1, (monomial with one power less, axis).
+        reduce: (L+1, M) x[l] = Σ_n reduce[l, n] ρ̃_n² (see ``ead._monomial_tables``).
+    """
+    etas = np.asarray(etas, dtype=np.float64)
+    rs = np.asarray(rs, dtype=np.float64)
+    n_l, n_mono = reduce.shape
+    step = _regular_step(rs)
+    shapes = []
+    for eta in etas:
+        length = block_length(float(eta), rs, step, rc)
+        shapes.append((length, -(-len(rs) // length)) if length else (0, 0))
+    scale_stride = max([len(rs)] + [length * blocks for length, blocks in shapes])
+    scale = np.zeros((len(etas), scale_stride))
+    for a, (length, _) in enumerate(shapes):
+        if length == 0:
+            continue
+        eta, t = float(etas[a]), np.arange(length, dtype=np.float64)
+        anchors = rs[::length]  # R_b = Rs[bB]
+        table = np.exp(-2.0 * eta * step * np.multiply.outer(anchors, t) - eta * step**2 * t * t)
+        scale[a, : len(rs)] = table.reshape(-1)[: len(rs)]
+    iplan = np.array(
+        [n_l, n_mono, len(etas), len(rs), scale_stride]
+        + [v for shape in shapes for v in shape]
+        + [v for pair in recursion for v in pair],
+        dtype=np.int64,
+    )
+    dplan = np.concatenate(
+        [[rc, step or 0.0], etas, rs, np.asarray(reduce, dtype=np.float64).ravel(), scale.ravel()]
+    )
+    iplan.flags.writeable = dplan.flags.writeable = False
+    return KernelPlan(iplan, dplan, n_l * len(etas) * len(rs), tuple(shapes))
+
+
+def supports(etas: np.ndarray, rs: np.ndarray, rc: float) -> bool:
+    """Whether the kernel's exp covers every exponent −η(d − Rs)² of this parameter set."""
+    reach = float(np.max(np.abs(rs))) + rc
+    return float(np.max(etas)) * reach * reach < _MAX_EXPONENT
+
+
+def featurize(
+    z: np.ndarray,
+    pos: np.ndarray,
+    cell: np.ndarray,
+    nl: NeighbourList,
+    plan: KernelPlan,
+    isa: str | None = None,
+) -> np.ndarray:
+    """EAD of every atom with the compiled kernel: (N, (L+1)·|η|·|Rs|) float64.
+
+    Args:
+        z: (N,) int64 atomic numbers.
+        pos: (N, 3) float64 positions, Å.
+        cell: (3, 3) float64 lattice vectors as rows, Å.
+        nl: neighbour list with every distance below Rc (``check_radius`` applied), edges in
+            any order (they are sorted by centre here when they are not already).
+        plan: from :func:`kernel_plan`.
+        isa: instruction-set variant (default :data:`ISA`).
+    """
+    if _EXTENSION is None:
+        raise RuntimeError(f"the compiled EAD kernel is unavailable: {_REASON}")
+    variant = ISA if isa is None else isa
+    if variant not in _SUPPORTED:
+        raise ValueError(f"instruction set {variant!r} not supported here ({_SUPPORTED})")
+    z = np.ascontiguousarray(z, dtype=np.int64)
+    out = np.empty((len(z), plan.n_features))
+    edge_index = np.ascontiguousarray(nl.edge_index, dtype=np.int64)
+    edge_shift = np.ascontiguousarray(nl.edge_shift, dtype=np.int64)
+    edge_dist = np.ascontiguousarray(nl.edge_dist, dtype=np.float64)
+    args = (
+        z,
+        np.ascontiguousarray(pos, dtype=np.float64),
+        np.ascontiguousarray(cell, dtype=np.float64),
+    )
+    index = _ALL_ISAS.index(variant)
+    if _EXTENSION.featurize(
+        *args, edge_index, edge_shift, edge_dist, plan.iplan, plan.dplan, out, index
+    ):
+        # centres not ascending: sort the edges by centre (stable) and run again
+        order = np.argsort(edge_index[1], kind="stable")
+        status = _EXTENSION.featurize(
+            *args,
+            np.ascontiguousarray(edge_index[:, order]),
+            np.ascontiguousarray(edge_shift[order]),
+            np.ascontiguousarray(edge_dist[order]),
+            plan.iplan,
+            plan.dplan,
+            out,
+            index,
+        )
+        assert status == 0
+    return out
