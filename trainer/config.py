@@ -39,7 +39,8 @@ class TrainConfig:
         label_scaling: descriptor labels: per_feature | global | none (manifest statistics).
         target_scaling: graph targets: standard (mean/std of the training split) | none.
         clip: gradient-norm clip; plateau_factor/patience, min_lr: ReduceLROnPlateau.
-        amp: bfloat16 autocast on GPU (loss in float32); ignored on CPU.
+        amp: bfloat16 autocast where the hardware does bfloat16 natively (CUDA GPUs; CPUs
+            with AVX512-BF16 or AMX), float32 elsewhere; losses always in float32.
         compile: torch.compile the model.
         num_workers: DataLoader worker processes.
         device: auto | cpu | cuda | cuda:N.

@@ -138,8 +138,9 @@ class NeighborEmbedding(nn.Module):
         # As torchmd-net: messages from edge_index[1] are summed at edge_index[0] (the same as
         # the other direction for a symmetric edge list).
         msg = weight * self.embedding(z).index_select(0, edge_index[1])
-        x_neighbors = torch.zeros_like(x).index_add(0, edge_index[0], msg)
-        return self.combine(torch.cat([x, x_neighbors], dim=1))
+        # (zeros in the message's dtype: under autocast it may differ from x's)
+        x_neighbors = x.new_zeros(x.shape, dtype=msg.dtype).index_add(0, edge_index[0], msg)
+        return self.combine(torch.cat([x, x_neighbors.to(x.dtype)], dim=1))
 
 
 class EquivariantAttention(nn.Module):
@@ -175,7 +176,8 @@ class EquivariantAttention(nn.Module):
                 lin.bias.data.fill_(0)
         nn.init.xavier_uniform_(self.vec_proj.weight)
 
-    def forward(self, x, vec, edge_index, dist, rbf, unit_vec) -> tuple[Tensor, Tensor]:
+    def forward(self, x, vec, edge_index, cutoff, rbf, unit_vec) -> tuple[Tensor, Tensor]:
+        """One layer. ``cutoff`` (E,) is the cosine cutoff of each edge's length."""
         n, heads, hd = x.shape[0], self.heads, self.head_dim
         x = self.layernorm(x)
         q = self.q_proj(x).reshape(-1, heads, hd)
@@ -194,7 +196,7 @@ class EquivariantAttention(nn.Module):
         else:
             attn = (q_i * k_j).sum(dim=-1)
         attn = self.attn_activation(attn)
-        cutoff = cosine_cutoff(dist, self.lower, self.upper).unsqueeze(1)
+        cutoff = cutoff.unsqueeze(1)
         if self.vector_cutoff:
             v_j = v_j * cutoff.unsqueeze(2)
         else:
@@ -205,10 +207,9 @@ class EquivariantAttention(nn.Module):
         s_msg = s_msg * attn.unsqueeze(2)
         v_msg = vec_j * vec_gate.unsqueeze(1) + vec_dir.unsqueeze(1) * unit_vec[:, :, None, None]
 
-        s_out = torch.zeros(n, heads, hd, dtype=x.dtype, device=x.device).index_add_(0, dst, s_msg)
-        v_out = torch.zeros(n, 3, heads, hd, dtype=x.dtype, device=x.device).index_add_(
-            0, dst, v_msg
-        )
+        # accumulate in each message's own dtype (they differ under autocast)
+        s_out = s_msg.new_zeros(n, heads, hd).index_add_(0, dst, s_msg)
+        v_out = v_msg.new_zeros(n, 3, heads, hd).index_add_(0, dst, v_msg)
         s_out = s_out.reshape(-1, self.hidden)
         v_out = v_out.reshape(-1, 3, self.hidden)
         o1, o2, o3 = torch.split(self.o_proj(s_out), self.hidden, dim=1)
@@ -259,8 +260,10 @@ class EquivariantTransformer(nn.Module):
         if self.neighbor_embedding is not None:
             x = self.neighbor_embedding(z, x, edge_index, dist, rbf)
         vec = torch.zeros(n, 3, x.shape[1], dtype=x.dtype, device=x.device)
+        # the same for every layer: computed once
+        cutoff = cosine_cutoff(dist, self.cfg.cutoff_lower, self.cfg.cutoff_upper)
         for layer in self.attention_layers:
-            dx, dvec = layer(x, vec, edge_index, dist, rbf, unit_vec)
+            dx, dvec = layer(x, vec, edge_index, cutoff, rbf, unit_vec)
             x = x + dx
             vec = vec + dvec
         return self.out_norm(x), vec
@@ -304,8 +307,7 @@ class GraphRegressor(nn.Module):
     def embed(self, z, edge_index, edge_vec, batch, num_graphs: int) -> Tensor:
         """(num_graphs, H) structure embeddings: the sum of final node features."""
         x, _ = self.representation(z, edge_index, edge_vec)
-        pooled = torch.zeros(num_graphs, x.shape[1], dtype=x.dtype, device=x.device)
-        return pooled.index_add_(0, batch, x)
+        return x.new_zeros(num_graphs, x.shape[1]).index_add_(0, batch, x)
 
     def forward(self, z, edge_index, edge_vec, batch, num_graphs: int) -> Tensor:
         return self.head(self.embed(z, edge_index, edge_vec, batch, num_graphs))

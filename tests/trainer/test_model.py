@@ -118,3 +118,25 @@ def test_periodic_crystal_invariance_and_equivariance():
     torch.testing.assert_close(x, x_r, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.einsum("ab,nbh->nah", rot, vec), vec_r, rtol=1e-4, atol=1e-5)
     assert nl.num_edges > 50  # many images of two atoms: a box far below twice the cutoff
+
+
+def test_runs_under_bfloat16_autocast_close_to_float32():
+    """Mixed precision (as fp-train uses on GPUs and bf16-capable CPUs): no dtype clashes in
+    the scatter sums, gradients flow, outputs close to float32."""
+    torch.manual_seed(0)
+    cfg = ETConfig(hidden_channels=32, num_layers=2, num_rbf=16, num_heads=4, cutoff_upper=5.0)
+    model = GraphRegressor(cfg)
+    z = torch.tensor([6, 1, 1, 8, 7, 1])
+    pos = torch.randn(6, 3) * 1.5
+    edge_index, edge_vec = all_pairs(pos, cfg.cutoff_upper)
+    batch = torch.zeros(6, dtype=torch.long)
+    exact = model(z, edge_index, edge_vec, batch, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(z, edge_index, edge_vec, batch, 1)
+    mixed.float().sum().backward()
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all()
+        for p in model.parameters()
+        if p.requires_grad
+    )
+    torch.testing.assert_close(mixed.float(), exact, rtol=0.05, atol=0.05)
