@@ -13,6 +13,7 @@ import numpy as np
 
 from builder.labels import CastError, LabelConfig
 from builder.lmdb_writer import LmdbWriter
+from builder.provenance import environment
 from builder.stats import FeatureStats
 from schemas.manifest import StoreError
 from schemas.record import decode_record, encode_record
@@ -101,4 +102,5 @@ def descriptor_entry(
         "cast_error": (cast_error or CastError()).to_dict(),
         "stats": stats.to_dict(),
         "hash": digest,
+        "environment": environment(),
     }

@@ -51,6 +51,7 @@ from builder.bookkeeping import (
 from builder.graph import graph_record
 from builder.labels import CastError, LabelAccumulator, LabelConfig, compute_labels
 from builder.lmdb_writer import LmdbWriter
+from builder.provenance import environment
 from builder.readers import RawItem, open_input
 from builder.stats import FeatureStats
 from builder.structure import Rejected, to_arrays
@@ -486,6 +487,7 @@ def _finalise(
                 for k, v in asdict(opts).items()
                 if k not in ("progress", "stop_after_chunks", "overwrite", "map_size")
             },
+            "environment": environment(),
         },
     }
     write_json_atomic(partial / MANIFEST_NAME, manifest)

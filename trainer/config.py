@@ -46,7 +46,7 @@ class TrainConfig:
         device: auto | cpu | cuda | cuda:N.
         resume: continue from ``run_dir/last.pt``.
         log_every: steps between TensorBoard scalars.
-        progress: progress bars.
+        progress: progress bars (the per-epoch line and the final test MAE always print).
     """
 
     mode: str = "pretrain"

@@ -371,11 +371,11 @@ def train(cfg: TrainConfig) -> dict:
                 for key in ("train_loss", "val_loss", "val_mae", "lr"):
                     writer.add_scalar(f"epoch/{key}", row[key], epoch + 1)
                 writer.flush()
-            if cfg.progress:
-                print(
-                    f"epoch {epoch + 1}: train {train_loss:.4f}  val {val_loss:.4f}  "
-                    f"val MAE {val_mae:.4g}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
-                )
+            print(  # one line per epoch, progress bars or not
+                f"epoch {epoch + 1}: train {train_loss:.4f}  val {val_loss:.4f}  "
+                f"val MAE {val_mae:.4g}  lr {row['lr']:.2e}  {row['seconds']:.1f}s",
+                flush=True,
+            )
     if world > 1:
         dist.barrier()
 
@@ -395,8 +395,7 @@ def train(cfg: TrainConfig) -> dict:
             )
         )
         (run_dir / "result.json").write_text(json.dumps(result, indent=1))
-        if cfg.progress:
-            print(f"test MAE {result['test_mae']:.6g} ({len(splits['test'])} structures)")
+        print(f"test MAE {result['test_mae']:.6g} ({len(splits['test'])} structures)")
     if writer is not None:
         writer.close()
     return result

@@ -296,3 +296,36 @@ def test_two_process_ddp_on_cpu_with_gloo(store, tmp_path):
     # each rank takes half of the 32 training structures per epoch: 16 at batch 8 = 2 steps
     assert int(rows[0]["steps"]) == 2
     assert (run / "result.json").exists()
+
+
+def test_yaml_config_with_flag_overrides_and_matbench_fold(store, tmp_path):
+    config = tmp_path / "ft.yaml"
+    config.write_text(
+        "epochs: 1\nbatch-size: 4\nhidden_channels: 16\nnum_layers: 1\nnum_rbf: 8\n"
+        "num_heads: 2\nhead_channels: 16\nnum_workers: 0\nprogress: false\nfold: 2\n"
+        "lr: 0.5\n"
+    )
+    run = tmp_path / "yaml"
+    fp_train(
+        "finetune",
+        "--config",
+        config,
+        "--store",
+        store,
+        "-t",
+        "band_gap",
+        "--run-dir",
+        run,
+        "--lr",
+        "0.001",
+    )
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["epochs"] == 1 and saved["batch_size"] == 4 and saved["fold"] == 2
+    assert saved["lr"] == 0.001  # the flag wins over the file
+    from schemas.splits import kfold_splits
+
+    splits = np.load(run / "splits.npz")
+    _, test = kfold_splits(40)[2]
+    np.testing.assert_array_equal(splits["test"], test)
+    assert not set(splits["val"]) & set(splits["train"]) and len(splits["val"]) == 3
+    assert sorted(np.concatenate([splits[k] for k in ("train", "val", "test")])) == list(range(40))
