@@ -9,6 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXAMPLE_OUT ?= out/example
+EXAMPLE_MODEL ?= --hidden-channels 32 --num-layers 2 --num-workers 0 --no-progress
 
 .PHONY: install example test test-fast bench lint clean
 
@@ -44,6 +45,12 @@ example: $(KERNEL)
 	$(BIN)/fp-build add $(EXAMPLE_OUT)/mp_sample.lmdb --descriptor gmpset1 --jobs 2
 	$(BIN)/fp-build info $(EXAMPLE_OUT)/mp_sample.lmdb
 	$(BIN)/fp-build verify $(EXAMPLE_OUT)/mp_sample.lmdb --quiet
+	# a short pre-train (EAD labels) -> fine-tune (band gap) with a small model
+	$(BIN)/fp-train pretrain --store $(EXAMPLE_OUT)/mp_sample.lmdb --descriptor eadset1 \
+		--run-dir $(EXAMPLE_OUT)/pretrain $(EXAMPLE_MODEL) --epochs 3 --batch-size 8
+	$(BIN)/fp-train finetune --store $(EXAMPLE_OUT)/mp_sample.lmdb --target band_gap \
+		--init $(EXAMPLE_OUT)/pretrain/best.pt --run-dir $(EXAMPLE_OUT)/finetune \
+		$(EXAMPLE_MODEL) --epochs 5 --batch-size 8
 
 test: $(KERNEL)
 	FP_REQUIRE_KERNEL=$(FP_REQUIRE_KERNEL) $(BIN)/python -m pytest -q
