@@ -178,33 +178,35 @@ class StoreDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.store)
 
-    def raw_labels(self, index: int) -> np.ndarray:
-        rec = self.store.get(index, descriptors=self.labels if self.task == "node" else [])
+    def _read(self, index: int) -> dict:
+        return self.store.get(index, descriptors=self.labels if self.task == "node" else [])
+
+    def _labels(self, rec: dict) -> np.ndarray:
+        """Unscaled float64 labels of a record: (N, D) node labels or (1, T) targets."""
         if self.task == "node":
             return np.concatenate([np.asarray(rec[n], np.float64) for n in self.labels], axis=1)
         return np.asarray(rec["targets"], np.float64)[self._target_cols][None, :]
+
+    def raw(self, index: int) -> tuple[str, np.ndarray]:
+        """(id, unscaled float64 labels) of record ``index``, one read."""
+        rec = self._read(index)
+        return rec["id"], self._labels(rec)
 
     def targets(self) -> np.ndarray:
         """(R, T) float64 unscaled graph targets of every record (reads every record)."""
         if self.task != "graph":
             raise ValueError("targets() is for graph tasks")
-        store = self.store
-        return np.stack(
-            [store.get(i, descriptors=[])["targets"][self._target_cols] for i in range(len(store))]
-        )
+        return np.concatenate([self.raw(i)[1] for i in range(len(self))])
 
     def __getitem__(self, index: int) -> dict:
-        rec = self.store.get(index, descriptors=self.labels if self.task == "node" else [])
+        rec = self._read(index)
         edge_index = np.asarray(rec["edge_index"], dtype=np.int64)
         shift = np.asarray(rec["edge_shift"], dtype=np.float64)
         j, i = edge_index
         vec = rec["pos"][j] + shift @ rec["cell"] - rec["pos"][i]
         dist = np.sqrt(np.einsum("ij,ij->i", vec, vec))
         keep = nearest_k(edge_index, dist, self.max_neighbors, self.cutoff)
-        if self.task == "node":
-            y = np.concatenate([np.asarray(rec[n], np.float64) for n in self.labels], axis=1)
-        else:
-            y = np.asarray(rec["targets"], np.float64)[self._target_cols][None, :]
+        y = self._labels(rec)
         return {
             "z": torch.from_numpy(np.asarray(rec["z"], dtype=np.int64)),
             "edge_index": torch.from_numpy(edge_index[:, keep]),

@@ -65,7 +65,7 @@ def embed_store(checkpoint, store, out, batch_size: int = 64, device="auto") -> 
         x, _ = model.representation(batch.z, batch.edge_index, batch.edge_vec)
         pooled = torch.zeros(batch.num_graphs, x.shape[1], device=dev).index_add_(0, batch.batch, x)
         chunks.append(pooled.float().cpu().numpy())
-        ids += [dataset.store.get(i, descriptors=[])["id"] for i in batch.index.tolist()]
+        ids += [dataset.raw(i)[0] for i in batch.index.tolist()]
     embeddings = np.concatenate(chunks)
     np.savez(out, ids=np.array(ids), embeddings=embeddings)
     return embeddings.shape

@@ -474,17 +474,15 @@ def evaluate_split(
         batch = batch.to(device)
         pred = scaler.inverse(_forward(model, batch).double()).cpu()
         if dataset.task == "graph":  # exact stored targets, not a float32 round trip
-            y = torch.tensor(np.concatenate([dataset.raw_labels(i) for i in batch.index.tolist()]))
+            ids, labels = zip(*(dataset.raw(i) for i in batch.index.tolist()))
+            y = torch.tensor(np.concatenate(labels))
+            rows += [[i, *t.tolist(), *p.tolist()] for i, t, p in zip(ids, y, pred)]
         else:
             y = scaler.inverse(batch.y.double().cpu())
         err = (pred - y).abs()
         mask = ~torch.isnan(err)
         abs_sum += err[mask].sum().item()
         n_labels += int(mask.sum())
-        if predictions_csv is not None and dataset.task == "graph":
-            for k, idx in enumerate(batch.index.tolist()):
-                record_id = dataset.store.get(idx, descriptors=[])["id"]
-                rows.append([record_id, *y[k].tolist(), *pred[k].tolist()])
     if predictions_csv is not None and dataset.task == "graph":
         with open(predictions_csv, "w", newline="") as fh:
             out = csv.writer(fh)
