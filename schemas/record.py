@@ -36,7 +36,8 @@ with offsets relative to the first byte after the padding. ``codec`` is one of
 - ``"zlib"``: zlib (deflate) of the array's bytes;
 - ``"shuffle-zlib"``: the bytes regrouped by significance (byte k of every element, for
   k = 0 … itemsize − 1, like Blosc's shuffle), then zlib level 1. Floats compress far better
-  this way (EAD labels: 0.66 of raw vs 0.85 for plain zlib); used for large label sets.
+  this way (EAD labels of 40 perovskites: 0.66 of raw vs 0.85 for plain zlib); used for
+  large label sets.
 
 All three use only the Python standard library to decode. Encoding is deterministic: the same
 arrays always give the same bytes, which the content hash relies on.
