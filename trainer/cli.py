@@ -134,6 +134,47 @@ def embed(checkpoint, store, out, batch_size, device) -> None:
     click.echo(f"wrote {out}: {n} structures × {dim} features")
 
 
+@cli.command()
+@click.argument("plan")
+@click.option("--runs-dir", default=None, help="Where the runs go (default: the plan's).")
+@click.option(
+    "--parallel",
+    "-p",
+    default=1,
+    show_default=True,
+    help="Runs at a time (one CPU thread each when > 1).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the commands of the runs still to do.")
+def sweep(plan, runs_dir, parallel, dry_run) -> None:
+    """Run the experiment of PLAN (YAML): pre-training, then fine-tuning from scratch and from
+    each pre-trained model over tasks, seeds and training-set sizes. Resumable: finished runs
+    are skipped, interrupted ones continue."""
+    from trainer.sweep import load_plan, run_sweep
+
+    spec = load_plan(plan)
+    target = runs_dir or spec.get("runs_dir")
+    if not target:
+        raise click.UsageError("--runs-dir is required (or 'runs_dir' in the plan)")
+    counts = run_sweep(spec, target, parallel=parallel, dry_run=dry_run)
+    click.echo(
+        f"{counts['done']} runs done, {counts['failed']} failed, {counts['waiting']} not done"
+    )
+    if counts["failed"]:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("runs_dir")
+@click.option("--out", default=None, help="Output folder (default RUNS_DIR/report).")
+@click.option("--no-tsne", is_flag=True, help="Skip the t-SNE map (needs embeddings).")
+def report(runs_dir, out, no_tsne) -> None:
+    """Tables (paper's Table 2 layout) and figures from a sweep's runs."""
+    from trainer.report import write_report
+
+    path = write_report(runs_dir, out, tsne=not no_tsne)
+    click.echo(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from schemas import SchemaVersionError, StoreError
     from trainer.train import TrainingError

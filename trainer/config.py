@@ -46,6 +46,7 @@ class TrainConfig:
         device: auto | cpu | cuda | cuda:N.
         resume: continue from ``run_dir/last.pt``.
         log_every: steps between TensorBoard scalars.
+        save_every: also keep ``epochN.pt`` every N epochs (pre-training epoch ablation).
         progress: progress bars (the per-epoch line and the final test MAE always print).
     """
 
@@ -83,6 +84,7 @@ class TrainConfig:
     device: str = "auto"
     resume: bool = False
     log_every: int = 50
+    save_every: int | None = None
     progress: bool = True
 
     @classmethod

@@ -366,6 +366,8 @@ def train(cfg: TrainConfig) -> dict:
             _atomic_save(state, last_path)
             if improved:
                 _atomic_save(state, best_path)
+            if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+                _atomic_save(state, run_dir / f"epoch{epoch + 1}.pt")  # kept (epoch ablation)
             _write_csv(run_dir / "metrics.csv", history)
             if writer is not None:
                 for key in ("train_loss", "val_loss", "val_mae", "lr"):

@@ -1,0 +1,134 @@
+"""The experiment harness on a tiny real run: sweep (resumable, skipping finished runs) and the
+report (numbers checked against the runs' own result files, figures written)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.builder.helpers import MP_SAMPLE, build
+from trainer.report import improvement, write_report
+from trainer.sweep import expand_plan, run_sweep
+
+MODEL = {
+    "hidden_channels": 16,
+    "num_layers": 1,
+    "num_rbf": 8,
+    "num_heads": 2,
+    "head_channels": 16,
+    "num_workers": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    store = root / "mp.lmdb"
+    build(store, MP_SAMPLE, targets=["band_gap"], descriptors=["wacsfset1"])
+    plan = {
+        "model": MODEL,
+        "pretrain": {
+            "store": str(store),
+            "labels": ["wacsfset1"],
+            "config": {"epochs": 2, "batch_size": 8, "save_every": 1},
+        },
+        "finetune": {
+            "config": {"epochs": 2, "batch_size": 8},
+            "seeds": [111, 222],
+            "inits": ["none", "wacsfset1"],
+            "pretrain_epochs": [None, 1],
+            "tasks": [
+                {
+                    "name": "gap",
+                    "store": str(store),
+                    "target": "band_gap",
+                    "unit": "eV",
+                    "train_sizes": [None, 12],
+                    "paper": {"none": 0.3, "wacsfset1": 0.25},
+                }
+            ],
+        },
+    }
+    runs = root / "runs"
+    counts = run_sweep(plan, runs, parallel=2, log=lambda *_: None)
+    return plan, runs, counts
+
+
+def test_plan_expands_to_every_combination(swept):
+    plan, runs, _ = swept
+    expanded = expand_plan(plan, runs)
+    # 1 pre-training + 2 sizes × (baseline + best + epoch-1 checkpoint) × 2 seeds
+    assert len(expanded) == 1 + 2 * 3 * 2
+    assert expanded[0].mode == "pretrain"
+    ablation = [r for r in expanded if r.pretrain_epoch == 1]
+    assert all(str(r.needs).endswith("pretrain/wacsfset1/epoch1.pt") for r in ablation)
+
+
+def test_sweep_ran_everything_then_skips_and_resumes(swept):
+    plan, runs, counts = swept
+    assert counts == {"done": 13, "ran": 13, "failed": 0, "waiting": 0}
+    again = run_sweep(plan, runs, log=lambda *_: None)
+    assert again["ran"] == 0 and again["done"] == 13
+    victim = runs / "finetune" / "gap" / "n12" / "wacsfset1" / "seed222"
+    first = json.loads((victim / "result.json").read_text())
+    (victim / "result.json").unlink()  # as if killed before the end
+    again = run_sweep(plan, runs, log=lambda *_: None)
+    assert again["ran"] == 1 and again["done"] == 13
+    assert json.loads((victim / "result.json").read_text())["test_mae"] == pytest.approx(
+        first["test_mae"]
+    )
+    # fine-tuning with max_train kept 12 training structures; the pre-trained init was used
+    cfg = json.loads((victim / "config.json").read_text())
+    assert cfg["max_train"] == 12 and cfg["init"].endswith("pretrain/wacsfset1/best.pt")
+    assert len(np.load(victim / "splits.npz")["train"]) == 12
+
+
+def test_report_table_matches_the_runs(swept):
+    _, runs, _ = swept
+    report = write_report(runs, tsne=True)
+    full = report.read_text()
+    # the section of the full training split
+    text = full.split("## Test MAE, full training split")[1].split("###")[0]
+    maes = {}
+    for init in ("none", "wacsfset1"):
+        values = [
+            json.loads(
+                (runs / "finetune/gap/nall" / init / f"seed{s}" / "result.json").read_text()
+            )["test_mae"]
+            for s in (111, 222)
+        ]
+        maes[init] = values
+        mean, std = np.mean(values), np.std(values, ddof=1)
+        label = "none (baseline)" if init == "none" else init
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        assert f"{mean:.4g} ± {std:.2g} (2)" in row
+    gain = improvement(np.mean(maes["none"]), np.mean(maes["wacsfset1"]))
+    row = next(line for line in text.splitlines() if line.startswith("| wacsfset1 |"))
+    assert row.endswith(f"| {gain:+.1f} |")
+    assert "| paper: wacsfset1 | 0.25 | +16.7 |" in text
+    assert re.search(r"## Test MAE, 12 training structures", full)
+    for name in (
+        "parity_gap.png",
+        "learning_pretrain.png",
+        "learning_gap.png",
+        "data_efficiency.png",
+        "epoch_ablation.png",
+        "tsne.png",
+    ):
+        assert (report.parent / name).stat().st_size > 1000, name
+        assert f"]({name})" in full
+
+
+def test_plan_with_unknown_keys_is_refused(tmp_path):
+    bad = {"model": {"hidden_chanels": 8}, "finetune": {"tasks": []}}
+    with pytest.raises(ValueError, match="hidden_chanels"):
+        expand_plan(bad, tmp_path)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"pretrain": {}}))
+    from trainer.sweep import load_plan
+
+    with pytest.raises(ValueError, match="finetune"):
+        load_plan(tmp_path / "p.yaml")

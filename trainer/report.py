@@ -1,0 +1,410 @@
+"""``fp-train report RUNS_DIR``: the paper's Table 2 from a sweep, and figures.
+
+Reads every finished run under RUNS_DIR (``result.json``, ``metrics.csv``,
+``test_predictions.csv``) and the sweep's ``plan.yaml`` (units, paper values), and writes
+``report.md`` with:
+
+- per training-set size, a table in the paper's Table 2 layout: rows = from scratch and each
+  pre-training label set, columns = tasks, cells = test MAE mean ± std over seeds (n), last
+  column = average % improvement over the baseline across the tasks present; the paper's
+  numbers beside ours where the plan gives them;
+- the data-efficiency table (test MAE against training-set size) and the epoch ablation
+  (fine-tuning MAE against pre-training epochs) when the sweep has them;
+- PNG figures: parity plots, learning curves, data-efficiency curves, the epoch ablation, and a
+  t-SNE map of pre-trained structure embeddings coloured by a property.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["collect", "improvement", "summary_table", "write_report"]
+
+
+def collect(runs_dir: str | Path) -> list[dict]:
+    """One row per finished fine-tuning run: task, n, init, pretrain_epoch, seed, test_mae."""
+    rows = []
+    base = Path(runs_dir) / "finetune"
+    for result in sorted(base.glob("*/*/*/seed*/result.json")):
+        run = result.parent
+        task, size, name, seed = run.parts[-4:]
+        init, _, epoch = name.partition("-e")
+        rows.append(
+            {
+                "task": task,
+                "n": None if size == "nall" else int(size[1:]),
+                "init": None if init == "none" else init,
+                "pretrain_epoch": int(epoch) if epoch else None,
+                "seed": int(seed[4:]),
+                "test_mae": json.loads(result.read_text())["test_mae"],
+                "run_dir": run,
+            }
+        )
+    return rows
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr)
+
+
+def improvement(baseline: float, value: float) -> float:
+    """% lower MAE than the baseline (positive = better)."""
+    return 100.0 * (baseline - value) / baseline
+
+
+def summary_table(rows: list[dict], n, tasks: list[str], inits: list, paper: dict) -> list[str]:
+    """Markdown lines of one Table-2-style table (training-set size ``n``)."""
+    groups = defaultdict(list)
+    for r in rows:
+        if r["n"] == n and r["pretrain_epoch"] is None:
+            groups[(r["init"], r["task"])].append(r["test_mae"])
+    tasks = [t for t in tasks if any((i, t) in groups for i in inits)]
+    if not tasks:
+        return []
+    head = "| pre-training | " + " | ".join(tasks) + " | avg % improvement |"
+    lines = [head, "|" + "---|" * (len(tasks) + 2)]
+    base = {t: _stats(groups[(None, t)])[0] for t in tasks if (None, t) in groups}
+    for init in inits:
+        cells, gains = [], []
+        for t in tasks:
+            values = groups.get((init, t))
+            if not values:
+                cells.append("–")
+                continue
+            mean, std, count = _stats(values)
+            cells.append(f"{mean:.4g} ± {std:.2g} ({count})")
+            if init is not None and t in base:
+                gains.append(improvement(base[t], mean))
+        gain = f"{np.mean(gains):+.1f}" if gains else "–"
+        lines.append(f"| {init or 'none (baseline)'} | " + " | ".join(cells) + f" | {gain} |")
+    for init in inits:
+        key = init or "none"
+        values = [paper.get(t, {}).get(key) for t in tasks]
+        if any(v is not None for v in values):
+            cells = [f"{v:.4g}" if v is not None else "–" for v in values]
+            gains = [
+                improvement(paper[t]["none"], paper[t][key])
+                for t in tasks
+                if init is not None
+                and paper.get(t, {}).get(key) is not None
+                and paper[t].get("none") is not None
+            ]
+            gain = f"{np.mean(gains):+.1f}" if gains else "–"
+            lines.append(
+                f"| paper: {init or 'none (baseline)'} | " + " | ".join(cells) + f" | {gain} |"
+            )
+    return lines
+
+
+def _ablation_table(rows: list[dict]) -> list[str]:
+    """Fine-tuning test MAE against the pre-training epoch of the initial weights."""
+    ablation = [r for r in rows if r["pretrain_epoch"] is not None]
+    if not ablation:
+        return []
+    lines = ["## Epoch ablation: test MAE against pre-training epochs", ""]
+    for task in sorted({r["task"] for r in ablation}):
+        sub = [r for r in ablation if r["task"] == task]
+        epochs = sorted({r["pretrain_epoch"] for r in sub})
+        lines += [
+            f"{task} (training structures: {sub[0]['n'] or 'full split'})",
+            "",
+            "| pre-training | " + " | ".join(f"{e} epochs" for e in epochs) + " |",
+            "|" + "---|" * (len(epochs) + 1),
+        ]
+        for init in sorted({r["init"] for r in sub}):
+            cells = []
+            for e in epochs:
+                values = [
+                    r["test_mae"] for r in sub if r["init"] == init and r["pretrain_epoch"] == e
+                ]
+                if values:
+                    mean, std, count = _stats(values)
+                    cells.append(f"{mean:.4g} ± {std:.2g} ({count})")
+                else:
+                    cells.append("–")
+            lines.append(f"| {init} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _plan(runs_dir: Path) -> dict:
+    path = runs_dir / "plan.yaml"
+    if not path.exists():
+        return {}
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def write_report(
+    runs_dir: str | Path, out_dir: str | Path | None = None, tsne: bool = True
+) -> Path:
+    """Write ``report.md`` and its figures into ``out_dir`` (default RUNS_DIR/report)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    runs_dir = Path(runs_dir)
+    out = Path(out_dir) if out_dir else runs_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    plan = _plan(runs_dir)
+    task_info = {t["name"]: t for t in plan.get("finetune", {}).get("tasks", [])}
+    rows = collect(runs_dir)
+    tasks = list(task_info) or sorted({r["task"] for r in rows})
+    tasks += sorted({r["task"] for r in rows} - set(tasks))
+    inits = [None, *sorted({r["init"] for r in rows if r["init"]})]
+    paper = {t: info.get("paper", {}) for t, info in task_info.items()}
+    sizes = sorted({r["n"] for r in rows}, key=lambda n: (n is None, n or 0))
+    lines = [
+        "# Pre-training vs from scratch: results",
+        "",
+        f"Runs: `{runs_dir}` ({len(rows)} finished fine-tuning runs). Test MAE, mean ± "
+        "sample std over seeds (number of seeds); improvement = % lower MAE than the "
+        "from-scratch baseline, averaged over the tasks of the row.",
+        "",
+    ]
+    units = {t: task_info.get(t, {}).get("unit", "") for t in tasks}
+    if any(units.values()):
+        lines += ["Units: " + ", ".join(f"{t} {u}" for t, u in units.items() if u), ""]
+    for n in sizes:
+        table = summary_table(rows, n, tasks, inits, paper if n is None else {})
+        if table:
+            title = (
+                "full training split (0.6 of each task)"
+                if n is None
+                else f"{n} training structures"
+            )
+            lines += [f"## Test MAE, {title}", "", *table, ""]
+    lines += _ablation_table(rows)
+    figures = _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info)
+    for caption, name in figures:
+        lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info) -> list[tuple[str, str]]:
+    import matplotlib.pyplot as plt
+
+    made = []
+    colours = {None: "0.4"}
+    palette = plt.get_cmap("tab10")
+    for k, init in enumerate(i for i in inits if i):
+        colours[init] = palette(k)
+    # data efficiency
+    multi = [t for t in tasks if len({r["n"] for r in rows if r["task"] == t}) > 1]
+    if multi:
+        fig, axes = plt.subplots(1, len(multi), figsize=(4 * len(multi), 3.4), squeeze=False)
+        for ax, task in zip(axes[0], multi):
+            for init in inits:
+                pts = defaultdict(list)
+                for r in rows:
+                    if r["task"] == task and r["init"] == init and r["pretrain_epoch"] is None:
+                        pts[r["n"]].append(r["test_mae"])
+                if not pts:
+                    continue
+                full = max((n for n in pts if n is not None), default=0) * 2 or 1
+                xs = sorted(pts, key=lambda n: n if n is not None else full)
+                x = [n if n is not None else full for n in xs]
+                y = [np.mean(pts[n]) for n in xs]
+                e = [np.std(pts[n]) for n in xs]
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=e,
+                    marker="o",
+                    capsize=3,
+                    color=colours[init],
+                    label=init or "from scratch",
+                )
+            ax.set_xscale("log")
+            ax.set_xlabel("training structures")
+            ax.set_ylabel(f"test MAE {task_info.get(task, {}).get('unit', '')}")
+            ax.set_title(task)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "data_efficiency.png", dpi=120)
+        plt.close(fig)
+        made.append(("Data efficiency: test MAE against training-set size", "data_efficiency.png"))
+    # epoch ablation
+    ablation = [r for r in rows if r["pretrain_epoch"] is not None]
+    if ablation:
+        abl_tasks = sorted({r["task"] for r in ablation})
+        fig, axes = plt.subplots(
+            1, len(abl_tasks), figsize=(4 * len(abl_tasks), 3.4), squeeze=False
+        )
+        for ax, task in zip(axes[0], abl_tasks):
+            for init in inits[1:]:
+                pts = defaultdict(list)
+                for r in ablation:
+                    if r["task"] == task and r["init"] == init:
+                        pts[r["pretrain_epoch"]].append(r["test_mae"])
+                if pts:
+                    xs = sorted(pts)
+                    ax.errorbar(
+                        xs,
+                        [np.mean(pts[x]) for x in xs],
+                        yerr=[np.std(pts[x]) for x in xs],
+                        marker="o",
+                        capsize=3,
+                        color=colours[init],
+                        label=init,
+                    )
+            base = [
+                r["test_mae"]
+                for r in rows
+                if r["task"] == task and r["init"] is None and r["n"] == ablation[0]["n"]
+            ]
+            if base:
+                ax.axhline(np.mean(base), color="0.4", ls="--", label="from scratch")
+            ax.set_xlabel("pre-training epochs")
+            ax.set_ylabel("test MAE")
+            ax.set_title(task)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "epoch_ablation.png", dpi=120)
+        plt.close(fig)
+        made.append(
+            ("Epoch ablation: fine-tuning MAE against pre-training epochs", "epoch_ablation.png")
+        )
+    # parity plots: largest training size, first seed
+    for task in tasks:
+        task_rows = [r for r in rows if r["task"] == task and r["pretrain_epoch"] is None]
+        if not task_rows:
+            continue
+        n = max((r["n"] for r in task_rows), key=lambda v: float("inf") if v is None else v)
+        seed = min(r["seed"] for r in task_rows)
+        chosen = [r for r in task_rows if r["n"] == n and r["seed"] == seed]
+        fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3.2), squeeze=False)
+        for ax, r in zip(axes[0], sorted(chosen, key=lambda r: r["init"] or "")):
+            t, p = _predictions(r["run_dir"])
+            ax.scatter(t, p, s=6, alpha=0.6, color=colours.get(r["init"], "k"))
+            lo, hi = np.nanmin([t.min(), p.min()]), np.nanmax([t.max(), p.max()])
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            ax.set_title(f"{r['init'] or 'from scratch'}\nMAE {r['test_mae']:.3g}", fontsize=8)
+            ax.set_xlabel("target")
+            ax.set_ylabel("prediction")
+        fig.tight_layout()
+        name = f"parity_{task}.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        made.append((f"Parity, {task} (seed {seed}, test split)", name))
+    # learning curves: pre-training and one fine-tuning task
+    pre_dirs = sorted((runs_dir / "pretrain").glob("*/metrics.csv"))
+    if pre_dirs:
+        fig, ax = plt.subplots(figsize=(4.5, 3.4))
+        for path in pre_dirs:
+            m = _metrics(path)
+            ax.plot(
+                m["epoch"],
+                m["val_loss"],
+                label=path.parent.name,
+                color=colours.get(path.parent.name, None),
+            )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation L1 (standardised labels)")
+        ax.set_title("pre-training")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "learning_pretrain.png", dpi=120)
+        plt.close(fig)
+        made.append(("Learning curves, pre-training", "learning_pretrain.png"))
+    for task in tasks:
+        task_rows = [r for r in rows if r["task"] == task and r["pretrain_epoch"] is None]
+        if not task_rows:
+            continue
+        n = max((r["n"] for r in task_rows), key=lambda v: float("inf") if v is None else v)
+        curves = defaultdict(list)
+        for r in task_rows:
+            if r["n"] == n:
+                curves[r["init"]].append(_metrics(r["run_dir"] / "metrics.csv")["val_mae"])
+        if not curves:
+            continue
+        fig, ax = plt.subplots(figsize=(4.5, 3.4))
+        for init, series in curves.items():
+            length = min(len(s) for s in series)
+            mean = np.mean([s[:length] for s in series], axis=0)
+            ax.plot(
+                np.arange(1, length + 1),
+                mean,
+                label=init or "from scratch",
+                color=colours.get(init, None),
+            )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation MAE")
+        ax.set_title(f"fine-tuning {task} (mean over seeds)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"learning_{task}.png"
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        made.append((f"Learning curves, fine-tuning {task}", name))
+    if tsne and pre_dirs and task_info:
+        made += _tsne(runs_dir, out, task_info, pre_dirs)
+    return made
+
+
+def _metrics(path: Path) -> dict[str, np.ndarray]:
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def _predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(run_dir / "test_predictions.csv") as fh:
+        rows = list(csv.reader(fh))
+    data = np.array([[float(v) for v in r[1:3]] for r in rows[1:]])
+    return data[:, 0], data[:, 1]
+
+
+def _tsne(runs_dir: Path, out: Path, task_info: dict, pre_dirs, limit: int = 1500):
+    """t-SNE of pre-trained structure embeddings of the first task's store, coloured by its
+    target (the paper's Figure 1 analogue)."""
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    from trainer.inference import embed_store
+    from trainer.sweep import _expand
+
+    task = next(iter(task_info.values()))
+    store = _expand(task["store"])
+    checkpoints = [p.parent / "best.pt" for p in pre_dirs if (p.parent / "best.pt").exists()]
+    if not checkpoints:
+        return []
+    from schemas import open_store
+
+    s = open_store(store, descriptors=[])
+    col = s.target_names.index(task["target"])
+    idx = np.arange(len(s))
+    if len(idx) > limit:
+        idx = np.sort(np.random.default_rng(0).choice(idx, limit, replace=False))
+    target = np.array([s.get(int(i), descriptors=[])["targets"][col] for i in idx])
+    fig, axes = plt.subplots(
+        1, len(checkpoints), figsize=(4 * len(checkpoints), 3.6), squeeze=False
+    )
+    for ax, ckpt in zip(axes[0], checkpoints):
+        emb_path = out / f"embeddings_{ckpt.parent.name}_{task['name']}.npz"
+        if not emb_path.exists():
+            embed_store(ckpt, store, emb_path, device="cpu")
+        emb = np.load(emb_path)["embeddings"][idx]
+        xy = TSNE(
+            n_components=2, random_state=0, init="pca", perplexity=min(30, max(5, len(idx) // 4))
+        ).fit_transform(emb)
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=target, s=5, cmap="viridis")
+        ax.set_title(
+            f"{ckpt.parent.name} embeddings\n{task['name']} coloured by {task['target']}",
+            fontsize=8,
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(sc, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(out / "tsne.png", dpi=120)
+    plt.close(fig)
+    return [(f"t-SNE of pre-trained embeddings ({task['name']})", "tsne.png")]

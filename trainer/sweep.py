@@ -1,0 +1,257 @@
+"""``fp-train sweep PLAN.yaml``: the paper's experiment, resumable.
+
+A plan (YAML) names a pre-training store and label sets, fine-tuning tasks, seeds, training-set
+sizes and (optionally) pre-training epochs for the ablation; the sweep expands it into runs and
+executes each one as its own ``fp-train`` process, skipping runs already finished
+(``result.json``) and resuming interrupted ones (``--resume``). Stop it at any moment and start
+it again: it continues where it stopped.
+
+Plan keys (see ``experiments/*.yaml``)::
+
+    runs_dir: runs/paper-cpu              # default for --runs-dir
+    model: {hidden_channels: 64, ...}     # TrainConfig keys shared by every run
+    pretrain:
+      store: ${FP_DATA}/stores/mp20_subset.lmdb
+      labels: [wacsfset1, gmpset1, eadset1]
+      config: {epochs: 40, batch_size: 16, save_every: 10}
+    finetune:
+      config: {epochs: 40, batch_size: 16}
+      seeds: [111, 222, 333, 444, 555]
+      inits: [none, wacsfset1, gmpset1, eadset1]    # none = from scratch (the baseline)
+      pretrain_epochs: [null]                        # null = best.pt; N = epochN.pt (ablation)
+      tasks:
+        - {name: jdft2d, store: ..., target: y, unit: meV/atom, train_sizes: [null],
+           paper: {none: 57.6, wacsfset1: 44.0, gmpset1: 45.2, eadset1: 49.6}}
+
+Run directories: ``RUNS/pretrain/<label>/`` and
+``RUNS/finetune/<task>/n<size|all>/<init>[-e<epoch>]/seed<seed>/``. ``${VAR}`` in store paths
+is expanded; ``FP_DATA`` defaults to ``~/.cache/fingerprint-pretrain``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer.config import TrainConfig
+
+__all__ = ["Run", "expand_plan", "load_plan", "run_sweep"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of a sweep."""
+
+    mode: str  # pretrain | finetune
+    run_dir: Path
+    config: dict = field(hash=False)
+    needs: Path | None = None  # checkpoint that must exist first (fine-tuning from it)
+    task: str | None = None
+    init: str | None = None  # label set of the pre-trained model, None = baseline
+    train_size: int | None = None
+    pretrain_epoch: int | None = None
+    seed: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return (self.run_dir / "result.json").exists()
+
+
+def _expand(path: str) -> str:
+    os.environ.setdefault(
+        "FP_DATA",
+        os.path.join(
+            os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fingerprint-pretrain"
+        ),
+    )
+    return os.path.expandvars(os.path.expanduser(path))
+
+
+def load_plan(path: str | Path) -> dict:
+    import yaml
+
+    with open(path) as fh:
+        plan = yaml.safe_load(fh)
+    if not isinstance(plan, dict) or "finetune" not in plan:
+        raise ValueError(f"{path}: a sweep plan needs at least a 'finetune' section")
+    return plan
+
+
+def _checked(config: dict, where: str) -> dict:
+    known = set(TrainConfig.__dataclass_fields__)
+    unknown = set(config) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown configuration key(s) {sorted(unknown)}")
+    return config
+
+
+def expand_plan(plan: dict, runs_dir: str | Path) -> list[Run]:
+    """Every run of the plan, pre-training first (fine-tuning runs depend on them)."""
+    runs_dir = Path(runs_dir)
+    model = _checked(dict(plan.get("model", {})), "model")
+    runs: list[Run] = []
+    pre = plan.get("pretrain")
+    if pre:
+        for label in pre["labels"]:
+            config = {
+                **model,
+                **_checked(dict(pre.get("config", {})), "pretrain.config"),
+                "store": _expand(pre["store"]),
+                "labels": [label],
+            }
+            runs.append(Run("pretrain", runs_dir / "pretrain" / label, config, init=label))
+    ft = plan["finetune"]
+    base = {**model, **_checked(dict(ft.get("config", {})), "finetune.config")}
+    for task in ft["tasks"]:
+        for size in task.get("train_sizes", [None]):
+            for init in ft.get("inits", ["none"]):
+                epochs = [None] if init == "none" else ft.get("pretrain_epochs", [None])
+                for pre_epoch in epochs:
+                    name = init if pre_epoch is None else f"{init}-e{pre_epoch}"
+                    needs = None
+                    if init != "none":
+                        ckpt = "best.pt" if pre_epoch is None else f"epoch{pre_epoch}.pt"
+                        needs = runs_dir / "pretrain" / init / ckpt
+                    for seed in ft.get("seeds", [111]):
+                        config = {
+                            **base,
+                            "store": _expand(task["store"]),
+                            "labels": [task["target"]],
+                            "seed": seed,
+                            "max_train": size,
+                            "init": str(needs) if needs else None,
+                        }
+                        runs.append(
+                            Run(
+                                "finetune",
+                                runs_dir
+                                / "finetune"
+                                / task["name"]
+                                / (f"n{size}" if size else "nall")
+                                / name
+                                / f"seed{seed}",
+                                config,
+                                needs,
+                                task["name"],
+                                None if init == "none" else init,
+                                size,
+                                pre_epoch,
+                                seed,
+                            )
+                        )
+    return runs
+
+
+def _command(run: Run) -> list[str]:
+    """The fp-train command line of a run (every key passed explicitly, --resume always)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer.cli",
+        run.mode,
+        "--run-dir",
+        str(run.run_dir),
+        "--resume",
+        "--no-progress",
+    ]
+    for key, value in run.config.items():
+        if value is None:
+            continue
+        if key == "labels":
+            for label in value:
+                cmd += ["--descriptor" if run.mode == "pretrain" else "--target", label]
+            continue
+        if key == "store":
+            cmd += ["--store", value]
+            continue
+        if key == "init":
+            cmd += ["--init", value]
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            cmd.append(flag if value else f"--no-{key.replace('_', '-')}")
+        elif isinstance(value, list):
+            for v in value:
+                cmd += [flag, str(v)]
+        else:
+            cmd += [flag, str(value)]
+    return cmd
+
+
+def run_sweep(
+    plan: dict, runs_dir: str | Path, parallel: int = 1, dry_run: bool = False, log=print
+) -> dict:
+    """Run every unfinished run of ``plan`` (``parallel`` at a time, one CPU thread each when
+    parallel > 1). Returns counts ``{"done", "ran", "failed", "waiting"}``."""
+    runs = expand_plan(plan, runs_dir)
+    todo = [r for r in runs if not r.done]
+    log(f"{len(runs)} runs in the plan, {len(runs) - len(todo)} already done, {len(todo)} to do")
+    if dry_run:
+        for r in todo:
+            log(" ".join(_command(r)))
+        return {"done": len(runs) - len(todo), "ran": 0, "failed": 0, "waiting": len(todo)}
+    env = dict(os.environ)
+    if parallel > 1:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    failed: set[Path] = set()
+    running: dict[subprocess.Popen, tuple[Run, object]] = {}
+    ran = 0
+    pending = list(todo)
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    (Path(runs_dir) / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    while pending or running:
+        # start what can start: its pre-trained checkpoint exists, or nothing it needs failed
+        for run in list(pending):
+            if len(running) >= parallel:
+                break
+            if run.needs is not None:
+                source = run.needs.parent  # the pre-training run
+                scheduled = any(r.run_dir == source for r, _ in running.values()) or any(
+                    r.run_dir == source for r in pending
+                )
+                finished = (source / "result.json").exists() and run.needs.exists()
+                if not finished and scheduled:
+                    continue  # wait for the whole pre-training, not its first best.pt
+                if not finished and (source in failed or not run.needs.exists()):
+                    failed.add(run.run_dir)
+                    pending.remove(run)
+                    log(
+                        f"skip {run.run_dir}: {run.needs} not available"
+                        + (" (its pre-training failed)" if source in failed else "")
+                    )
+                    continue
+            pending.remove(run)
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            logfile = open(run.run_dir / "train.log", "a")
+            proc = subprocess.Popen(
+                _command(run), stdout=logfile, stderr=subprocess.STDOUT, env=env
+            )
+            running[proc] = (run, logfile)
+            log(f"start {run.run_dir}")
+        time.sleep(0.5)
+        for proc in [p for p in running if p.poll() is not None]:
+            run, logfile = running.pop(proc)
+            logfile.close()
+            ran += 1
+            if proc.returncode != 0 or not run.done:
+                failed.add(run.run_dir)
+                log(f"FAILED {run.run_dir} (exit {proc.returncode}; see train.log)")
+            else:
+                result = json.loads((run.run_dir / "result.json").read_text())
+                log(f"done  {run.run_dir}: test MAE {result.get('test_mae', float('nan')):.5g}")
+    done = sum(r.done for r in runs)
+    return {"done": done, "ran": ran, "failed": len(failed), "waiting": len(runs) - done}
+
+
+def iter_results(runs_dir: str | Path) -> Iterator[tuple[Path, dict]]:
+    """(run directory, result.json) of every finished run under ``runs_dir``."""
+    for path in sorted(Path(runs_dir).rglob("result.json")):
+        yield path.parent, json.loads(path.read_text())
