@@ -36,6 +36,8 @@ class TrainConfig:
         fold: MatBench fold 0-4 instead of a random split (test = the fold; validation =
             ``val_fraction`` of the rest).
         max_train: keep only this many training structures (low-data regime); None = all.
+        max_val: validate on at most this many structures of the validation split (a fixed
+            random subset; saves time when the training set is small); None = all.
         label_scaling: descriptor labels: per_feature | global | none (manifest statistics).
         target_scaling: graph targets: standard (mean/std of the training split) | none.
         clip: gradient-norm clip; plateau_factor/patience, min_lr: ReduceLROnPlateau.
@@ -72,6 +74,7 @@ class TrainConfig:
     fold: int | None = None
     val_fraction: float = 0.1
     max_train: int | None = None
+    max_val: int | None = None
     label_scaling: str = "per_feature"
     target_scaling: str = "standard"
     clip: float = 10.0

@@ -22,6 +22,7 @@ Plan keys (see ``experiments/*.yaml``)::
       tasks:
         - {name: jdft2d, store: ..., target: y, unit: meV/atom, train_sizes: [null],
            paper: {none: 57.6, wacsfset1: 44.0, gmpset1: 45.2, eadset1: 49.6}}
+          # a task may also set its own seeds, inits and pretrain_epochs
 
 Run directories: ``RUNS/pretrain/<label>/`` and
 ``RUNS/finetune/<task>/n<size|all>/<init>[-e<epoch>]/seed<seed>/``. ``${VAR}`` in store paths
@@ -109,16 +110,22 @@ def expand_plan(plan: dict, runs_dir: str | Path) -> list[Run]:
     ft = plan["finetune"]
     base = {**model, **_checked(dict(ft.get("config", {})), "finetune.config")}
     for task in ft["tasks"]:
+        # a task may override the sweep-wide seeds, inits and pre-training epochs
+        seeds = task.get("seeds", ft.get("seeds", [111]))
         for size in task.get("train_sizes", [None]):
-            for init in ft.get("inits", ["none"]):
-                epochs = [None] if init == "none" else ft.get("pretrain_epochs", [None])
+            for init in task.get("inits", ft.get("inits", ["none"])):
+                epochs = (
+                    [None]
+                    if init == "none"
+                    else task.get("pretrain_epochs", ft.get("pretrain_epochs", [None]))
+                )
                 for pre_epoch in epochs:
                     name = init if pre_epoch is None else f"{init}-e{pre_epoch}"
                     needs = None
                     if init != "none":
                         ckpt = "best.pt" if pre_epoch is None else f"epoch{pre_epoch}.pt"
                         needs = runs_dir / "pretrain" / init / ckpt
-                    for seed in ft.get("seeds", [111]):
+                    for seed in seeds:
                         config = {
                             **base,
                             "store": _expand(task["store"]),

@@ -131,6 +131,9 @@ def _splits(cfg: TrainConfig, n: int) -> dict[str, np.ndarray]:
     if cfg.max_train is not None and cfg.max_train < len(parts["train"]):
         rng = np.random.default_rng([cfg.seed, 1])
         parts["train"] = np.sort(rng.choice(parts["train"], cfg.max_train, replace=False))
+    if cfg.max_val is not None and cfg.max_val < len(parts["val"]):
+        rng = np.random.default_rng([cfg.seed, 2])
+        parts["val"] = np.sort(rng.choice(parts["val"], cfg.max_val, replace=False))
     return parts
 
 
