@@ -151,7 +151,7 @@ def sweep(plan, runs_dir, parallel, dry_run) -> None:
     are skipped, interrupted ones continue."""
     from trainer.sweep import load_plan, run_sweep
 
-    spec = load_plan(plan)
+    spec = {**load_plan(plan), "plan_file": plan}
     target = runs_dir or spec.get("runs_dir")
     if not target:
         raise click.UsageError("--runs-dir is required (or 'runs_dir' in the plan)")
@@ -165,7 +165,12 @@ def sweep(plan, runs_dir, parallel, dry_run) -> None:
 
 @cli.command()
 @click.argument("runs_dir")
-@click.option("--out", default=None, help="Output folder (default RUNS_DIR/report).")
+@click.option(
+    "--out",
+    default=None,
+    help="Output folder, or a .md file with figures in a folder of the same name "
+    "(default RUNS_DIR/report).",
+)
 @click.option("--no-tsne", is_flag=True, help="Skip the t-SNE map (needs embeddings).")
 def report(runs_dir, out, no_tsne) -> None:
     """Tables (paper's Table 2 layout) and figures from a sweep's runs."""

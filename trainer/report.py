@@ -150,10 +150,20 @@ def write_report(
 
     matplotlib.use("Agg")
     runs_dir = Path(runs_dir)
-    out = Path(out_dir) if out_dir else runs_dir / "report"
+    target = Path(out_dir) if out_dir else runs_dir / "report"
+    if target.suffix == ".md":  # docs/results.md: figures beside it, in docs/results/
+        report, out = target, target.with_suffix("")
+    else:
+        report, out = target / "report.md", target
     out.mkdir(parents=True, exist_ok=True)
+    figure_prefix = f"{out.name}/" if target.suffix == ".md" else ""
     plan = _plan(runs_dir)
-    task_info = {t["name"]: t for t in plan.get("finetune", {}).get("tasks", [])}
+    task_info: dict[str, dict] = {}
+    for entry in plan.get("finetune", {}).get("tasks", []):  # a task may appear several times
+        merged = task_info.setdefault(entry["name"], {})
+        for key, value in entry.items():
+            if value not in (None, {}, []):
+                merged.setdefault(key, value)
     rows = collect(runs_dir)
     tasks = list(task_info) or sorted({r["task"] for r in rows})
     tasks += sorted({r["task"] for r in rows} - set(tasks))
@@ -167,6 +177,7 @@ def write_report(
         "sample std over seeds (number of seeds); improvement = % lower MAE than the "
         "from-scratch baseline, averaged over the tasks of the row.",
         "",
+        *_setup(plan, runs_dir, target),
     ]
     units = {t: task_info.get(t, {}).get("unit", "") for t in tasks}
     if any(units.values()):
@@ -183,10 +194,48 @@ def write_report(
     lines += _ablation_table(rows)
     figures = _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info)
     for caption, name in figures:
-        lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
-    report = out / "report.md"
+        lines += [f"### {caption}", "", f"![{caption}]({figure_prefix}{name})", ""]
     report.write_text("\n".join(lines))
     return report
+
+
+def _setup(plan: dict, runs_dir: Path, target: Path) -> list[str]:
+    """How the numbers were produced: commands, model and schedule from the plan."""
+    if not plan:
+        return []
+    source = plan.get("plan_file", "PLAN.yaml")
+    lines = [
+        "Produced by:",
+        "",
+        "```bash",
+        f"fp-train sweep {source} --runs-dir {runs_dir} --parallel 2",
+        f"fp-train report {runs_dir} --out {target}",
+        "```",
+        "",
+    ]
+    model = plan.get("model", {})
+    if model:
+        lines += [
+            "Model and shared settings: " + ", ".join(f"{k} {v}" for k, v in model.items()) + ".",
+            "",
+        ]
+    pre, ft = plan.get("pretrain") or {}, plan.get("finetune") or {}
+    if pre:
+        lines += [
+            f"Pre-training on `{pre.get('store')}` with "
+            f"{', '.join(pre.get('labels', []))}: "
+            + ", ".join(f"{k} {v}" for k, v in pre.get("config", {}).items())
+            + ".",
+            "",
+        ]
+    if ft:
+        lines += [
+            "Fine-tuning: "
+            + ", ".join(f"{k} {v}" for k, v in ft.get("config", {}).items())
+            + f"; seeds {ft.get('seeds')}.",
+            "",
+        ]
+    return lines
 
 
 def _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info) -> list[tuple[str, str]]:

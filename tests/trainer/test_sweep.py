@@ -132,3 +132,14 @@ def test_plan_with_unknown_keys_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="finetune"):
         load_plan(tmp_path / "p.yaml")
+
+
+def test_report_as_a_markdown_file_with_a_figure_folder(swept, tmp_path):
+    _, runs, _ = swept
+    path = write_report(runs, tmp_path / "results.md", tsne=False)
+    text = path.read_text()
+    assert path == tmp_path / "results.md"
+    assert (
+        "](results/parity_gap.png)" in text and (tmp_path / "results" / "parity_gap.png").exists()
+    )
+    assert "fp-train report" in text and "hidden_channels 16" in text
