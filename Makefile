@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE_OUT ?= out/example
 EXAMPLE_MODEL ?= --hidden-channels 32 --num-layers 2 --num-workers 0 --no-progress
 
-.PHONY: install example test test-fast bench lint clean
+.PHONY: install example test test-fast bench lint clean experiment results
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,15 @@ bench: $(KERNEL)
 	$(BIN)/python bench/bench_gmp.py --out bench/results/gmp.json
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/summarize.py
+
+# The paper's experiment at CPU scale (needs `make datasets`); resumable: rerun to continue.
+EXPERIMENT ?= experiments/cpu_small.yaml
+EXPERIMENT_RUNS ?= runs/cpu-small
+experiment: $(KERNEL)
+	$(BIN)/fp-train sweep $(EXPERIMENT) --runs-dir $(EXPERIMENT_RUNS) --parallel 2
+
+results: $(KERNEL)
+	$(BIN)/fp-train report $(EXPERIMENT_RUNS) --out docs/results.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
