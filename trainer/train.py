@@ -68,8 +68,9 @@ def _seed_everything(seed: int) -> None:
 class EpochSampler(Sampler[int]):
     """Indices of one split in an order fixed by (seed, epoch), sharded over ranks.
 
-    Each rank gets every ``world``-th index of the shuffled list (padded by wrapping so all
-    ranks take the same number of steps).
+    Each rank gets every ``world``-th index of the list. Training (``shuffle``) lists are
+    padded by wrapping so all ranks take the same number of steps (DDP synchronises every
+    step); evaluation lists are not, so no structure is counted twice.
     """
 
     def __init__(self, indices: np.ndarray, seed: int, shuffle: bool, rank: int, world: int):
@@ -86,7 +87,7 @@ class EpochSampler(Sampler[int]):
             rng = np.random.default_rng([self.seed, self.epoch])
             order = order[rng.permutation(len(order))]
         per_rank = math.ceil(len(order) / self.world)
-        if per_rank * self.world > len(order) and len(order):
+        if self.shuffle and per_rank * self.world > len(order) and len(order):
             order = np.resize(order, per_rank * self.world)
         return order[self.rank :: self.world]
 
@@ -94,7 +95,7 @@ class EpochSampler(Sampler[int]):
         return iter(self._order().tolist())
 
     def __len__(self) -> int:
-        return math.ceil(len(self.indices) / self.world)
+        return len(self._order())
 
 
 def cpu_has_native_bfloat16() -> bool:

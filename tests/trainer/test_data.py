@@ -129,3 +129,21 @@ def test_fit_scaler_ignores_missing_targets():
     y = np.array([[1.0], [3.0], [np.nan]])
     s = LabelScaler.fit(y)
     assert s.shift[0] == pytest.approx(2.0) and s.scale[0] == pytest.approx(1.0)
+
+
+def test_epoch_sampler_shards_cover_each_split_once():
+    from trainer.train import EpochSampler
+
+    indices = np.arange(10, 21)  # 11 indices, 2 ranks
+    # evaluation: disjoint shards covering every index exactly once
+    shards = [list(EpochSampler(indices, 0, False, r, 2)) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(10, 21))
+    assert len(EpochSampler(indices, 0, False, 1, 2)) == 5
+    # training: equal step counts (one index repeated), a new order each epoch
+    train = [EpochSampler(indices, 7, True, r, 2) for r in range(2)]
+    first = [list(t) for t in train]
+    assert len(first[0]) == len(first[1]) == 6
+    assert set(first[0]) | set(first[1]) == set(range(10, 21))
+    for t in train:
+        t.set_epoch(1)
+    assert [list(t) for t in train] != first
