@@ -69,7 +69,7 @@ bench: $(KERNEL)
 
 # The paper's experiment at CPU scale (needs `make datasets`); resumable: rerun to continue.
 EXPERIMENT ?= experiments/cpu_small.yaml
-EXPERIMENT_RUNS ?= runs/cpu-small
+EXPERIMENT_RUNS ?= experiments/runs/cpu-small
 experiment: $(KERNEL)
 	$(BIN)/fp-train sweep $(EXPERIMENT) --runs-dir $(EXPERIMENT_RUNS) --parallel 2
 
