@@ -6,8 +6,9 @@ Reads every finished run under RUNS_DIR (``result.json``, ``metrics.csv``,
 
 - per training-set size, a table in the paper's Table 2 layout: rows = from scratch and each
   pre-training label set, columns = tasks, cells = test MAE mean ± std over seeds (n), last
-  column = average % improvement over the baseline across the tasks present; the paper's
-  numbers beside ours where the plan gives them;
+  column = average % improvement over the baseline across the tasks present (each task's
+  improvement on the seeds both runs have, so an unfinished sweep compares like with like);
+  the paper's numbers beside ours where the plan gives them;
 - the data-efficiency table (test MAE against training-set size) and the epoch ablation
   (fine-tuning MAE against pre-training epochs) when the sweep has them;
 - PNG figures: parity plots, learning curves, data-efficiency curves, the epoch ablation, and a
@@ -61,15 +62,16 @@ def improvement(baseline: float, value: float) -> float:
 def summary_table(rows: list[dict], n, tasks: list[str], inits: list, paper: dict) -> list[str]:
     """Markdown lines of one Table-2-style table (training-set size ``n``)."""
     groups = defaultdict(list)
+    by_seed: dict[tuple, dict[int, float]] = defaultdict(dict)
     for r in rows:
         if r["n"] == n and r["pretrain_epoch"] is None:
             groups[(r["init"], r["task"])].append(r["test_mae"])
+            by_seed[(r["init"], r["task"])][r["seed"]] = r["test_mae"]
     tasks = [t for t in tasks if any((i, t) in groups for i in inits)]
     if not tasks:
         return []
     head = "| pre-training | " + " | ".join(tasks) + " | avg % improvement |"
     lines = [head, "|" + "---|" * (len(tasks) + 2)]
-    base = {t: _stats(groups[(None, t)])[0] for t in tasks if (None, t) in groups}
     for init in inits:
         cells, gains = [], []
         for t in tasks:
@@ -79,8 +81,15 @@ def summary_table(rows: list[dict], n, tasks: list[str], inits: list, paper: dic
                 continue
             mean, std, count = _stats(values)
             cells.append(f"{mean:.4g} ± {std:.2g} ({count})")
-            if init is not None and t in base:
-                gains.append(improvement(base[t], mean))
+            # improvement over the baseline on the seeds both have (paired)
+            mine, base = by_seed[(init, t)], by_seed.get((None, t), {})
+            common = sorted(set(mine) & set(base))
+            if init is not None and common:
+                gains.append(
+                    improvement(
+                        np.mean([base[k] for k in common]), np.mean([mine[k] for k in common])
+                    )
+                )
         gain = f"{np.mean(gains):+.1f}" if gains else "–"
         lines.append(f"| {init or 'none (baseline)'} | " + " | ".join(cells) + f" | {gain} |")
     for init in inits:
@@ -244,8 +253,11 @@ def _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info) -> list[
     made = []
     colours = {None: "0.4"}
     palette = plt.get_cmap("tab10")
-    for k, init in enumerate(i for i in inits if i):
-        colours[init] = palette(k)
+    labels = sorted(
+        {i for i in inits if i} | {p.name for p in (runs_dir / "pretrain").glob("*") if p.is_dir()}
+    )
+    for k, label in enumerate(labels):
+        colours[label] = palette(k)
     # data efficiency
     multi = [t for t in tasks if len({r["n"] for r in rows if r["task"] == t}) > 1]
     if multi:
@@ -445,7 +457,8 @@ def _tsne(runs_dir: Path, out: Path, task_info: dict, pre_dirs, limit: int = 150
         xy = TSNE(
             n_components=2, random_state=0, init="pca", perplexity=min(30, max(5, len(idx) // 4))
         ).fit_transform(emb)
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=target, s=5, cmap="viridis")
+        lo, hi = np.nanpercentile(target, [2, 98])  # heavy tails would wash the map out
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=target, s=5, cmap="viridis", vmin=lo, vmax=hi)
         ax.set_title(
             f"{ckpt.parent.name} embeddings\n{task['name']} coloured by {task['target']}",
             fontsize=8,
