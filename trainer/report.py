@@ -80,16 +80,19 @@ def summary_table(rows: list[dict], n, tasks: list[str], inits: list, paper: dic
                 cells.append("–")
                 continue
             mean, std, count = _stats(values)
-            cells.append(f"{mean:.4g} ± {std:.2g} ({count})")
-            # improvement over the baseline on the seeds both have (paired)
+            # improvement over the baseline on the seeds both have (paired: same split)
             mine, base = by_seed[(init, t)], by_seed.get((None, t), {})
             common = sorted(set(mine) & set(base))
+            wins = ""
             if init is not None and common:
                 gains.append(
                     improvement(
                         np.mean([base[k] for k in common]), np.mean([mine[k] for k in common])
                     )
                 )
+                better = sum(mine[k] < base[k] for k in common)
+                wins = f"; better on {better}/{len(common)}"
+            cells.append(f"{mean:.4g} ± {std:.2g} ({count}{wins})")
         gain = f"{np.mean(gains):+.1f}" if gains else "–"
         lines.append(f"| {init or 'none (baseline)'} | " + " | ".join(cells) + f" | {gain} |")
     for init in inits:
@@ -183,8 +186,10 @@ def write_report(
         "# Pre-training vs from scratch: results",
         "",
         f"Runs: `{runs_dir}` ({len(rows)} finished fine-tuning runs). Test MAE, mean ± "
-        "sample std over seeds (number of seeds); improvement = % lower MAE than the "
-        "from-scratch baseline, averaged over the tasks of the row.",
+        "sample std over seeds (number of seeds; on how many of the seeds both have the "
+        "pre-trained model beat the baseline: each seed is one split, the same for every "
+        "row); improvement = % lower mean MAE than the from-scratch baseline on those "
+        "seeds, averaged over the tasks of the row.",
         "",
         *_setup(plan, runs_dir, target),
     ]

@@ -105,7 +105,11 @@ def test_report_table_matches_the_runs(swept):
         mean, std = np.mean(values), np.std(values, ddof=1)
         label = "none (baseline)" if init == "none" else init
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
-        assert f"{mean:.4g} ± {std:.2g} (2)" in row
+        if init == "none":
+            assert f"{mean:.4g} ± {std:.2g} (2) |" in row
+        else:
+            better = sum(a < b for a, b in zip(values, maes["none"]))
+            assert f"{mean:.4g} ± {std:.2g} (2; better on {better}/2) |" in row
     gain = improvement(np.mean(maes["none"]), np.mean(maes["wacsfset1"]))
     row = next(line for line in text.splitlines() if line.startswith("| wacsfset1 |"))
     assert row.endswith(f"| {gain:+.1f} |")
