@@ -455,7 +455,9 @@ def _tsne(runs_dir: Path, out: Path, task_info: dict, pre_dirs, limit: int = 150
         1, len(checkpoints), figsize=(4 * len(checkpoints), 3.6), squeeze=False
     )
     for ax, ckpt in zip(axes[0], checkpoints):
-        emb_path = out / f"embeddings_{ckpt.parent.name}_{task['name']}.npz"
+        cache = runs_dir / "embeddings"  # recomputed only when missing
+        cache.mkdir(exist_ok=True)
+        emb_path = cache / f"{ckpt.parent.name}_{task['name']}.npz"
         if not emb_path.exists():
             embed_store(ckpt, store, emb_path, device="cpu")
         emb = np.load(emb_path)["embeddings"][idx]
