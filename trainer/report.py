@@ -249,6 +249,19 @@ def _setup(plan: dict, runs_dir: Path, target: Path) -> list[str]:
             + f"; seeds {ft.get('seeds')}.",
             "",
         ]
+        for task in ft.get("tasks", []):
+            own = {k: task[k] for k in ("seeds", "inits", "pretrain_epochs") if k in task}
+            own.update(task.get("config", {}))
+            if own:
+                sizes = ", ".join(
+                    "all" if n is None else str(n) for n in task.get("train_sizes", [None])
+                )
+                lines += [
+                    f"- {task['name']} (training sizes {sizes}): "
+                    + ", ".join(f"{k} {v}" for k, v in own.items())
+                    + ".",
+                ]
+        lines += [""]
     return lines
 
 

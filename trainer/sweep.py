@@ -22,7 +22,8 @@ Plan keys (see ``experiments/*.yaml``)::
       tasks:
         - {name: jdft2d, store: ..., target: y, unit: meV/atom, train_sizes: [null],
            paper: {none: 57.6, wacsfset1: 44.0, gmpset1: 45.2, eadset1: 49.6}}
-          # a task may also set its own seeds, inits and pretrain_epochs
+          # a task may also set its own seeds, inits, pretrain_epochs and config (merged over
+          # finetune.config, e.g. {max_val: 250} for low-data runs)
 
 Run directories: ``RUNS/pretrain/<label>/`` and
 ``RUNS/finetune/<task>/n<size|all>/<init>[-e<epoch>]/seed<seed>/``. ``${VAR}`` in store paths
@@ -110,8 +111,12 @@ def expand_plan(plan: dict, runs_dir: str | Path) -> list[Run]:
     ft = plan["finetune"]
     base = {**model, **_checked(dict(ft.get("config", {})), "finetune.config")}
     for task in ft["tasks"]:
-        # a task may override the sweep-wide seeds, inits and pre-training epochs
+        # a task may override the sweep-wide seeds, inits, pre-training epochs and settings
         seeds = task.get("seeds", ft.get("seeds", [111]))
+        task_base = {
+            **base,
+            **_checked(dict(task.get("config", {})), f"finetune.tasks[{task['name']}].config"),
+        }
         for size in task.get("train_sizes", [None]):
             for init in task.get("inits", ft.get("inits", ["none"])):
                 epochs = (
@@ -127,7 +132,7 @@ def expand_plan(plan: dict, runs_dir: str | Path) -> list[Run]:
                         needs = runs_dir / "pretrain" / init / ckpt
                     for seed in seeds:
                         config = {
-                            **base,
+                            **task_base,
                             "store": _expand(task["store"]),
                             "labels": [task["target"]],
                             "seed": seed,

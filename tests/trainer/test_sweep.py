@@ -68,6 +68,19 @@ def test_plan_expands_to_every_combination(swept):
     assert all(str(r.needs).endswith("pretrain/wacsfset1/epoch1.pt") for r in ablation)
 
 
+def test_task_settings_override_the_sweep_ones(swept):
+    plan, runs, _ = swept
+    task = dict(plan["finetune"]["tasks"][0], config={"max_val": 5}, seeds=[7])
+    plan = {**plan, "finetune": {**plan["finetune"], "tasks": [task, plan["finetune"]["tasks"][0]]}}
+    expanded = [r for r in expand_plan(plan, runs) if r.mode == "finetune"]
+    own = [r for r in expanded if r.seed == 7]
+    assert own and all(r.config["max_val"] == 5 and r.config["epochs"] == 2 for r in own)
+    assert all("max_val" not in r.config for r in expanded if r.seed != 7)
+    bad = dict(task, config={"max_vall": 5})
+    with pytest.raises(ValueError, match=r"tasks\[gap\]\.config.*max_vall"):
+        expand_plan({**plan, "finetune": {**plan["finetune"], "tasks": [bad]}}, runs)
+
+
 def test_sweep_ran_everything_then_skips_and_resumes(swept):
     plan, runs, counts = swept
     assert counts == {"done": 13, "ran": 13, "failed": 0, "waiting": 0}
