@@ -43,10 +43,33 @@ def collect(runs_dir: str | Path) -> list[dict]:
                 "pretrain_epoch": int(epoch) if epoch else None,
                 "seed": int(seed[4:]),
                 "test_mae": json.loads(result.read_text())["test_mae"],
+                "n_train": _train_count(run),
                 "run_dir": run,
             }
         )
     return rows
+
+
+def _train_count(run_dir: Path) -> int | None:
+    """Training structures the run used (its saved split), None when it saved none."""
+    path = run_dir / "splits.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as splits:
+        return len(splits["train"])
+
+
+def best_pretrain_epoch(pretrain_dir: Path) -> int | None:
+    """The epoch whose weights are ``best.pt``: lowest validation loss in ``metrics.csv``
+    (the first on ties, as the trainer keeps the first improvement)."""
+    path = pretrain_dir / "metrics.csv"
+    if not path.exists():
+        return None
+    import csv
+
+    with open(path) as fh:
+        rows = [(float(r["val_loss"]), int(r["epoch"])) for r in csv.DictReader(fh)]
+    return min(rows, key=lambda r: (r[0], r[1]))[1] if rows else None
 
 
 def _stats(values: list[float]) -> tuple[float, float, int]:
@@ -114,29 +137,61 @@ def summary_table(rows: list[dict], n, tasks: list[str], inits: list, paper: dic
     return lines
 
 
-def _ablation_table(rows: list[dict]) -> list[str]:
-    """Fine-tuning test MAE against the pre-training epoch of the initial weights."""
+def ablation_points(rows: list[dict], runs_dir: Path) -> dict:
+    """Epoch ablation, paired by seed: ``{(task, n): {init: {epoch: [test MAE]}}}``.
+
+    For each task and training-set size with ablation runs, on the seeds of those runs:
+    epoch 0 = the from-scratch baseline, each ablation epoch, and the best pre-training
+    checkpoint at the epoch it was saved (``best_pretrain_epoch``)."""
     ablation = [r for r in rows if r["pretrain_epoch"] is not None]
-    if not ablation:
+    points: dict = {}
+    keys = sorted({(r["task"], r["n"]) for r in ablation}, key=lambda k: (k[0], k[1] or 1e18))
+    for task, n in keys:
+        sub = [r for r in ablation if r["task"] == task and r["n"] == n]
+        seeds = {r["seed"] for r in sub}
+        same = [r for r in rows if r["task"] == task and r["n"] == n and r["seed"] in seeds]
+        table = points.setdefault((task, n), {})
+        for r in sub:
+            table.setdefault(r["init"], {}).setdefault(r["pretrain_epoch"], []).append(
+                r["test_mae"]
+            )
+        for init in list(table):
+            best = best_pretrain_epoch(runs_dir / "pretrain" / init)
+            if best in table[init]:  # best.pt is that epoch's checkpoint: already there
+                best = None
+            for r in same:
+                if r["pretrain_epoch"] is None and r["init"] in (None, init):
+                    epoch = 0 if r["init"] is None else best
+                    if epoch is not None:
+                        table[init].setdefault(epoch, []).append(r["test_mae"])
+    return points
+
+
+def _ablation_table(rows: list[dict], runs_dir: Path) -> list[str]:
+    """Fine-tuning test MAE against the pre-training epoch of the initial weights."""
+    points = ablation_points(rows, runs_dir)
+    if not points:
         return []
-    lines = ["## Epoch ablation: test MAE against pre-training epochs", ""]
-    for task in sorted({r["task"] for r in ablation}):
-        sub = [r for r in ablation if r["task"] == task]
-        epochs = sorted({r["pretrain_epoch"] for r in sub})
+    lines = [
+        "## Epoch ablation: test MAE against pre-training epochs",
+        "",
+        "0 epochs = from scratch; the last column is the best pre-training checkpoint (lowest "
+        "validation loss), at the epoch it was saved. Same seeds in every cell.",
+        "",
+    ]
+    for (task, n), table in points.items():
+        epochs = sorted({e for by_epoch in table.values() for e in by_epoch})
         lines += [
-            f"{task} (training structures: {sub[0]['n'] or 'full split'})",
+            f"{task} (training structures: {n or 'full split'})",
             "",
             "| pre-training | " + " | ".join(f"{e} epochs" for e in epochs) + " |",
             "|" + "---|" * (len(epochs) + 1),
         ]
-        for init in sorted({r["init"] for r in sub}):
+        for init, by_epoch in sorted(table.items()):
             cells = []
             for e in epochs:
-                values = [
-                    r["test_mae"] for r in sub if r["init"] == init and r["pretrain_epoch"] == e
-                ]
-                if values:
-                    mean, std, count = _stats(values)
+                if e in by_epoch:
+                    mean, std, count = _stats(by_epoch[e])
                     cells.append(f"{mean:.4g} ± {std:.2g} ({count})")
                 else:
                     cells.append("–")
@@ -205,7 +260,7 @@ def write_report(
                 else f"{n} training structures"
             )
             lines += [f"## Test MAE, {title}", "", *table, ""]
-    lines += _ablation_table(rows)
+    lines += _ablation_table(rows, runs_dir)
     figures = _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info)
     for caption, name in figures:
         lines += [f"### {caption}", "", f"![{caption}]({figure_prefix}{name})", ""]
@@ -282,15 +337,17 @@ def _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info) -> list[
         fig, axes = plt.subplots(1, len(multi), figsize=(4 * len(multi), 3.4), squeeze=False)
         for ax, task in zip(axes[0], multi):
             for init in inits:
-                pts = defaultdict(list)
+                pts, counts = defaultdict(list), defaultdict(list)
                 for r in rows:
                     if r["task"] == task and r["init"] == init and r["pretrain_epoch"] is None:
                         pts[r["n"]].append(r["test_mae"])
+                        counts[r["n"]].append(r["n_train"] or r["n"] or 0)
                 if not pts:
                     continue
-                full = max((n for n in pts if n is not None), default=0) * 2 or 1
-                xs = sorted(pts, key=lambda n: n if n is not None else full)
-                x = [n if n is not None else full for n in xs]
+                # x = training structures actually used (the full split's size from its saved
+                # split file)
+                xs = sorted(pts, key=lambda n: np.mean(counts[n]))
+                x = [np.mean(counts[n]) for n in xs]
                 y = [np.mean(pts[n]) for n in xs]
                 e = [np.std(pts[n]) for n in xs]
                 ax.errorbar(
@@ -312,39 +369,27 @@ def _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info) -> list[
         plt.close(fig)
         made.append(("Data efficiency: test MAE against training-set size", "data_efficiency.png"))
     # epoch ablation
-    ablation = [r for r in rows if r["pretrain_epoch"] is not None]
-    if ablation:
-        abl_tasks = sorted({r["task"] for r in ablation})
-        fig, axes = plt.subplots(
-            1, len(abl_tasks), figsize=(4 * len(abl_tasks), 3.4), squeeze=False
-        )
-        for ax, task in zip(axes[0], abl_tasks):
-            for init in inits[1:]:
-                pts = defaultdict(list)
-                for r in ablation:
-                    if r["task"] == task and r["init"] == init:
-                        pts[r["pretrain_epoch"]].append(r["test_mae"])
-                if pts:
-                    xs = sorted(pts)
-                    ax.errorbar(
-                        xs,
-                        [np.mean(pts[x]) for x in xs],
-                        yerr=[np.std(pts[x]) for x in xs],
-                        marker="o",
-                        capsize=3,
-                        color=colours[init],
-                        label=init,
-                    )
-            base = [
-                r["test_mae"]
-                for r in rows
-                if r["task"] == task and r["init"] is None and r["n"] == ablation[0]["n"]
-            ]
+    points = ablation_points(rows, runs_dir)
+    if points:
+        fig, axes = plt.subplots(1, len(points), figsize=(4 * len(points), 3.4), squeeze=False)
+        for ax, ((task, n), table) in zip(axes[0], points.items()):
+            for init, by_epoch in sorted(table.items()):
+                xs = sorted(by_epoch)
+                ax.errorbar(
+                    xs,
+                    [np.mean(by_epoch[x]) for x in xs],
+                    yerr=[np.std(by_epoch[x]) for x in xs],
+                    marker="o",
+                    capsize=3,
+                    color=colours[init],
+                    label=init,
+                )
+            base = [v for by_epoch in table.values() for v in by_epoch.get(0, [])]
             if base:
                 ax.axhline(np.mean(base), color="0.4", ls="--", label="from scratch")
             ax.set_xlabel("pre-training epochs")
-            ax.set_ylabel("test MAE")
-            ax.set_title(task)
+            ax.set_ylabel(f"test MAE {task_info.get(task, {}).get('unit', '')}")
+            ax.set_title(f"{task}, {n or 'full'} training")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "epoch_ablation.png", dpi=120)

@@ -140,6 +140,43 @@ def test_report_table_matches_the_runs(swept):
         assert f"]({name})" in full
 
 
+def test_epoch_ablation_is_paired_with_baseline_and_best_checkpoint(swept):
+    _, runs, _ = swept
+    text = write_report(runs, tsne=False).read_text()
+    section = text.split("## Epoch ablation")[1].split("##")[0]
+    section = section.split("gap (training structures: full split)")[1].split("gap (")[0]
+    # the best pre-training checkpoint's epoch, read independently from the metrics file
+    val = np.loadtxt(runs / "pretrain/wacsfset1/metrics.csv", delimiter=",", skiprows=1)[:, 2]
+    best = int(np.argmin(val)) + 1
+    epochs = sorted({0, 1, best})
+    header = "| pre-training | " + " | ".join(f"{e} epochs" for e in epochs) + " |"
+    assert header in section
+    row = next(line for line in section.splitlines() if line.startswith("| wacsfset1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+
+    def mae(name, seed):
+        path = runs / "finetune/gap/nall" / name / f"seed{seed}" / "result.json"
+        return json.loads(path.read_text())["test_mae"]
+
+    expected = {0: [mae("none", s) for s in (111, 222)]}
+    expected[1] = [mae("wacsfset1-e1", s) for s in (111, 222)]
+    if best != 1:
+        expected[best] = [mae("wacsfset1", s) for s in (111, 222)]
+    for e, cell in zip(epochs, cells):
+        values = expected[e]
+        assert cell == f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g} (2)", e
+
+
+def test_training_counts_come_from_the_saved_splits(swept):
+    from trainer.report import collect
+
+    _, runs, _ = swept
+    rows = collect(runs)
+    assert {r["n_train"] for r in rows if r["n"] == 12} == {12}
+    full = {r["n_train"] for r in rows if r["n"] is None}
+    assert len(full) == 1 and full.pop() > 12
+
+
 def test_plan_with_unknown_keys_is_refused(tmp_path):
     bad = {"model": {"hidden_chanels": 8}, "finetune": {"tasks": []}}
     with pytest.raises(ValueError, match="hidden_chanels"):
