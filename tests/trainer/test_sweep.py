@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +198,17 @@ def test_report_as_a_markdown_file_with_a_figure_folder(swept, tmp_path):
         "](results/parity_gap.png)" in text and (tmp_path / "results" / "parity_gap.png").exists()
     )
     assert "fp-train report" in text and "hidden_channels 16" in text
+
+
+@pytest.mark.parametrize(
+    "plan_file", sorted(p.name for p in (Path(__file__).parents[2] / "experiments").glob("*.yaml"))
+)
+def test_committed_plans_expand(plan_file, tmp_path):
+    """The experiment plans in experiments/ are valid (known keys, every run expands)."""
+    from trainer.sweep import load_plan
+
+    plan = load_plan(Path(__file__).parents[2] / "experiments" / plan_file)
+    runs = expand_plan(plan, tmp_path)
+    finetune = [r for r in runs if r.mode == "finetune"]
+    assert finetune and all(r.seed in (111, 222, 333, 444, 555) for r in finetune)
+    assert all(r.needs is None or r.needs.name.endswith(".pt") for r in finetune)
