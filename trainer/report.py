@@ -200,6 +200,34 @@ def _ablation_table(rows: list[dict], runs_dir: Path) -> list[str]:
     return lines
 
 
+def _pretrain_table(runs_dir: Path) -> list[str]:
+    """Pre-training runs: epochs, best epoch, time per epoch (from ``metrics.csv``), device."""
+    import csv
+
+    lines = []
+    for run in sorted(p for p in (runs_dir / "pretrain").glob("*") if p.is_dir()):
+        if not (run / "metrics.csv").exists():
+            continue
+        with open(run / "metrics.csv") as fh:
+            seconds = [float(r["seconds"]) for r in csv.DictReader(fh)]
+        result = run / "result.json"
+        device = json.loads(result.read_text()).get("device", "–") if result.exists() else "–"
+        lines.append(
+            f"| {run.name} | {len(seconds)} | {best_pretrain_epoch(run)} | "
+            f"{np.median(seconds):.1f} | {sum(seconds) / 60:.1f} | {device} |"
+        )
+    if not lines:
+        return []
+    return [
+        "## Pre-training runs",
+        "",
+        "| label set | epochs | best epoch | s/epoch (median) | total min | device |",
+        "|---|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
+
+
 def _plan(runs_dir: Path) -> dict:
     path = runs_dir / "plan.yaml"
     if not path.exists():
@@ -261,6 +289,7 @@ def write_report(
             )
             lines += [f"## Test MAE, {title}", "", *table, ""]
     lines += _ablation_table(rows, runs_dir)
+    lines += _pretrain_table(runs_dir)
     figures = _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info)
     for caption, name in figures:
         lines += [f"### {caption}", "", f"![{caption}]({figure_prefix}{name})", ""]

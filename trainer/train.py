@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import os
+import platform
 import random
 import time
 from contextlib import nullcontext
@@ -105,6 +106,21 @@ def cpu_has_native_bfloat16() -> bool:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # private helpers absent in this torch build
         return False
+
+
+def device_name(device: torch.device) -> str:
+    """What ran the run, for reports: the GPU's name, or the CPU model and the threads used."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model
+            )
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} thread(s)"
 
 
 def _autocast(amp: bool, device: torch.device):
@@ -386,7 +402,12 @@ def train(cfg: TrainConfig) -> dict:
         dist.barrier()
 
     # -- test with the best weights --------------------------------------------------------------
-    result = {"epochs": len(history), "best_val_loss": best_val}
+    result = {
+        "epochs": len(history),
+        "best_val_loss": best_val,
+        "device": device_name(device),
+        "bf16_autocast": not isinstance(_autocast(cfg.amp, device), nullcontext),
+    }
     if main and best_path.exists():
         model.load_state_dict(load_checkpoint(best_path)["model"])
         result.update(

@@ -168,6 +168,17 @@ def test_epoch_ablation_is_paired_with_baseline_and_best_checkpoint(swept):
         assert cell == f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g} (2)", e
 
 
+def test_pretraining_table_times_and_device(swept):
+    _, runs, _ = swept
+    text = write_report(runs, tsne=False).read_text()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| wacsfset1 | 2 |"))
+    seconds = np.loadtxt(runs / "pretrain/wacsfset1/metrics.csv", delimiter=",", skiprows=1)[:, 5]
+    assert f"| {np.median(seconds):.1f} | {seconds.sum() / 60:.1f} |" in row
+    result = json.loads((runs / "pretrain/wacsfset1/result.json").read_text())
+    assert result["device"] in row and "thread" in result["device"]  # CPU in CI
+    assert isinstance(result["bf16_autocast"], bool)
+
+
 def test_training_counts_come_from_the_saved_splits(swept):
     from trainer.report import collect
 
