@@ -82,6 +82,17 @@ def improvement(baseline: float, value: float) -> float:
     return 100.0 * (baseline - value) / baseline
 
 
+def paired_p(baseline: list[float], pretrained: list[float]) -> float | None:
+    """Two-sided paired t-test p-value of the per-seed MAE differences (each seed is one
+    split, shared by both); None with fewer than 3 pairs or identical values."""
+    if len(baseline) < 3:
+        return None
+    from scipy.stats import ttest_rel
+
+    p = float(ttest_rel(baseline, pretrained).pvalue)
+    return None if np.isnan(p) else p
+
+
 def summary_table(rows: list[dict], n, tasks: list[str], inits: list, paper: dict) -> list[str]:
     """Markdown lines of one Table-2-style table (training-set size ``n``)."""
     groups = defaultdict(list)
@@ -115,6 +126,9 @@ def summary_table(rows: list[dict], n, tasks: list[str], inits: list, paper: dic
                 )
                 better = sum(mine[k] < base[k] for k in common)
                 wins = f"; better on {better}/{len(common)}"
+                p = paired_p([base[k] for k in common], [mine[k] for k in common])
+                if p is not None:
+                    wins += f", p={p:.2g}"
             cells.append(f"{mean:.4g} ± {std:.2g} ({count}{wins})")
         gain = f"{np.mean(gains):+.1f}" if gains else "–"
         lines.append(f"| {init or 'none (baseline)'} | " + " | ".join(cells) + f" | {gain} |")
@@ -271,7 +285,8 @@ def write_report(
         f"Runs: `{runs_dir}` ({len(rows)} finished fine-tuning runs). Test MAE, mean ± "
         "sample std over seeds (number of seeds; on how many of the seeds both have the "
         "pre-trained model beat the baseline: each seed is one split, the same for every "
-        "row); improvement = % lower mean MAE than the from-scratch baseline on those "
+        "row; p = two-sided paired t-test over those seeds, shown from 3 seeds); "
+        "improvement = % lower mean MAE than the from-scratch baseline on those "
         "seeds, averaged over the tasks of the row.",
         "",
         *_setup(plan, runs_dir, target),

@@ -223,3 +223,23 @@ def test_committed_plans_expand(plan_file, tmp_path):
     finetune = [r for r in runs if r.mode == "finetune"]
     assert finetune and all(r.seed in (111, 222, 333, 444, 555) for r in finetune)
     assert all(r.needs is None or r.needs.name.endswith(".pt") for r in finetune)
+
+
+def test_paired_p_value_against_the_closed_form():
+    """Three pairs: the t distribution with 2 degrees of freedom has the closed-form CDF
+    1/2 + t / (2 sqrt(2 + t²)), so p = 1 - |t| / sqrt(2 + t²)."""
+    from trainer.report import paired_p, summary_table
+
+    base, pre = [50.0, 61.0, 47.0], [44.0, 52.0, 46.0]
+    d = np.subtract(base, pre)
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(3))
+    expected = 1 - abs(t) / np.sqrt(2 + t * t)
+    assert paired_p(base, pre) == pytest.approx(expected, rel=1e-10)
+    assert paired_p(base[:2], pre[:2]) is None
+    rows = [
+        {"task": "t", "n": None, "init": init, "pretrain_epoch": None, "seed": s, "test_mae": v}
+        for init, values in ((None, base), ("eadset1", pre))
+        for s, v in zip((111, 222, 333), values)
+    ]
+    table = summary_table(rows, None, ["t"], [None, "eadset1"], {})
+    assert f"better on 3/3, p={expected:.2g})" in table[3]
