@@ -305,6 +305,9 @@ def write_report(
             lines += [f"## Test MAE, {title}", "", *table, ""]
     lines += _ablation_table(rows, runs_dir)
     lines += _pretrain_table(runs_dir)
+    notes = runs_dir / "notes.md"  # hand-written reading of the numbers, kept with the runs
+    if notes.exists():
+        lines += ["## Notes", "", notes.read_text().strip(), ""]
     figures = _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info)
     for caption, name in figures:
         lines += [f"### {caption}", "", f"![{caption}]({figure_prefix}{name})", ""]

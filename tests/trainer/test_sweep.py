@@ -209,6 +209,13 @@ def test_report_as_a_markdown_file_with_a_figure_folder(swept, tmp_path):
         "](results/parity_gap.png)" in text and (tmp_path / "results" / "parity_gap.png").exists()
     )
     assert "fp-train report" in text and "hidden_channels 16" in text
+    assert "## Notes" not in text
+    (runs / "notes.md").write_text("Pre-training helped on 2 of 2 seeds.\n")
+    try:
+        text = write_report(runs, tmp_path / "results.md", tsne=False).read_text()
+    finally:
+        (runs / "notes.md").unlink()
+    assert "## Notes\n\nPre-training helped on 2 of 2 seeds." in text
 
 
 @pytest.mark.parametrize(
