@@ -117,20 +117,24 @@ def expand_plan(plan: dict, runs_dir: str | Path) -> list[Run]:
             **base,
             **_checked(dict(task.get("config", {})), f"finetune.tasks[{task['name']}].config"),
         }
+        inits = task.get("inits", ft.get("inits", ["none"]))
+        # seed-major: a sweep stopped part-way through a task leaves complete paired
+        # comparisons (baseline and every pre-trained model on the same splits) for the
+        # seeds it finished, not every seed of some models and none of the others
         for size in task.get("train_sizes", [None]):
-            for init in task.get("inits", ft.get("inits", ["none"])):
-                epochs = (
-                    [None]
-                    if init == "none"
-                    else task.get("pretrain_epochs", ft.get("pretrain_epochs", [None]))
-                )
-                for pre_epoch in epochs:
-                    name = init if pre_epoch is None else f"{init}-e{pre_epoch}"
-                    needs = None
-                    if init != "none":
-                        ckpt = "best.pt" if pre_epoch is None else f"epoch{pre_epoch}.pt"
-                        needs = runs_dir / "pretrain" / init / ckpt
-                    for seed in seeds:
+            for seed in seeds:
+                for init in inits:
+                    epochs = (
+                        [None]
+                        if init == "none"
+                        else task.get("pretrain_epochs", ft.get("pretrain_epochs", [None]))
+                    )
+                    for pre_epoch in epochs:
+                        name = init if pre_epoch is None else f"{init}-e{pre_epoch}"
+                        needs = None
+                        if init != "none":
+                            ckpt = "best.pt" if pre_epoch is None else f"epoch{pre_epoch}.pt"
+                            needs = runs_dir / "pretrain" / init / ckpt
                         config = {
                             **task_base,
                             "store": _expand(task["store"]),

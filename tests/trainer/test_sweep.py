@@ -67,6 +67,9 @@ def test_plan_expands_to_every_combination(swept):
     assert expanded[0].mode == "pretrain"
     ablation = [r for r in expanded if r.pretrain_epoch == 1]
     assert all(str(r.needs).endswith("pretrain/wacsfset1/epoch1.pt") for r in ablation)
+    # seed-major within a size: all models of seed 111 before any of seed 222
+    full = [r.seed for r in expanded if r.mode == "finetune" and r.train_size is None]
+    assert full == [111] * 3 + [222] * 3
 
 
 def test_task_settings_override_the_sweep_ones(swept):
