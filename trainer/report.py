@@ -383,7 +383,7 @@ def _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info) -> list[
     if multi:
         fig, axes = plt.subplots(1, len(multi), figsize=(4 * len(multi), 3.4), squeeze=False)
         for ax, task in zip(axes[0], multi):
-            for init in inits:
+            for k, init in enumerate(inits):
                 pts, counts = defaultdict(list), defaultdict(list)
                 for r in rows:
                     if r["task"] == task and r["init"] == init and r["pretrain_epoch"] is None:
@@ -394,7 +394,8 @@ def _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info) -> list[
                 # x = training structures actually used (the full split's size from its saved
                 # split file)
                 xs = sorted(pts, key=lambda n: np.mean(counts[n]))
-                x = [np.mean(counts[n]) for n in xs]
+                dodge = 1 + 0.015 * (k - (len(inits) - 1) / 2)  # keep error bars apart
+                x = [np.mean(counts[n]) * dodge for n in xs]
                 y = [np.mean(pts[n]) for n in xs]
                 e = [np.std(pts[n]) for n in xs]
                 ax.errorbar(
