@@ -65,11 +65,8 @@ def best_pretrain_epoch(pretrain_dir: Path) -> int | None:
     path = pretrain_dir / "metrics.csv"
     if not path.exists():
         return None
-    import csv
-
-    with open(path) as fh:
-        rows = [(float(r["val_loss"]), int(r["epoch"])) for r in csv.DictReader(fh)]
-    return min(rows, key=lambda r: (r[0], r[1]))[1] if rows else None
+    m = _metrics(path)
+    return int(m["epoch"][np.argmin(m["val_loss"])])  # argmin: the first of equal minima
 
 
 def _stats(values: list[float]) -> tuple[float, float, int]:
@@ -95,13 +92,11 @@ def paired_p(baseline: list[float], pretrained: list[float]) -> float | None:
 
 def summary_table(rows: list[dict], n, tasks: list[str], inits: list, paper: dict) -> list[str]:
     """Markdown lines of one Table-2-style table (training-set size ``n``)."""
-    groups = defaultdict(list)
-    by_seed: dict[tuple, dict[int, float]] = defaultdict(dict)
+    by_seed: dict[tuple, dict[int, float]] = defaultdict(dict)  # (init, task) -> seed -> MAE
     for r in rows:
         if r["n"] == n and r["pretrain_epoch"] is None:
-            groups[(r["init"], r["task"])].append(r["test_mae"])
             by_seed[(r["init"], r["task"])][r["seed"]] = r["test_mae"]
-    tasks = [t for t in tasks if any((i, t) in groups for i in inits)]
+    tasks = [t for t in tasks if any((i, t) in by_seed for i in inits)]
     if not tasks:
         return []
     head = "| pre-training | " + " | ".join(tasks) + " | avg % improvement |"
@@ -109,24 +104,21 @@ def summary_table(rows: list[dict], n, tasks: list[str], inits: list, paper: dic
     for init in inits:
         cells, gains = [], []
         for t in tasks:
-            values = groups.get((init, t))
-            if not values:
+            mine = by_seed.get((init, t))
+            if not mine:
                 cells.append("–")
                 continue
-            mean, std, count = _stats(values)
+            mean, std, count = _stats(list(mine.values()))
             # improvement over the baseline on the seeds both have (paired: same split)
-            mine, base = by_seed[(init, t)], by_seed.get((None, t), {})
+            base = by_seed.get((None, t), {})
             common = sorted(set(mine) & set(base))
             wins = ""
             if init is not None and common:
-                gains.append(
-                    improvement(
-                        np.mean([base[k] for k in common]), np.mean([mine[k] for k in common])
-                    )
-                )
-                better = sum(mine[k] < base[k] for k in common)
+                b, v = [base[k] for k in common], [mine[k] for k in common]
+                gains.append(improvement(np.mean(b), np.mean(v)))
+                better = sum(x < y for x, y in zip(v, b))
                 wins = f"; better on {better}/{len(common)}"
-                p = paired_p([base[k] for k in common], [mine[k] for k in common])
+                p = paired_p(b, v)
                 if p is not None:
                     wins += f", p={p:.2g}"
             cells.append(f"{mean:.4g} ± {std:.2g} ({count}{wins})")
@@ -216,14 +208,11 @@ def _ablation_table(rows: list[dict], runs_dir: Path) -> list[str]:
 
 def _pretrain_table(runs_dir: Path) -> list[str]:
     """Pre-training runs: epochs, best epoch, time per epoch (from ``metrics.csv``), device."""
-    import csv
-
     lines = []
     for run in sorted(p for p in (runs_dir / "pretrain").glob("*") if p.is_dir()):
         if not (run / "metrics.csv").exists():
             continue
-        with open(run / "metrics.csv") as fh:
-            seconds = [float(r["seconds"]) for r in csv.DictReader(fh)]
+        seconds = _metrics(run / "metrics.csv")["seconds"]
         result = run / "result.json"
         device = json.loads(result.read_text()).get("device", "–") if result.exists() else "–"
         lines.append(

@@ -123,10 +123,16 @@ def device_name(device: torch.device) -> str:
     return f"{model}, {torch.get_num_threads()} thread(s)"
 
 
+def _uses_bf16(amp: bool, device: torch.device) -> bool:
+    """Whether ``amp`` turns into bfloat16 autocast on ``device``: where the hardware does
+    bfloat16 natively (CUDA GPUs, CPUs with AVX512-BF16/AMX)."""
+    return amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bfloat16()))
+
+
 def _autocast(amp: bool, device: torch.device):
-    """bfloat16 autocast where the hardware does bfloat16 natively (CUDA GPUs, CPUs with
-    AVX512-BF16/AMX); float32 elsewhere. Losses are always computed in float32."""
-    if amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bfloat16())):
+    """bfloat16 autocast where ``_uses_bf16``; float32 elsewhere. Losses are always computed
+    in float32."""
+    if _uses_bf16(amp, device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
@@ -406,7 +412,7 @@ def train(cfg: TrainConfig) -> dict:
         "epochs": len(history),
         "best_val_loss": best_val,
         "device": device_name(device),
-        "bf16_autocast": not isinstance(_autocast(cfg.amp, device), nullcontext),
+        "bf16_autocast": _uses_bf16(cfg.amp, device),
     }
     if main and best_path.exists():
         model.load_state_dict(load_checkpoint(best_path)["model"])
