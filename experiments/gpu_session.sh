@@ -2,8 +2,8 @@
 # Issue 7's GPU measurements in one device call (prepare with experiments/gpu_kit.sh first):
 #   1. install the carried wheels, build the EAD kernel, build the four stores it needs with
 #      the three set-1 label sets (all cores);
-#   2. the time per pre-training epoch of the paper-size model (hidden 128, 8 layers, batch 8,
-#      bf16 autocast) on mp20_subset, one run alone on the GPU, with the GPU named;
+#   2. the time per pre-training epoch of the plan's model (gpu_quick: the paper's size, hidden
+#      128, 8 layers, batch 8, bf16 autocast) on mp20_subset, one run alone on the GPU;
 #   3. the paper-size experiment (experiments/gpu_quick.yaml) until the time budget runs out:
 #      the sweep is seed-major, so whatever finishes is complete paired comparisons;
 #   4. results (no checkpoints) packed into $OUT/gpu-runs.tgz, unpacked here with
@@ -59,13 +59,15 @@ log "building stores in $FP_DATA/stores"
     -d wacsfset1 -d gmpset1 -d eadset1 --jobs -1 >>"$LOG" 2>&1 || { log "store build failed"; exit 3; }
 log "stores built"
 
-# 2. one pre-training run alone: seconds per epoch of the paper-size model
+# 2. one pre-training run alone: seconds per epoch of the plan's model and pre-training settings
+"$PY" -c "import sys, yaml; from trainer.sweep import load_plan; p = load_plan(sys.argv[1]);
+yaml.safe_dump({**p['model'], **p['pretrain']['config']}, open(sys.argv[2], 'w'))" \
+    "$PLAN" /tmp/epoch-timing.yaml || { log "cannot read $PLAN"; exit 4; }
 # shellcheck disable=SC2086
-"$PY" -m trainer.cli pretrain --store "$FP_DATA/stores/mp20_subset.lmdb" -d eadset1 \
-    --run-dir /tmp/epoch-timing --epochs 3 --batch-size 8 --lr 1e-4 --hidden-channels 128 \
-    --num-layers 8 --num-rbf 50 --num-heads 8 --head-channels 128 --max-neighbors 32 \
-    --cutoff 8.0 --num-workers 4 --no-resume --no-progress ${EPOCH_TIMING_ARGS:-} \
-    >>"$LOG" 2>&1 || log "epoch timing run failed"
+"$PY" -m trainer.cli pretrain --config /tmp/epoch-timing.yaml \
+    --store "$FP_DATA/stores/mp20_subset.lmdb" -d eadset1 --run-dir /tmp/epoch-timing \
+    --epochs 3 --no-resume --no-progress ${EPOCH_TIMING_ARGS:-} >>"$LOG" 2>&1 ||
+    log "epoch timing run failed"
 cp /tmp/epoch-timing/metrics.csv "$OUT/pretrain_epoch_timing.csv" 2>/dev/null &&
     log "epoch timing: $(cut -d, -f1,6,7 /tmp/epoch-timing/metrics.csv | tr '\n' ' ')"
 
