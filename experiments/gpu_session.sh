@@ -2,8 +2,9 @@
 # Issue 7's GPU measurements in one device call (prepare with experiments/gpu_kit.sh first):
 #   1. install the carried wheels, build the EAD kernel, build the four stores it needs with
 #      the three set-1 label sets (all cores);
-#   2. the time per pre-training epoch of the plan's model (gpu_quick: the paper's size, hidden
-#      128, 8 layers, batch 8, bf16 autocast) on mp20_subset, one run alone on the GPU;
+#   2. the time per pre-training epoch of the plan's last pre-training run (gpu_quick: the
+#      paper's size, hidden 128, 8 layers, batch 8, bf16 autocast, eadset1 on mp20_subset),
+#      3 epochs, one run alone on the GPU;
 #   3. the paper-size experiment (experiments/gpu_quick.yaml) until the time budget runs out:
 #      the sweep is seed-major, so whatever finishes is complete paired comparisons;
 #   4. results (no checkpoints) packed into $OUT/gpu-runs.tgz, unpacked here with
@@ -59,13 +60,14 @@ log "building stores in $FP_DATA/stores"
     -d wacsfset1 -d gmpset1 -d eadset1 --jobs -1 >>"$LOG" 2>&1 || { log "store build failed"; exit 3; }
 log "stores built"
 
-# 2. one pre-training run alone: seconds per epoch of the plan's model and pre-training settings
-"$PY" -c "import sys, yaml; from trainer.sweep import load_plan; p = load_plan(sys.argv[1]);
-yaml.safe_dump({**p['model'], **p['pretrain']['config']}, open(sys.argv[2], 'w'))" \
-    "$PLAN" /tmp/epoch-timing.yaml || { log "cannot read $PLAN"; exit 4; }
+# 2. one pre-training run alone: seconds per epoch of the plan's model, pre-training settings,
+#    store and (last) label set, all read from the plan
+"$PY" -c "import sys, yaml; from trainer.sweep import load_plan, expand_plan
+pre = [r for r in expand_plan(load_plan(sys.argv[1]), '/tmp/unused') if r.mode == 'pretrain']
+yaml.safe_dump(pre[-1].config, open(sys.argv[2], 'w'))" \
+    "$PLAN" /tmp/epoch-timing.yaml || { log "cannot read a pre-training run from $PLAN"; exit 4; }
 # shellcheck disable=SC2086
-"$PY" -m trainer.cli pretrain --config /tmp/epoch-timing.yaml \
-    --store "$FP_DATA/stores/mp20_subset.lmdb" -d eadset1 --run-dir /tmp/epoch-timing \
+"$PY" -m trainer.cli pretrain --config /tmp/epoch-timing.yaml --run-dir /tmp/epoch-timing \
     --epochs 3 --no-resume --no-progress ${EPOCH_TIMING_ARGS:-} >>"$LOG" 2>&1 ||
     log "epoch timing run failed"
 cp /tmp/epoch-timing/metrics.csv "$OUT/pretrain_epoch_timing.csv" 2>/dev/null &&
