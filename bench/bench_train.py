@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -37,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from trainer.data import StoreDataset, collate  # noqa: E402
 from trainer.model import ETConfig, GraphRegressor, load_torchmd_net_weights  # noqa: E402
-from trainer.train import EpochSampler, _autocast  # noqa: E402
+from trainer.train import EpochSampler, _autocast, device_name  # noqa: E402
 
 
 def clusters(n: int, cutoff: float, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -266,7 +264,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=9)
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_name()
+    name = device_name(device)  # the same words as the runs' reports
     paper = ETConfig()  # hidden 128, 8 layers, 50 RBF, 8 heads, cutoff 8
     parity = ETConfig(cutoff_upper=5.0, self_loops=True)  # torchmd-net parity (minimum image)
     res = {
@@ -315,22 +313,11 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def markdown(r: dict) -> str:
     lines = [
         "# Trainer benchmarks",
         "",
-        f"{r['date']}, {r['device']}, torch {r['torch']} ({r['threads']} threads). "
-        "`python bench/bench_train.py`.",
+        f"{r['date']}, {r['device']}, torch {r['torch']}. `python bench/bench_train.py`.",
         "",
         "## Training step: ours vs torchmd-net's TorchMD_ET",
         "",
