@@ -358,6 +358,7 @@ def _setup(plan: dict, runs_dir: Path, target: Path) -> list[str]:
 
 def _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     made = []
     colours = {None: "0.4"}
@@ -372,6 +373,7 @@ def _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info) -> list[
     if multi:
         fig, axes = plt.subplots(1, len(multi), figsize=(4 * len(multi), 3.4), squeeze=False)
         for ax, task in zip(axes[0], multi):
+            tick_sizes: set[int] = set()
             for k, init in enumerate(inits):
                 pts, counts = defaultdict(list), defaultdict(list)
                 for r in rows:
@@ -383,6 +385,7 @@ def _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info) -> list[
                 # x = training structures actually used (the full split's size from its saved
                 # split file)
                 xs = sorted(pts, key=lambda n: np.mean(counts[n]))
+                tick_sizes.update(round(np.mean(counts[n])) for n in xs)
                 dodge = 1 + 0.015 * (k - (len(inits) - 1) / 2)  # keep error bars apart
                 x = [np.mean(counts[n]) * dodge for n in xs]
                 y = [np.mean(pts[n]) for n in xs]
@@ -397,6 +400,11 @@ def _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info) -> list[
                     label=init or "from scratch",
                 )
             ax.set_xscale("log")
+            # label the sizes actually run, not matplotlib's minor decades (they overlap
+            # when a task spans less than one decade)
+            ax.xaxis.set_major_locator(FixedLocator(_thin_ticks(tick_sizes)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("training structures")
             ax.set_ylabel(f"test MAE {task_info.get(task, {}).get('unit', '')}")
             ax.set_title(task)
@@ -509,6 +517,16 @@ def _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info) -> list[
     if tsne and pre_dirs and task_info:
         made += _tsne(runs_dir, out, task_info, pre_dirs)
     return made
+
+
+def _thin_ticks(sizes: set[int], min_ratio: float = 1.3) -> list[int]:
+    """Tick positions for a log axis: the given sizes, ascending, dropping any closer than a
+    factor ``min_ratio`` to the previous kept one (their labels would overlap)."""
+    kept: list[int] = []
+    for v in sorted(sizes):
+        if v > 0 and (not kept or v >= kept[-1] * min_ratio):
+            kept.append(v)
+    return kept
 
 
 def _metrics(path: Path) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.builder.helpers import MP_SAMPLE, build
-from trainer.report import improvement, write_report
+from trainer.report import _thin_ticks, improvement, write_report
 from trainer.sweep import expand_plan, run_sweep
 
 MODEL = {
@@ -253,3 +253,10 @@ def test_paired_p_value_against_the_closed_form():
     ]
     table = summary_table(rows, None, ["t"], [None, "eadset1"], {})
     assert f"better on 3/3, p={expected:.2g})" in table[3]
+
+
+def test_log_axis_ticks_are_the_run_sizes_without_crowding():
+    # 250 and 258 sit 3 % apart on a log axis: their labels would overlap, keep the first
+    assert _thin_ticks({1000, 250, 258, 3300}) == [250, 1000, 3300]
+    assert _thin_ticks({100}) == [100]
+    assert _thin_ticks({0, 100, 129, 130}) == [100, 130]
