@@ -1,0 +1,53 @@
+"""Build the pre-training store of the perovskite follow-up (experiments/perov_mix.yaml).
+
+Question: does fine-tuning on the Castelli perovskites go wrong (negative transfer at 1,000
+training structures, `docs/results.md`) because the pre-training set holds no perovskites?
+This store is the 2,485 MP structures of ``mp20_subset`` plus 2,485 perovskites drawn at random
+(numpy seed 0) from ``perov_5.csv.gz``, EAD set 1 labels only. The perovskites are also in the
+fine-tuning store, as the MP stand-ins' structures are: pre-training sees their descriptor
+labels, never the heat of formation.
+
+Usage: python experiments/perov_mix_store.py [--data ../shared/datasets] [--out STORE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def main() -> None:
+    stores = Path(os.environ.get("FP_DATA", Path.home() / ".cache/fingerprint-pretrain")) / "stores"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/datasets", help="folder of the CSV files")
+    parser.add_argument("--out", default=str(stores / "mp20_perov5mix.lmdb"))
+    args = parser.parse_args()
+    mp = pd.read_csv(Path(args.data) / "mp_20_subset.csv.gz")
+    perov = pd.read_csv(Path(args.data) / "perov_5.csv.gz")
+    pick = perov.iloc[np.sort(np.random.default_rng(0).choice(len(perov), len(mp), replace=False))]
+    mixed = pd.concat(
+        [
+            mp[["material_id", "cif"]],
+            pd.DataFrame(
+                {"material_id": "castelli-" + pick["castelli_id"].astype(str), "cif": pick["cif"]}
+            ),
+        ]
+    )
+    csv = Path(args.out).with_suffix(".csv.gz")
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    mixed.to_csv(csv, index=False)
+    print(f"{len(mp)} MP + {len(pick)} perovskites -> {csv}")
+    fp_build = Path(sys.executable).with_name("fp-build")
+    cmd = [str(fp_build), "build", str(csv), "-o", args.out, "-d", "eadset1", "-j", "2"]
+    print(" ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()
