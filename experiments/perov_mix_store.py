@@ -44,7 +44,7 @@ def main() -> None:
     mixed.to_csv(csv, index=False)
     print(f"{len(mp)} MP + {len(pick)} perovskites -> {csv}")
     fp_build = Path(sys.executable).with_name("fp-build")
-    cmd = [str(fp_build), "build", str(csv), "-o", args.out, "-d", "eadset1", "-j", "2"]
+    cmd = [str(fp_build), "build", str(csv), "-o", args.out, "-d", "eadset1"]
     print(" ".join(cmd))
     subprocess.run(cmd, check=True)
 
