@@ -13,17 +13,18 @@ Usage: python experiments/perov_mix_store.py [--data ../shared/datasets] [--out 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from builder.cli import main as fp_build
+from builder.datasets.download import data_home
+
 
 def main() -> None:
-    stores = Path(os.environ.get("FP_DATA", Path.home() / ".cache/fingerprint-pretrain")) / "stores"
+    stores = data_home() / "stores"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/datasets", help="folder of the CSV files")
     parser.add_argument("--out", default=str(stores / "mp20_perov5mix.lmdb"))
@@ -43,10 +44,10 @@ def main() -> None:
     csv.parent.mkdir(parents=True, exist_ok=True)
     mixed.to_csv(csv, index=False)
     print(f"{len(mp)} MP + {len(pick)} perovskites -> {csv}")
-    fp_build = Path(sys.executable).with_name("fp-build")
-    cmd = [str(fp_build), "build", str(csv), "-o", args.out, "-d", "eadset1"]
-    print(" ".join(cmd))
-    subprocess.run(cmd, check=True)
+    argv = ["build", str(csv), "-o", args.out, "-d", "eadset1"]
+    print("fp-build " + " ".join(argv))
+    if rc := fp_build(argv):
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

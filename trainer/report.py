@@ -384,10 +384,11 @@ def _figures(rows, runs_dir, out, tasks, inits, sizes, tsne, task_info) -> list[
                     continue
                 # x = training structures actually used (the full split's size from its saved
                 # split file)
-                xs = sorted(pts, key=lambda n: np.mean(counts[n]))
-                tick_sizes.update(round(np.mean(counts[n])) for n in xs)
+                size = {n: np.mean(c) for n, c in counts.items()}
+                xs = sorted(pts, key=size.get)
+                tick_sizes.update(round(size[n]) for n in xs)
                 dodge = 1 + 0.015 * (k - (len(inits) - 1) / 2)  # keep error bars apart
-                x = [np.mean(counts[n]) * dodge for n in xs]
+                x = [size[n] * dodge for n in xs]
                 y = [np.mean(pts[n]) for n in xs]
                 e = [np.std(pts[n]) for n in xs]
                 ax.errorbar(
