@@ -8,7 +8,8 @@ it again: it continues where it stopped.
 
 Plan keys (see ``experiments/*.yaml``)::
 
-    runs_dir: runs/paper-cpu              # default for --runs-dir
+    extends: cpu_small.yaml               # optional: a follow-up of that plan (see load_plan)
+    runs_dir: runs/paper-cpu              # default for --runs-dir (never inherited)
     model: {hidden_channels: 64, ...}     # TrainConfig keys shared by every run
     pretrain:
       store: ${FP_DATA}/stores/mp20_subset.lmdb
@@ -75,12 +76,60 @@ def _expand(path: str) -> str:
     return os.path.expandvars(os.path.expanduser(path))
 
 
-def load_plan(path: str | Path) -> dict:
+def _merged(base: dict, over: dict) -> dict:
+    """``over`` laid on ``base``: mappings merge key by key (recursively), lists and scalars
+    replace what the base holds, ``null`` removes the key."""
+    out = dict(base)
+    for key, value in over.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_plan(path: Path, chain: tuple[Path, ...]) -> dict:
     import yaml
 
-    with open(path) as fh:
-        plan = yaml.safe_load(fh)
-    if not isinstance(plan, dict) or "finetune" not in plan:
+    try:
+        with open(path) as fh:
+            plan = yaml.safe_load(fh)
+    except FileNotFoundError:
+        where = f" (extended by {chain[-1]})" if chain else ""
+        raise FileNotFoundError(f"sweep plan {path} not found{where}") from None
+    if plan is None:
+        plan = {}
+    if not isinstance(plan, dict):
+        raise ValueError(f"{path}: a sweep plan is a YAML mapping, not {type(plan).__name__}")
+    parent = plan.pop("extends", None)
+    if parent is None:
+        return plan
+    if not isinstance(parent, str):
+        raise ValueError(f"{path}: 'extends' names one plan file, got {parent!r}")
+    base_path = (path.parent / os.path.expanduser(parent)).resolve()
+    if base_path in (*chain, path.resolve()):
+        cycle = " -> ".join(str(p) for p in (*chain, path.resolve(), base_path))
+        raise ValueError(f"{path}: 'extends' goes round in a circle: {cycle}")
+    base = _read_plan(base_path, (*chain, path.resolve()))
+    # a follow-up never inherits where its base writes its runs
+    base.pop("runs_dir", None)
+    return _merged(base, plan)
+
+
+def load_plan(path: str | Path) -> dict:
+    """The plan in ``path``, with any ``extends: BASE.yaml`` chain resolved.
+
+    ``extends`` (a path relative to the plan's folder) makes the plan a follow-up of another:
+    the base's sections are taken over, the follow-up's laid on them (mappings merge key by key,
+    lists and scalars replace, ``null`` removes), except ``runs_dir``, which is never
+    inherited. The result holds no ``extends`` key, so what a sweep saves as ``plan.yaml`` is
+    self-contained.
+    """
+    path = Path(path)
+    plan = _read_plan(path, ())
+    if "finetune" not in plan:
         raise ValueError(f"{path}: a sweep plan needs at least a 'finetune' section")
     return plan
 

@@ -221,6 +221,64 @@ def test_report_as_a_markdown_file_with_a_figure_folder(swept, tmp_path):
     assert "## Notes\n\nPre-training helped on 2 of 2 seeds." in text
 
 
+def test_follow_up_plan_extends_its_base(tmp_path):
+    """A plan with ``extends`` takes its base's sections and lays its own on them: mappings
+    merge key by key, lists and scalars replace, null removes; runs_dir is never inherited."""
+    from trainer.sweep import load_plan
+
+    base = {
+        "runs_dir": "runs/base",
+        "model": {"hidden_channels": 64, "num_layers": 4, "lr": 3e-4},
+        "pretrain": {
+            "store": "a.lmdb",
+            "labels": ["wacsfset1", "eadset1"],
+            "config": {"epochs": 30},
+        },
+        "finetune": {"seeds": [111, 222], "inits": ["none", "eadset1"], "tasks": [{"name": "x"}]},
+    }
+    (tmp_path / "plans").mkdir()
+    (tmp_path / "plans" / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "plans" / "sub").mkdir()
+    follow = {
+        "extends": "../base.yaml",  # relative to the follow-up's own folder
+        "runs_dir": "runs/follow",
+        "model": {"lr": 1e-3, "num_layers": None},
+        "pretrain": {"store": "b.lmdb", "labels": ["eadset1"]},
+        "finetune": {"tasks": [{"name": "y"}]},
+    }
+    (tmp_path / "plans" / "sub" / "follow.yaml").write_text(yaml.safe_dump(follow))
+    plan = load_plan(tmp_path / "plans" / "sub" / "follow.yaml")
+    assert plan == {
+        "runs_dir": "runs/follow",
+        "model": {"hidden_channels": 64, "lr": 1e-3},
+        "pretrain": {"store": "b.lmdb", "labels": ["eadset1"], "config": {"epochs": 30}},
+        "finetune": {"seeds": [111, 222], "inits": ["none", "eadset1"], "tasks": [{"name": "y"}]},
+    }
+    # a follow-up that names no runs_dir gets none (not its base's folder)
+    del follow["runs_dir"]
+    (tmp_path / "plans" / "sub" / "follow.yaml").write_text(yaml.safe_dump(follow))
+    assert "runs_dir" not in load_plan(tmp_path / "plans" / "sub" / "follow.yaml")
+
+
+def test_extends_errors_name_the_files(tmp_path):
+    from trainer.sweep import load_plan
+
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nfinetune: {tasks: []}\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="circle") as err:
+        load_plan(tmp_path / "a.yaml")
+    assert "a.yaml" in str(err.value) and "b.yaml" in str(err.value)
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\nfinetune: {tasks: []}\n")
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml.*extended by .*c\.yaml"):
+        load_plan(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: [a.yaml, b.yaml]\nfinetune: {tasks: []}\n")
+    with pytest.raises(ValueError, match="one plan file"):
+        load_plan(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("- a list\n")
+    with pytest.raises(ValueError, match="e.yaml.*mapping"):
+        load_plan(tmp_path / "e.yaml")
+
+
 @pytest.mark.parametrize(
     "plan_file", sorted(p.name for p in (Path(__file__).parents[2] / "experiments").glob("*.yaml"))
 )
