@@ -3,9 +3,11 @@
 Question: does fine-tuning on the Castelli perovskites go wrong (negative transfer at 1,000
 training structures, `docs/results.md`) because the pre-training set holds no perovskites?
 This store is the 2,485 MP structures of ``mp20_subset`` plus 2,485 perovskites drawn at random
-(numpy seed 0) from ``perov_5.csv.gz``, EAD set 1 labels only. The perovskites are also in the
-fine-tuning store, as the MP stand-ins' structures are: pre-training sees their descriptor
-labels, never the heat of formation.
+(numpy seed 0) from ``perov_5.csv.gz``, with EAD, GMP and wACSF set 1 labels. The perovskites are
+also in the fine-tuning store, as the MP stand-ins' structures are: pre-training sees their
+descriptor labels, never the heat of formation. (The first runs used a store built with EAD
+only and had GMP and wACSF added by ``fp-build add``; this script's store has the same content
+hash.)
 
 Usage: python experiments/perov_mix_store.py [--data ../shared/datasets] [--out STORE]
 """
@@ -21,6 +23,8 @@ import pandas as pd
 
 from builder.cli import main as fp_build
 from builder.datasets.download import data_home
+
+LABELS = ("eadset1", "gmpset1", "wacsfset1")
 
 
 def main() -> None:
@@ -44,7 +48,8 @@ def main() -> None:
     csv.parent.mkdir(parents=True, exist_ok=True)
     mixed.to_csv(csv, index=False)
     print(f"{len(mp)} MP + {len(pick)} perovskites -> {csv}")
-    argv = ["build", str(csv), "-o", args.out, "-d", "eadset1"]
+    argv = ["build", str(csv), "-o", args.out]
+    argv += [arg for label in LABELS for arg in ("-d", label)]
     print("fp-build " + " ".join(argv))
     if rc := fp_build(argv):
         sys.exit(rc)

@@ -181,8 +181,9 @@ def _ablation_table(rows: list[dict], runs_dir: Path) -> list[str]:
     lines = [
         "## Epoch ablation: test MAE against pre-training epochs",
         "",
-        "0 epochs = from scratch; the last column is the best pre-training checkpoint (lowest "
-        "validation loss), at the epoch it was saved. Same seeds in every cell.",
+        "0 epochs = from scratch; a label set's best pre-training checkpoint (lowest "
+        "validation loss, the one fine-tuned in the tables above) is in the column of the epoch "
+        "it was saved, marked *best*; – = no run. Same seeds in every cell.",
         "",
     ]
     for (task, n), table in points.items():
@@ -194,11 +195,13 @@ def _ablation_table(rows: list[dict], runs_dir: Path) -> list[str]:
             "|" + "---|" * (len(epochs) + 1),
         ]
         for init, by_epoch in sorted(table.items()):
+            best = best_pretrain_epoch(runs_dir / "pretrain" / init)
             cells = []
             for e in epochs:
                 if e in by_epoch:
                     mean, std, count = _stats(by_epoch[e])
-                    cells.append(f"{mean:.4g} ± {std:.2g} ({count})")
+                    mark = ", *best*" if e == best else ""
+                    cells.append(f"{mean:.4g} ± {std:.2g} ({count}{mark})")
                 else:
                     cells.append("–")
             lines.append(f"| {init} | " + " | ".join(cells) + " |")
@@ -340,6 +343,7 @@ def _setup(plan: dict, runs_dir: Path, target: Path) -> list[str]:
             + f"; seeds {ft.get('seeds')}.",
             "",
         ]
+        overrides = []
         for task in ft.get("tasks", []):
             own = {k: task[k] for k in ("seeds", "inits", "pretrain_epochs") if k in task}
             own.update(task.get("config", {}))
@@ -347,12 +351,13 @@ def _setup(plan: dict, runs_dir: Path, target: Path) -> list[str]:
                 sizes = ", ".join(
                     "all" if n is None else str(n) for n in task.get("train_sizes", [None])
                 )
-                lines += [
+                overrides.append(
                     f"- {task['name']} (training sizes {sizes}): "
                     + ", ".join(f"{k} {v}" for k, v in own.items())
-                    + ".",
-                ]
-        lines += [""]
+                    + "."
+                )
+        if overrides:
+            lines += [*overrides, ""]
     return lines
 
 

@@ -115,7 +115,9 @@ def _read_plan(path: Path, chain: tuple[Path, ...]) -> dict:
     base = _read_plan(base_path, (*chain, path.resolve()))
     # a follow-up never inherits where its base writes its runs
     base.pop("runs_dir", None)
-    return _merged(base, plan)
+    merged = _merged(base, plan)
+    # runs_dir first, as a plan is written
+    return {"runs_dir": merged.pop("runs_dir")} | merged if "runs_dir" in merged else merged
 
 
 def load_plan(path: str | Path) -> dict:

@@ -168,7 +168,8 @@ def test_epoch_ablation_is_paired_with_baseline_and_best_checkpoint(swept):
         expected[best] = [mae("wacsfset1", s) for s in (111, 222)]
     for e, cell in zip(epochs, cells):
         values = expected[e]
-        assert cell == f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g} (2)", e
+        mark = ", *best*" if e == best else ""
+        assert cell == f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g} (2{mark})", e
 
 
 def test_pretraining_table_times_and_device(swept):
