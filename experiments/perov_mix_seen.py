@@ -81,7 +81,7 @@ def main() -> None:
                 cells += [
                     f"{np.mean(p):.4f}",
                     f"{change:+.1f} %",
-                    f"{wins}/5",
+                    f"{wins}/{len(SEEDS)}",
                     f"{paired_p(b, p):.3f}",
                 ]
             print(f"| {what} | {label} | " + " | ".join(cells) + " |")
