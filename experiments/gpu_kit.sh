@@ -40,3 +40,14 @@ cp "$MIRROR"/*.gz "$KIT/datasets/"
 grep -qx '/.devkit/' .gitignore || echo '/.devkit/' >> .gitignore
 du -sh "$KIT/whl" "$KIT/datasets"
 ls "$KIT/whl"
+# what travels to the device: tracked and untracked-not-ignored files, plus the carried kit;
+# the device tool refuses more than 64 MiB
+tree_bytes=$({ git ls-files -z --cached --others --exclude-standard \
+    | xargs -0 stat -c %s 2>/dev/null || true; } | awk '{s += $1} END {print s + 0}')
+kit_bytes=$(du -sb "$KIT" | cut -f1)
+total_mib=$(( (tree_bytes + kit_bytes) / 1048576 ))
+echo "upload: working tree $(( tree_bytes / 1048576 )) MiB + kit $(( kit_bytes / 1048576 )) MiB = ${total_mib} MiB of 64"
+if (( tree_bytes + kit_bytes > 64 * 1048576 )); then
+    echo "too large for the device machine: git-ignore bulky run files (checkpoints) first" >&2
+    exit 1
+fi
