@@ -13,27 +13,19 @@ Usage: python experiments/c2db_mix_store.py [--data ../shared/datasets] [--out S
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
-
-from builder.cli import main as fp_build
-from builder.datasets.download import data_home
+from mix_store import build, parse_args
 
 LABELS = ("gmpset1",)
 COUNT = 2485  # as many as mp20_subset holds
 
 
 def main() -> None:
-    stores = data_home() / "stores"
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/datasets", help="folder of the raw files")
-    parser.add_argument("--out", default=str(stores / "mp20_c2dbmix.lmdb"))
-    args = parser.parse_args()
+    args = parse_args(__doc__, "mp20_c2dbmix.lmdb")
     with gzip.open(Path(args.data) / "mdl_c2db_workfunction.json.gz", "rt") as fh:
         c2db = json.load(fh)
     pick = np.sort(np.random.default_rng(0).choice(len(c2db), COUNT, replace=False))
@@ -50,11 +42,7 @@ def main() -> None:
     part.parent.mkdir(parents=True, exist_ok=True)
     part.write_text(json.dumps(subset))
     print(f"{COUNT} of {len(c2db)} C2DB structures -> {part}")
-    argv = ["build", str(Path(args.data) / "mp_20_subset.csv.gz"), str(part), "-o", args.out]
-    argv += [arg for label in LABELS for arg in ("-d", label)]
-    print("fp-build " + " ".join(argv))
-    if rc := fp_build(argv):
-        sys.exit(rc)
+    build([Path(args.data) / "mp_20_subset.csv.gz", part], args.out, LABELS)
 
 
 if __name__ == "__main__":

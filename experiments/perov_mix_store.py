@@ -14,25 +14,17 @@ Usage: python experiments/perov_mix_store.py [--data ../shared/datasets] [--out 
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from builder.cli import main as fp_build
-from builder.datasets.download import data_home
+from mix_store import build, parse_args
 
 LABELS = ("eadset1", "gmpset1", "wacsfset1")
 
 
 def main() -> None:
-    stores = data_home() / "stores"
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/datasets", help="folder of the CSV files")
-    parser.add_argument("--out", default=str(stores / "mp20_perov5mix.lmdb"))
-    args = parser.parse_args()
+    args = parse_args(__doc__, "mp20_perov5mix.lmdb")
     mp = pd.read_csv(Path(args.data) / "mp_20_subset.csv.gz")
     perov = pd.read_csv(Path(args.data) / "perov_5.csv.gz")
     pick = perov.iloc[np.sort(np.random.default_rng(0).choice(len(perov), len(mp), replace=False))]
@@ -48,11 +40,7 @@ def main() -> None:
     csv.parent.mkdir(parents=True, exist_ok=True)
     mixed.to_csv(csv, index=False)
     print(f"{len(mp)} MP + {len(pick)} perovskites -> {csv}")
-    argv = ["build", str(csv), "-o", args.out]
-    argv += [arg for label in LABELS for arg in ("-d", label)]
-    print("fp-build " + " ".join(argv))
-    if rc := fp_build(argv):
-        sys.exit(rc)
+    build([csv], args.out, LABELS)
 
 
 if __name__ == "__main__":

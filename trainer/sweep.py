@@ -109,10 +109,11 @@ def _read_plan(path: Path, chain: tuple[Path, ...]) -> dict:
     if not isinstance(parent, str):
         raise ValueError(f"{path}: 'extends' names one plan file, got {parent!r}")
     base_path = (path.parent / os.path.expanduser(parent)).resolve()
-    if base_path in (*chain, path.resolve()):
-        cycle = " -> ".join(str(p) for p in (*chain, path.resolve(), base_path))
+    chain = (*chain, path.resolve())
+    if base_path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, base_path))
         raise ValueError(f"{path}: 'extends' goes round in a circle: {cycle}")
-    base = _read_plan(base_path, (*chain, path.resolve()))
+    base = _read_plan(base_path, chain)
     # a follow-up never inherits where its base writes its runs
     base.pop("runs_dir", None)
     merged = _merged(base, plan)
