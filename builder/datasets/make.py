@@ -528,17 +528,35 @@ def fetch_dataset(
 
 def make_datasets(opts: MakeOptions, only: list[str] | None = None) -> list[dict]:
     """Every registry dataset that can be had: one verified, split store each (stores shared
-    by several datasets built once). Missing datasets get a row saying how to get them."""
+    by several datasets built once). Missing datasets get a row saying how to get them.
+
+    Local stand-ins other than the one chosen are built too when their files are at hand
+    (e.g. ``mp20_subset`` beside ``mp2018_subset`` for ``mp_e_form``): experiments name the
+    stand-in they ran on, and a later, larger stand-in must not make an earlier one vanish."""
     rows, done = [], {}
+    fetcher = opts.fetcher()
     for name in only or list(DATASETS):
+        chosen = None
         try:
-            rows.append(fetch_dataset(name, opts, done=done))
+            row = fetch_dataset(name, opts, done=done)
+            chosen = row["source"]
+            rows.append(row)
         except NotAvailable:
             opts.log("  missing (how to get it: below)")
             rows.append({"dataset": name, "status": "missing", "how": how_to_get(get(name))})
         except (BuildError, InputError, StoreError) as err:
             opts.log(f"  FAILED: {err}")
             rows.append({"dataset": name, "status": "failed", "error": str(err)})
+        for source in get(name).sources:
+            if source.kind != "local" or source.name == chosen or source.store in done:
+                continue
+            if _local(source, fetcher) is None:
+                continue
+            try:
+                rows.append(fetch_dataset(name, opts, source.name, done=done))
+            except (BuildError, InputError, StoreError) as err:
+                opts.log(f"  FAILED: {err}")
+                rows.append({"dataset": name, "status": "failed", "error": str(err)})
     return rows
 
 

@@ -294,6 +294,124 @@ MP20 = Source(
     verified="sha256 and 2,485 rows checked here; a stand-in, not MatBench's data",
 )
 
+#: The pre-training stand-in: MPF.2021.2.8's materials that still exist in MP, current structures.
+MP_RELAXED_SUBSET = Source(
+    name="mpf-subset",
+    kind="local",
+    files=(
+        RemoteFile(
+            "mp_relaxed_mpf_subset.csv.gz",
+            sha256="517fec79770647dd741ba43f5896f6d0317a0720b9a76fd11d2dd4ceb4291be1",
+        ),
+    ),
+    fmt="csv-cif",
+    store="mp_relaxed_subset",
+    targets=(),
+    id_column="material_id",
+    subset=True,
+    count=46765,
+    note=(
+        "stand-in: 46,765 of MPF.2021.2.8's 62,783 materials (74.5 %; the rest are deprecated "
+        "in MP), each with MP's current structure (~v2025.02; for some a newer r2SCAN "
+        "relaxation, volumes 0.5-5 % smaller than the 2021 PBE frames); columns material_id, "
+        "mpf_split, nsites, formula, cif; CIFs from fxcoudert/topology_databases @ 41163fcf "
+        "(MP data, CC BY 4.0); no targets"
+    ),
+    verified=(
+        "sha256 and 46,765 rows checked here; ids are a subset of "
+        "mpf_2021_2_8_material_ids.csv (62,782 ids, usnistgov/jarvis_leaderboard)"
+    ),
+)
+_MP2018_FILE = RemoteFile(
+    "mp2018_targets_with_structures.csv.gz",
+    sha256="550ffe01ee914ac1d7b963f2fe2add78e1628a7b2992eebbea6ec78598d26f7c",
+)
+_MP2018_NOTE = (
+    "MEGNet's mp.2018.6.1 formation energies and PBE gaps (via usnistgov/jarvis_leaderboard) "
+    "and MatBench's mp_nostruct.csv (K_VRH, G_VRH) joined to MP's *current* structures "
+    "(fxcoudert/topology_databases @ 41163fcf): targets computed on the 2018 geometries sit "
+    "on slightly different structures (median |delta e_form| 0.013 eV/atom against mp_20)"
+)
+#: MP-2018 stand-ins for mp_e_form and mp_gap (51,149 of 132,752 / 106,113 structures).
+MP2018 = Source(
+    name="mp2018",
+    kind="local",
+    files=(_MP2018_FILE,),
+    fmt="csv-cif",
+    store="mp2018_subset",
+    targets=("e_form_megnet", "gap_pbe_megnet"),
+    units={"e_form_megnet": "eV/atom", "gap_pbe_megnet": "eV"},
+    id_column="material_id",
+    subset=True,
+    count=51149,
+    note=f"stand-in: 51,149 rows with both targets of 51,549 (the rest are rejected as missing "
+    f"a target); {_MP2018_NOTE}",
+    verified="sha256 and 51,549 rows checked here (51,149 with e_form_megnet and gap_pbe_megnet)",
+)
+#: The same file's elastic rows: stand-ins for log_gvrh / log_kvrh (6,298 of 10,987).
+MP2018_ELASTIC = Source(
+    name="mp2018-elastic",
+    kind="local",
+    files=(_MP2018_FILE,),
+    fmt="csv-cif",
+    store="mp2018_elastic_subset",
+    targets=("log10_G_VRH", "log10_K_VRH"),
+    units={"log10_G_VRH": "log10(GPa)", "log10_K_VRH": "log10(GPa)"},
+    id_column="material_id",
+    subset=True,
+    count=6298,
+    note=f"stand-in: the 6,298 rows with K_VRH and G_VRH (the other 45,251 rows are rejected as "
+    f"missing a target); {_MP2018_NOTE}",
+    verified="sha256 and 6,298 rows with both moduli checked here",
+)
+#: Petousis et al. (2017) via matminer 0.2.6: 1,056 of MatBench dielectric's 4,764.
+DIELECTRIC_2017 = Source(
+    name="dielectric2017",
+    kind="local",
+    files=(
+        RemoteFile(
+            "mp_dielectric_2017_subset.csv.gz",
+            sha256="ea151b52110acd254b8b2b6736415fa5ff038249070e1771d213d198fe23bb55",
+        ),
+    ),
+    fmt="csv-cif",
+    store="dielectric_subset",
+    targets=("n",),
+    units={"n": ""},
+    id_column="material_id",
+    subset=True,
+    count=1056,
+    note=(
+        "stand-in: 1,056 of MatBench dielectric's 4,764 (22 %): matminer 0.2.6's bundled "
+        "dielectric_constant.csv (Petousis et al., Sci. Data 4, 160134, 2017), POSCARs "
+        "converted to CIF; target n (refractive index)"
+    ),
+    verified="sha256 and 1,056 rows checked here; targets not compared with MatBench's",
+)
+#: QMOF in full, as CIFs: the authors' own copy (MatDeepLearn_dev CIFs + CT_pretrain targets).
+QMOF_CIF = Source(
+    name="qmof-cif",
+    kind="local",
+    files=(
+        RemoteFile(
+            "qmof_bandgap_cif.csv.gz",
+            sha256="70fa8b7c81d02a5ab3235fbf26613ee231d69384a75bcc9bda28b0e2dedcc442",
+        ),
+    ),
+    fmt="csv-cif",
+    store="qmof_cif",
+    targets=("band_gap",),
+    units={"band_gap": "eV"},
+    id_column="qmof_name",
+    count=13058,
+    note=(
+        "the paper's MOF task complete, 13,058 of 13,058 (17-150 atoms per cell): CIFs from "
+        "Fung-Lab/MatDeepLearn_dev @ b743581f (data/MOF/processed/raw_cif/) and PBE band gaps "
+        "from its branch CT_pretrain (data/MOF/targets.csv), matched by name; QMOF CC BY 4.0"
+    ),
+    verified="sha256 and 13,058 rows checked here; all names matched a target",
+)
+
 _JDFT2D_ALIAS = (
     ("mdl_jdft2d.json.gz", "db045360a90591b92eb5dc804cac5076df696c87192abacdcb71400e75c7f473"),
 )
@@ -414,6 +532,7 @@ DATASETS: dict[str, Dataset] = {
                     None,
                     git_blob="456b880b99644f43bdfdd800d90563ce47a74107",
                 ),
+                DIELECTRIC_2017,
             ),
         ),
         Dataset(
@@ -443,7 +562,9 @@ DATASETS: dict[str, Dataset] = {
                     None,
                     git_blob="8c5a235cf1ebb3792bc56684fe78c6c6dccbcdcc",
                 ),
+                MP2018_ELASTIC,
             ),
+            target={"mp2018-elastic": "log10_G_VRH"},
         ),
         Dataset(
             name="log_kvrh",
@@ -472,7 +593,9 @@ DATASETS: dict[str, Dataset] = {
                     None,
                     git_blob="29ac97edaf15e6ea5cd7e7ea39a8056bee870fb6",
                 ),
+                MP2018_ELASTIC,
             ),
+            target={"mp2018-elastic": "log10_K_VRH"},
         ),
         Dataset(
             name="perovskites",
@@ -523,9 +646,10 @@ DATASETS: dict[str, Dataset] = {
                     "gap pbe",
                     "eV",
                 ),
+                MP2018,
                 MP20,
             ),
-            target={"mp20": "band_gap"},
+            target={"mp2018": "gap_pbe_megnet", "mp20": "band_gap"},
         ),
         Dataset(
             name="mp_e_form",
@@ -546,9 +670,10 @@ DATASETS: dict[str, Dataset] = {
                     "e_form",
                     "eV/atom",
                 ),
+                MP2018,
                 MP20,
             ),
-            target={"mp20": "formation_energy_per_atom"},
+            target={"mp2018": "e_form_megnet", "mp20": "formation_energy_per_atom"},
         ),
         Dataset(
             name="c2db",
@@ -627,6 +752,7 @@ DATASETS: dict[str, Dataset] = {
                         "checked, so the count is the authors'"
                     ),
                 ),
+                QMOF_CIF,
             ),
         ),
         Dataset(
@@ -718,6 +844,7 @@ DATASETS: dict[str, Dataset] = {
                     ),
                     verified="not a fixed snapshot: nothing to verify against",
                 ),
+                MP_RELAXED_SUBSET,
                 MP20,
             ),
         ),

@@ -350,20 +350,85 @@ def test_missing_datasets_say_how_to_get_them(tmp_path):
 
 def test_offline_resolution_uses_the_local_copies():
     opts = MakeOptions(offline=True, from_dirs=[SHARED], log=lambda s: None)
-    got = {
-        n: resolve(DATASETS[n], opts).source.name
-        for n in DATASETS
-        if n not in ("qmof",) and n not in ("surface", "dielectric", "log_gvrh", "log_kvrh")
-    }
+    got = {n: resolve(DATASETS[n], opts).source.name for n in DATASETS if n != "surface"}
     assert got == {
         "jdft2d": "authors",
         "phonons": "authors",
         "c2db": "authors",
+        "qmof": "qmof-cif",
+        "dielectric": "dielectric2017",
+        "log_gvrh": "mp2018-elastic",
+        "log_kvrh": "mp2018-elastic",
         "perovskites": "perov5",
-        "mp_gap": "mp20",
-        "mp_e_form": "mp20",
-        "mp_relaxed": "mp20",
+        "mp_gap": "mp2018",
+        "mp_e_form": "mp2018",
+        "mp_relaxed": "mpf-subset",
     }
+    with pytest.raises(NotAvailable):
+        resolve(DATASETS["surface"], opts)
+
+
+def test_the_shared_stand_ins_are_registered_with_their_facts():
+    """Row counts and columns of the local stand-ins, read from the files themselves (not from
+    the registry), against what their registry entries say."""
+    import csv
+
+    csv.field_size_limit(1 << 30)
+    expected = {  # dataset -> (source, rows with every target of the source)
+        "mp_relaxed": ("mpf-subset", 46765),
+        "qmof": ("qmof-cif", 13058),
+        "mp_e_form": ("mp2018", 51149),
+        "log_kvrh": ("mp2018-elastic", 6298),
+        "dielectric": ("dielectric2017", 1056),
+    }
+    for name, (source_name, rows) in expected.items():
+        source = DATASETS[name].source(source_name)
+        assert source.subset == (name != "qmof") and source.count == rows
+        (spec,) = source.files
+        path = SHARED / spec.name
+        if not path.is_file():
+            pytest.skip(f"{path} not here")
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            have = 0
+            for row in reader:
+                assert row[source.id_column] and row["cif"].strip()
+                have += all(row[t] not in ("", None) for t in source.targets)
+        assert have == rows, name
+        target = DATASETS[name].target_of(source)
+        assert target is None if name == "mp_relaxed" else target in source.targets
+    assert DATASETS["log_gvrh"].target_of(DATASETS["log_gvrh"].source("mp2018-elastic")) == (
+        "log10_G_VRH"
+    )
+    assert DATASETS["mp_gap"].target_of(DATASETS["mp_gap"].source("mp2018")) == "gap_pbe_megnet"
+
+
+def test_make_datasets_also_builds_the_other_local_stand_ins(tmp_path, monkeypatch):
+    """A dataset with two local stand-ins: the preferred one is chosen, the other is built too
+    (experiments that ran on it keep their store)."""
+    first = _tiny_dataset(tmp_path, rows=6)
+    (tiny_source,) = first.sources
+    second = dataclasses.replace(tiny_source, name="tiny-b", store="tiny_perov_b", subset=True)
+    first_sub = dataclasses.replace(tiny_source, subset=True)
+    d = dataclasses.replace(first, sources=(first_sub, second))
+    monkeypatch.setitem(DATASETS, "tiny", d)
+    opts = MakeOptions(
+        out=tmp_path / "stores",
+        cache=tmp_path / "cache",
+        from_dirs=[tmp_path / "mirror"],
+        offline=True,
+        jobs=1,
+        descriptors=[],
+        progress=False,
+        log=lambda line: None,
+    )
+    rows = make_datasets(opts, only=["tiny"])
+    assert [(r["source"], r["status"]) for r in rows] == [("tiny", "built"), ("tiny-b", "built")]
+    for store in ("tiny_perov", "tiny_perov_b"):
+        assert len(open_store(opts.out / f"{store}.lmdb")) == 6
+    rows = make_datasets(opts, only=["tiny"])  # a re-run: both up to date
+    assert [r["status"] for r in rows] == ["up to date", "up to date"]
 
 
 def test_cli_lists_the_registry(tmp_path):
