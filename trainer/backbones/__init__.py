@@ -1,0 +1,66 @@
+"""Representation models ("backbones") on the store's periodic edges, by name.
+
+Every backbone has the call of :class:`trainer.model.EquivariantTransformer`:
+``model(z, edge_index, edge_vec) -> (x (N, H), vec (N, 3, H) or None)``, and a config
+dataclass with at least ``hidden_channels``, ``head_channels`` and ``cutoff_upper``, so it can
+stand in ``NodeRegressor`` / ``GraphRegressor`` as their ``representation``.
+
+==========  ======================================  =========================================
+name        model                                   reference it is tested against
+==========  ======================================  =========================================
+``et``      :class:`trainer.model.EquivariantTransformer`  torchmd-net's ``TorchMD_ET``
+``schnet``  :class:`SchNet` (invariant)             PyG's ``torch_geometric.nn.models.SchNet``
+``painn``   :class:`PaiNN` (equivariant)            term-by-term equations; SchNetPack's PaiNN
+==========  ======================================  =========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from torch import nn
+
+from trainer.backbones.painn import PaiNN, PaiNNConfig
+from trainer.backbones.schnet import SchNet, SchNetConfig
+from trainer.model import EquivariantTransformer, ETConfig
+
+__all__ = [
+    "BACKBONES",
+    "PaiNN",
+    "PaiNNConfig",
+    "SchNet",
+    "SchNetConfig",
+    "backbone_config",
+    "build_backbone",
+]
+
+# name -> (config dataclass, model class taking that config)
+BACKBONES: dict[str, tuple[type, type[nn.Module]]] = {
+    "et": (ETConfig, EquivariantTransformer),
+    "schnet": (SchNetConfig, SchNet),
+    "painn": (PaiNNConfig, PaiNN),
+}
+
+
+def backbone_config(name: str, **hyperparameters):
+    """The config dataclass of backbone ``name`` with the given fields set.
+
+    Raises:
+        ValueError: unknown name, or a field the backbone does not have (both listed).
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown model {name!r}: choose from {', '.join(BACKBONES)}")
+    config_cls = BACKBONES[name][0]
+    allowed = [f.name for f in fields(config_cls)]
+    unknown = sorted(set(hyperparameters) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"model {name!r} has no option(s) {', '.join(unknown)} (options: {', '.join(allowed)})"
+        )
+    return config_cls(**hyperparameters)
+
+
+def build_backbone(name: str, **hyperparameters) -> nn.Module:
+    """Backbone ``name`` built from keyword hyperparameters (its config's fields)."""
+    cfg = backbone_config(name, **hyperparameters)  # first: it names the choices on a bad name
+    return BACKBONES[name][1](cfg)
