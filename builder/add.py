@@ -6,6 +6,19 @@ after the last record is written: until then readers do not see it. Progress is 
 with every batch, so an interrupted ``add`` (``kill -9`` included) resumes where it stopped
 when run again. Adding a set already present is a no-op unless ``force`` (which first drops the
 set from the manifest, so old and new labels are never mixed).
+
+Safe alongside other users of the store:
+
+- one writer at a time: ``add`` holds the store's lock (:class:`builder.bookkeeping.StoreLock`)
+  for its whole run, so a second ``add`` (or a ``build --overwrite`` of the same store) is
+  refused at once, and the manifest's read-modify-write updates never lose a set;
+- readers that have the store open keep reading correct records: LMDB reuses the pages that a
+  commit frees only when no registered reader still sees them, and readers open stores without
+  registering (``lock=False``), so ``add`` itself keeps the snapshot it started from registered
+  for the whole run; no page any reader may be using is overwritten while it runs;
+- a set that cannot be computed for an element of the store (GMP: no model density for
+  Z ≥ 95) is refused before any work, naming the set, the elements and a record;
+- a full disk ends the run with one line; rerunning after freeing space resumes.
 """
 
 from __future__ import annotations
@@ -15,7 +28,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from builder.bookkeeping import (
+    PROGRESS_KEY,
+    StoreLock,
     add_progress_key,
     descriptor_entry,
     label_digest_prefix,
@@ -24,7 +41,15 @@ from builder.bookkeeping import (
     stats_key,
     unpack_stats,
 )
-from builder.build import BuildError, available_cores, progress_bar, run_parallel
+from builder.build import (
+    BuildError,
+    available_cores,
+    close_quietly,
+    disk_full_guard,
+    progress_bar,
+    run_parallel,
+    unsupported_elements,
+)
 from builder.labels import (
     CastError,
     LabelAccumulator,
@@ -33,6 +58,7 @@ from builder.labels import (
     neighbour_list_from_record,
 )
 from builder.lmdb_writer import LmdbWriter
+from builder.structure import element_label
 from schemas.lmdb_store import close_env, descriptor_key, graph_key
 from schemas.manifest import MANIFEST_NAME, combine_content_hash, read_manifest, write_json_atomic
 from schemas.record import decode_record
@@ -83,58 +109,131 @@ def add_descriptors(
     from builder.descriptors.registry import resolve
 
     store = Path(store)
-    manifest = read_manifest(store)
-    if manifest.get("backend") != "lmdb":
-        raise BuildError(
-            f"{store}: sets are added to LMDB stores; add them there and re-export to Zarr"
-        )
+    read_manifest(store)  # a finished store at all? (before creating a lock file in it)
+    if chunk_size < 1:
+        raise BuildError(f"chunk size must be ≥ 1 (got {chunk_size})")
     specs = resolve(names)
-    present = manifest.get("descriptors", {})
-    todo = [s.name for s in specs if force or s.name not in present]
-    skipped = [s.name for s in specs if s.name not in todo]
-    if progress and skipped:
-        print(f"already present (use --force to recompute): {', '.join(skipped)}")
-    if not todo:
-        return manifest
-    jobs = available_cores() if jobs in (-1, 0) else jobs
-    n = int(manifest["counts"]["records"])
-    n_atoms = int(manifest["counts"]["atoms"])
-    cutoff = float(manifest["cutoff"])
-
-    if force and any(name in present for name in todo):
-        manifest = _with_descriptors(manifest, {k: v for k, v in present.items() if k not in todo})
-        write_json_atomic(store / MANIFEST_NAME, manifest)
-
-    close_env(str(Path(store).resolve()))  # this process's read handle must not outlive writes
-    writer = LmdbWriter(store)
-    run = _Run(jobs, backend, scheduler, chunk_size, progress, stop_after_chunks)
-    try:
-        for name in todo:
-            labels = LabelConfig((name,), dtype, tuple(sorted((codec or {}).items())))
-            config = {"dtype": dtype, "codec": labels.codec_of(name)}
-            state = writer.read_json(add_progress_key(name))
-            if state is None or state["config"] != config or (force and state["done"] == n):
-                state = {"config": config, "done": 0, "stored_bytes": 0, "cast_error": {}}
-                writer.write(
-                    [(add_progress_key(name), json.dumps(state).encode()), (stats_key(name), None)]
-                )
-            if not _add_one(writer, name, labels, state, n, cutoff, run):
-                return manifest  # stopped early on purpose (tests)
-            entry = descriptor_entry(
-                name,
-                labels,
-                unpack_stats(writer.get(stats_key(name))),
-                CastError(**state["cast_error"]),
-                set_hash(writer, name, n),
-                state["stored_bytes"],
-                n_atoms,
+    with StoreLock(store, store, "add"), disk_full_guard(store):
+        manifest = read_manifest(store)  # under the lock: what a previous add left
+        if manifest.get("backend") != "lmdb":
+            raise BuildError(
+                f"{store}: sets are added to LMDB stores; add them there and re-export to Zarr"
             )
-            current = read_manifest(store)
-            manifest = _with_descriptors(current, {**current.get("descriptors", {}), name: entry})
-            write_json_atomic(store / MANIFEST_NAME, manifest)
-    finally:
+        present = manifest.get("descriptors", {})
+        todo = [s.name for s in specs if force or s.name not in present]
+        skipped = [s.name for s in specs if s.name not in todo]
+        if progress and skipped:
+            print(f"already present (use --force to recompute): {', '.join(skipped)}")
+        if not todo:
+            return manifest
+        close_env(str(store.resolve()))  # this process's read handle must not outlive writes
+        writer = LmdbWriter(store)
+        try:
+            # Registered for the whole run, this snapshot stops LMDB from reusing any page
+            # that readers (lock=False, so invisible to LMDB) may still be reading.
+            pin = writer.env.begin()
+            _check_elements(writer, store, todo, int(manifest["counts"]["records"]))
+            if force and any(name in present for name in todo):
+                kept = {k: v for k, v in present.items() if k not in todo}
+                manifest = _with_descriptors(manifest, kept)
+                write_json_atomic(store / MANIFEST_NAME, manifest)
+            run = _Run(
+                available_cores() if jobs in (-1, 0) else jobs,
+                backend,
+                scheduler,
+                chunk_size,
+                progress,
+                stop_after_chunks,
+            )
+            for name in todo:
+                labels = LabelConfig((name,), dtype, tuple(sorted((codec or {}).items())))
+                entry = _add_set(writer, store, manifest, name, labels, force, run)
+                if entry is None:
+                    break  # stopped early on purpose (tests)
+                current = read_manifest(store)
+                descriptors = {**current.get("descriptors", {}), name: entry}
+                manifest = _with_descriptors(current, descriptors)
+                write_json_atomic(store / MANIFEST_NAME, manifest)
+            pin.abort()
+        except BaseException:
+            close_quietly(writer)
+            raise
         writer.close()
     return manifest
+
+
+def _add_set(
+    writer: LmdbWriter,
+    store: Path,
+    manifest: dict,
+    name: str,
+    labels: LabelConfig,
+    force: bool,
+    run: _Run,
+) -> dict | None:
+    """Compute (or finish computing) one set. Returns its manifest entry, or None when
+    stopped early on purpose."""
+    n = int(manifest["counts"]["records"])
+    config = {"dtype": labels.dtype, "codec": labels.codec_of(name)}
+    state = writer.read_json(add_progress_key(name))
+    if state is None or state["config"] != config or (force and state["done"] == n):
+        state = {"config": config, "done": 0, "stored_bytes": 0, "cast_error": {}}
+        writer.write(
+            [(add_progress_key(name), json.dumps(state).encode()), (stats_key(name), None)]
+        )
+    if not _add_one(writer, name, labels, state, n, float(manifest["cutoff"]), run):
+        return None
+    return descriptor_entry(
+        name,
+        labels,
+        unpack_stats(writer.get(stats_key(name))),
+        CastError(**state["cast_error"]),
+        set_hash(writer, name, n),
+        state["stored_bytes"],
+        int(manifest["counts"]["atoms"]),
+    )
+
+
+def store_elements(writer: LmdbWriter, n: int) -> dict[int, tuple[int, int]]:
+    """Atomic number -> (records holding it, first such record) over the whole store: from the
+    build's bookkeeping when it has them, else by reading every graph record."""
+    progress = writer.read_json(PROGRESS_KEY) or {}
+    known = progress.get("elements")
+    if known is not None and progress.get("records") == n:
+        return {int(z): (int(c), int(f)) for z, (c, f) in known.items()}
+    out: dict[int, tuple[int, int]] = {}
+    for i in range(n):
+        for z in np.unique(decode_record(writer.get(graph_key(i)))["z"]).tolist():
+            count, first = out.get(z, (0, i))
+            out[z] = (count + 1, first)
+    return out
+
+
+def _check_elements(writer: LmdbWriter, store: Path, names: list[str], n: int) -> None:
+    """Refuse, before any work, sets that cannot be computed for an element of the store."""
+    if not any(_has_element_limits(name) for name in names):
+        return
+    elements = store_elements(writer, n)
+    missing = unsupported_elements(names, np.array(sorted(elements), dtype=np.int64))
+    if not missing:
+        return
+    name, numbers = next(iter(missing.items()))
+    records = sum(elements[z][0] for z in numbers)
+    first = min(elements[z][1] for z in numbers)
+    record_id = decode_record(writer.get(graph_key(first)))["id"]
+    also = f" (also {', '.join(list(missing)[1:])})" if len(missing) > 1 else ""
+    raise BuildError(
+        f"{store}: cannot add {name}{also}: no GMP density for element "
+        f"{', '.join(element_label(z) for z in numbers)}, present in {records} record(s) "
+        f"(e.g. record {first}, id {record_id}); rebuild the store without them, or add "
+        f"other sets"
+    )
+
+
+def _has_element_limits(name: str) -> bool:
+    from builder.descriptors.registry import get
+
+    return hasattr(get(name).module, "unsupported_elements")
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,21 @@
 Progress, per-record digests and sizes, per-set digests and running statistics are written in
 the same transaction as the records they describe, so they always agree with what is stored,
 whenever the process dies. They stay in the finished store (a few dozen bytes per record).
+
+:class:`StoreLock` keeps a second ``fp-build`` off a store (or partial store) that one is
+writing: two writers would interleave their transactions and their manifest updates.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
+import os
+import socket
+import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +32,120 @@ CONFIG_KEY = b"b/config"
 PROGRESS_KEY = b"b/progress"
 REJECTED_PREFIX = b"b/rejected/"
 RECORD_INFO_PREFIX = b"b/rec/"  # per record: 32-byte digest + n_atoms (u32) + n_edges (u32)
+
+
+LOCK_NAME = "fp-build.lock"
+
+
+class StoreBusyError(StoreError):
+    """Another fp-build process holds the store's lock (the message names it)."""
+
+
+class StoreLock:
+    """An exclusive, non-blocking ``flock`` on ``DIRECTORY/fp-build.lock``, held for a whole run.
+
+    The kernel drops the lock when its holder dies (``kill -9`` included), so a stale lock file
+    never blocks anyone; the file's content (holder's PID, host, command, start time) is only
+    there for the refusal message. The file is removed on release; a process that opened it just
+    before that and locked it just after notices the replacement (different inode) and retries.
+
+    Args:
+        directory: the store or partial-store directory (must exist).
+        store: the name shown in messages (e.g. the final store path while building its partial).
+        action: what the holder does, e.g. ``"build"`` or ``"add"``.
+
+    Raises:
+        StoreBusyError: (from :meth:`acquire`) the lock is held by another process.
+    """
+
+    def __init__(self, directory: str | os.PathLike, store: str | os.PathLike, action: str):
+        self.path = Path(directory) / LOCK_NAME
+        self.store = str(store)
+        self.action = action
+        self._fd: int | None = None
+
+    def acquire(self) -> StoreLock:
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no locking
+            return self
+        for _attempt in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise StoreBusyError(
+                    f"{self.store} is in use by another fp-build ({holder}); wait for it to "
+                    f"finish or stop it, then rerun this command"
+                ) from None
+            except OSError as err:  # a file system without flock (some network mounts)
+                os.close(fd)
+                warnings.warn(
+                    f"{self.path}: cannot lock ({err}); make sure no other fp-build writes "
+                    f"{self.store} at the same time",
+                    stacklevel=2,
+                )
+                return self
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                self._describe()
+                return self
+            os.close(fd)  # locked a file its previous holder had just removed: try again
+        raise StoreBusyError(f"{self.store}: could not take {self.path}; rerun this command")
+
+    def _describe(self) -> None:
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "action": self.action,
+            "command": " ".join(sys.argv),
+            "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, json.dumps(info).encode(), 0)
+        except OSError:  # e.g. disk full: the lock holds all the same
+            pass
+
+    def moved_to(self, directory: str | os.PathLike) -> None:
+        """The locked directory was renamed to ``directory`` (the lock stays held)."""
+        self.path = Path(directory) / LOCK_NAME
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # still locked here: nobody else can own it
+        except OSError:
+            pass
+        os.close(self._fd)  # closing drops the lock
+        self._fd = None
+
+    def __enter__(self) -> StoreLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock, from its file's content (best effort)."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        info = {}
+    if "pid" not in info:
+        return "holder unknown"
+    return (
+        f"fp-build {info.get('action', '?')}, PID {info['pid']} on {info.get('host', '?')}, "
+        f"since {info.get('since', '?')}"
+    )
 
 
 def label_digest_prefix(name: str) -> bytes:

@@ -14,24 +14,39 @@ Atomic and resumable:
   content hash as an uninterrupted build. A restart with different inputs or options is refused
   (the partial directory names what differs);
 - ``--jobs``, ``--backend`` and chunking do not change the content, so a resume may use others.
+
+Safe to misuse:
+
+- one writer at a time: the run holds a lock on ``STORE.partial/`` (and on ``STORE`` when
+  replacing it with ``--overwrite``); a second ``fp-build build`` or ``add`` on the same store is
+  refused at once, naming the holder's PID (:class:`builder.bookkeeping.StoreLock`);
+- worker processes watch the main process and exit when it dies (``kill -9`` included);
+- a full disk ends the run with one line (the partial store stays resumable), and a build that
+  keeps no structure at all is an error that says why.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import hashlib
 import io
 import itertools
 import json
+import math
 import os
 import shutil
 import struct
+import threading
+import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import lmdb
 import numpy as np
 
 import builder
@@ -40,6 +55,7 @@ from builder.bookkeeping import (
     PROGRESS_KEY,
     RECORD_INFO_PREFIX,
     REJECTED_PREFIX,
+    StoreLock,
     descriptor_entry,
     label_digest_prefix,
     pack_stats,
@@ -54,7 +70,7 @@ from builder.lmdb_writer import LmdbWriter
 from builder.provenance import environment
 from builder.readers import RawItem, open_input
 from builder.stats import FeatureStats
-from builder.structure import Rejected, to_arrays
+from builder.structure import Rejected, check_targets, element_label, to_arrays
 from schemas.lmdb_store import SIZES_KEY, close_env, descriptor_key, graph_key
 from schemas.manifest import (
     FORMAT_NAME,
@@ -117,24 +133,58 @@ class BuildOptions:
 # --------------------------------------------------------------------------------------------
 # Worker side
 # --------------------------------------------------------------------------------------------
+def unsupported_elements(names: Sequence[str], z: np.ndarray) -> dict[str, list[int]]:
+    """Label sets of ``names`` that cannot be computed for atomic numbers ``z``: set name ->
+    the atomic numbers it lacks (only GMP sets have such limits: no model density for Z ≥ 95)."""
+    if not names:
+        return {}
+    from builder.descriptors.registry import get
+
+    out = {}
+    for name in names:
+        spec = get(name)
+        check = getattr(spec.module, "unsupported_elements", None)
+        missing = check(z, **spec.params) if check is not None else []
+        if missing:
+            out[name] = missing
+    return out
+
+
+def _check_label_elements(names: Sequence[str], z: np.ndarray) -> None:
+    missing = unsupported_elements(names, z)
+    if missing:
+        name, numbers = next(iter(missing.items()))
+        raise Rejected(
+            f"no GMP density for element {', '.join(element_label(n) for n in numbers)} "
+            f"(label set {name})"
+        )
+
+
 def process_chunk(
-    items: list[RawItem], cutoff: float, allow_missing: bool, labels: LabelConfig
+    items: list[RawItem],
+    cutoff: float,
+    allow_missing: bool,
+    labels: LabelConfig,
+    target_names: Sequence[str] = (),
 ) -> tuple[list[tuple], dict[str, FeatureStats], dict[str, CastError]]:
     """Parse, check and encode a chunk of items (runs in a worker process).
 
     Returns:
         ``(results, stats, cast_errors)``: per item either ``("ok", graph_bytes, digest,
-        n_atoms, n_edges, {set: (blob, digest)})`` or ``("rejected", item (payload dropped),
-        reason)``; the chunk's per-set feature statistics and cast errors.
+        n_atoms, n_edges, {set: (blob, digest)}, elements)`` (``elements``: the record's
+        distinct atomic numbers) or ``("rejected", item (payload dropped), reason)``; the
+        chunk's per-set feature statistics and cast errors.
     """
     results: list[tuple] = []
     acc = LabelAccumulator(labels)
     for item in items:
         try:
+            check_targets(item.targets, target_names)
             structure = to_arrays(item.kind, item.payload)
             record, nl = graph_record(
                 item.record_id, structure, item.targets, cutoff, allow_missing
             )
+            _check_label_elements(labels.names, record["z"])
             values = compute_labels(
                 labels.names, record["z"], record["pos"], record["cell"], record["pbc"], nl
             )
@@ -154,9 +204,48 @@ def process_chunk(
                 len(record["z"]),
                 len(record["edge_dist"]),
                 acc.add(record["id"], values),
+                np.unique(record["z"]).tolist(),
             )
         )
     return (results, *acc.finish())
+
+
+_WATCHED_PARENT: int | None = None
+
+
+def watch_parent(main_pid: int, interval: float = 0.5) -> None:
+    """In a worker process started by ``main_pid``: exit as soon as that process is gone.
+
+    A worker whose parent dies (``kill -9`` of ``fp-build``) is re-parented, so a daemon thread
+    polls ``os.getppid()`` every ``interval`` seconds and ends the process when it changes.
+    Workers that are not direct children of ``main_pid`` (a remote Dask cluster) and the main
+    process itself (``--jobs 1``) are left alone. Idempotent per process.
+    """
+    global _WATCHED_PARENT
+    if _WATCHED_PARENT == main_pid or os.getppid() != main_pid:
+        return
+    _WATCHED_PARENT = main_pid
+
+    def watch() -> None:
+        while os.getppid() == main_pid:
+            time.sleep(interval)
+        os._exit(1)  # the main process died: nobody will collect this worker's results
+
+    threading.Thread(target=watch, name="fp-build-parent-watch", daemon=True).start()
+
+
+def _init_worker(main_pid: int) -> None:
+    """Initializer of the loky workers (always direct children of the main process): exit at
+    once if the main process died while this worker was starting, else watch it."""
+    if os.getppid() != main_pid:
+        os._exit(1)
+    watch_parent(main_pid)
+
+
+def _in_worker(main_pid: int, function, *task):
+    """Run one task in a worker, first making sure the worker dies with the main process."""
+    watch_parent(main_pid)
+    return function(*task)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,9 +317,15 @@ def run_parallel(
     try:
         # Stopping early (an error, --strict) cancels queued tasks; joblib warns about that.
         warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
-        with parallel_config(backend=backend, n_jobs=jobs):
+        main_pid = os.getpid()
+        # loky workers watch the main process from their start (a kill -9 of fp-build while
+        # they import must not leave them behind); Dask workers from their first task
+        worker_init = (
+            {"initializer": _init_worker, "initargs": (main_pid,)} if backend == "loky" else {}
+        )
+        with parallel_config(backend=backend, n_jobs=jobs, **worker_init):
             runner = Parallel(return_as="generator", pre_dispatch="2*n_jobs", batch_size=1)
-            yield from runner(delayed(function)(*task) for task in tasks)
+            yield from runner(delayed(_in_worker)(main_pid, function, *task) for task in tasks)
     finally:
         if client is not None:
             cluster = client.cluster
@@ -277,18 +372,51 @@ def build_store(opts: BuildOptions) -> dict:
     """Build (or resume building) the store ``opts.out``. Returns the manifest.
 
     Raises:
-        BuildError / InputError: with a one-line message for the command line.
+        BuildError / InputError: with a one-line message for the command line (including a
+            full disk, and a build in which every structure was rejected).
+        StoreBusyError: another fp-build is writing this store.
     """
     final = Path(opts.out)
     partial = final.with_name(final.name + ".partial")
     if final.exists() and not opts.overwrite:
         raise BuildError(f"{final} already exists; pass --overwrite to rebuild it")
-    if opts.cutoff <= 0:
-        raise BuildError(f"--cutoff must be > 0 (got {opts.cutoff})")
+    if not (math.isfinite(opts.cutoff) and opts.cutoff > 0):
+        raise BuildError(f"--cutoff must be a finite number > 0 (got {opts.cutoff})")
+    if opts.chunk_size < 1:
+        raise BuildError(f"--chunk-size must be ≥ 1 (got {opts.chunk_size})")
     if opts.descriptors:
         from builder.descriptors.registry import resolve
 
         opts.descriptors = [s.name for s in resolve(opts.descriptors)]
+    created = not partial.exists()
+    partial.mkdir(parents=True, exist_ok=True)
+    lock = StoreLock(partial, final, "build")
+    try:
+        lock.acquire()
+        with ExitStack() as old_lock:
+            if final.exists():  # checked again under the lock: another build may just have ended
+                if not opts.overwrite:
+                    raise BuildError(f"{final} already exists; pass --overwrite to rebuild it")
+                # an `add` on the store being replaced must not be running either
+                old = old_lock.enter_context(StoreLock(final, final, "build --overwrite"))
+            else:
+                old = None
+            with disk_full_guard(final, partial):
+                manifest = _build_locked(opts, partial)
+            if manifest is None:  # stopped early on purpose (tests)
+                return {}
+            _put_in_place(final, partial, old)
+            lock.moved_to(final)
+    finally:
+        lock.release()
+        if created and partial.is_dir() and not any(partial.iterdir()):
+            partial.rmdir()  # nothing was written (e.g. an input that does not exist)
+    return manifest
+
+
+def _build_locked(opts: BuildOptions, partial: Path) -> dict | None:
+    """The build proper, run under the partial store's lock. Returns the manifest, or None
+    when stopped early on purpose (``stop_after_chunks``)."""
     jobs = available_cores() if opts.jobs in (-1, 0) else opts.jobs
     opened, target_names = _open_inputs(opts)
     sources = [
@@ -317,23 +445,106 @@ def build_store(opts: BuildOptions) -> dict:
             "stored_bytes": {},
         }
         if not progress["complete"]:
-            progress = _write_records(opts, writer, opened, progress, jobs)
-            if progress is None:  # stopped early on purpose (tests)
-                return {}
+            progress = _write_records(opts, writer, opened, progress, jobs, target_names)
+            if progress is None:
+                writer.close()
+                return None
+        if progress["records"] == 0:
+            _write_rejected_csv(writer, partial)
+            raise BuildError(_nothing_kept(opts, writer, partial, progress))
         manifest = _finalise(opts, writer, partial, sources, target_names, progress)
-    finally:
-        writer.close()
-    if final.exists():  # --overwrite: swap in the new store, then drop the old one
-        # A read handle this process holds on the old store would keep serving old pages.
-        close_env(os.path.realpath(final))
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        partial.rename(final)
-        shutil.rmtree(old)
-    else:
-        partial.rename(final)
+    except BaseException:
+        close_quietly(writer)
+        raise
+    writer.close()
     return manifest
+
+
+def _put_in_place(final: Path, partial: Path, old_lock: StoreLock | None) -> None:
+    """Rename the finished ``partial`` to ``final`` (``--overwrite``: swap, drop the old)."""
+    if not final.exists():
+        partial.rename(final)
+        return
+    # A read handle this process holds on the old store would keep serving old pages.
+    close_env(os.path.realpath(final))
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    final.rename(old)
+    if old_lock is not None:
+        old_lock.moved_to(old)
+    partial.rename(final)
+    shutil.rmtree(old)
+
+
+def _nothing_kept(opts: BuildOptions, writer: LmdbWriter, partial: Path, progress: dict) -> str:
+    """Why a build that kept no structure fails (one line)."""
+    if progress["inputs_done"] == 0:
+        return f"{', '.join(opts.inputs)}: no structures in the input; nothing to store"
+    first = writer.prefixed(REJECTED_PREFIX)[:1]
+    example = ""
+    if first:
+        source, row_kind, row, record_id, reason = json.loads(first[0][1])
+        example = f" (first: {source}, {row_kind} {row} (id {record_id}): {reason})"
+    return (
+        f"no structure kept: all {progress['inputs_done']} inputs were rejected{example}; "
+        f"every reason is in {partial / 'rejected.csv'}"
+    )
+
+
+LOW_SPACE = 256 << 20  # bytes; an I/O error with less free space than this is a full disk
+
+
+def is_disk_full(err: BaseException, where: str | os.PathLike | None = None) -> bool:
+    """Whether ``err`` means the file system (or the LMDB map) ran out of space.
+
+    LMDB reports a write cut short by a full disk as EIO ("Input/output error", measured on a
+    full tmpfs), so an I/O error counts as a full disk when the file system holding ``where``
+    has less than :data:`LOW_SPACE` free.
+    """
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(err, (lmdb.MapFullError, lmdb.DiskError)):
+        return True
+    if isinstance(err, lmdb.Error) and "No space left on device" in str(err):
+        return True
+    io_error = (isinstance(err, OSError) and err.errno == errno.EIO) or (
+        isinstance(err, lmdb.Error) and "Input/output error" in str(err)
+    )
+    if not io_error or where is None:
+        return False
+    try:
+        fs = os.statvfs(where)
+    except OSError:
+        return False
+    return fs.f_bavail * fs.f_frsize < LOW_SPACE
+
+
+@contextmanager
+def disk_full_guard(store: str | os.PathLike, partial: str | os.PathLike | None = None):
+    """Turn a full disk (ENOSPC, EDQUOT, LMDB map/disk full) into one :class:`BuildError`
+    line; what was committed before stays, so rerunning the command resumes."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err, partial if partial is not None else store):
+            raise
+        kept = f" (partial store {partial} kept)" if partial is not None else ""
+        raise BuildError(
+            f"disk full while writing {store}{kept}; free space and rerun the same command "
+            f"to resume"
+        ) from None
+
+
+def close_quietly(writer: LmdbWriter) -> None:
+    """Close ``writer`` on an error path: a second error (e.g. the sync after a failed commit
+    on a full disk) must not hide the first."""
+    try:
+        writer.close()
+    except Exception:
+        try:
+            writer.env.close()
+        except Exception:
+            pass
 
 
 def _size(path: str) -> int:
@@ -346,7 +557,12 @@ def _size(path: str) -> int:
 
 
 def _write_records(
-    opts: BuildOptions, writer: LmdbWriter, opened, progress: dict, jobs: int
+    opts: BuildOptions,
+    writer: LmdbWriter,
+    opened,
+    progress: dict,
+    jobs: int,
+    target_names: Sequence[str] = (),
 ) -> dict | None:
     labels = opts.label_config()
     stats: dict[str, FeatureStats] = {}
@@ -359,7 +575,7 @@ def _write_records(
     items = itertools.chain.from_iterable(items for _, _, items, _ in opened)
     items = itertools.islice(items, progress["inputs_done"], None)
     tasks = (
-        (chunk, opts.cutoff, opts.allow_missing_targets, labels)
+        (chunk, opts.cutoff, opts.allow_missing_targets, labels, tuple(target_names))
         for chunk in _chunks(items, opts.chunk_size)
     )
     bar = progress_bar(
@@ -367,6 +583,12 @@ def _write_records(
     )
     commits = 0
     stored = progress.setdefault("stored_bytes", {})
+    # Z -> [records holding it, first such record]: lets `add` refuse a set that cannot be
+    # computed for some element before doing any work
+    # (only kept when tracked from the first record on: partial stores of older versions lack it)
+    elements = progress.get("elements")
+    if elements is None and progress["records"] == 0:
+        elements = progress["elements"] = {}
     try:
         for results, chunk_stats, chunk_errors in run_parallel(
             process_chunk, tasks, jobs, opts.backend, opts.scheduler
@@ -383,8 +605,10 @@ def _write_records(
                     kv.append((REJECTED_PREFIX + b"%010d" % progress["rejected"], entry))
                     progress["rejected"] += 1
                     continue
-                _, graph_bytes, digest, n_atoms, n_edges, blobs = res
+                _, graph_bytes, digest, n_atoms, n_edges, blobs, present = res
                 index = progress["records"]
+                for z in present if elements is not None else ():
+                    elements.setdefault(str(z), [0, index])[0] += 1
                 kv.append((graph_key(index), graph_bytes))
                 stored["graphs"] = stored.get("graphs", 0) + len(graph_bytes)
                 kv.append(

@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Rejected", "StructureArrays", "to_arrays", "check_structure"]
+__all__ = [
+    "Rejected",
+    "StructureArrays",
+    "check_structure",
+    "check_targets",
+    "element_label",
+    "to_arrays",
+]
 
 MIN_DISTANCE = 0.5  # Å; closer pairs (periodic images included) are overlapping atoms
 
@@ -74,6 +81,8 @@ def to_arrays(kind: str, payload: Any) -> StructureArrays:
     Raises:
         Rejected: the payload cannot be turned into a structure.
     """
+    if kind == "invalid":  # the reader found the problem (e.g. bytes that are not UTF-8)
+        raise Rejected(str(payload))
     if kind == "cif-text":
         return _parse_cif(payload)
     if kind == "cif-file":
@@ -105,6 +114,32 @@ def to_arrays(kind: str, payload: Any) -> StructureArrays:
             raise Rejected(f"{len(z)} atomic numbers but {len(pos)} positions")
         return StructureArrays(z.astype(np.int64), pos, cell, pbc)
     raise ValueError(f"unknown payload kind {kind!r}")
+
+
+def element_label(z: int) -> str:
+    """``"Am (Z=95)"``; just ``"Z=200"`` for a number no element has."""
+    from ase.data import chemical_symbols
+
+    z = int(z)
+    return f"{chemical_symbols[z]} (Z={z})" if 0 < z < len(chemical_symbols) else f"Z={z}"
+
+
+def check_targets(targets, names=()) -> None:
+    """Reject infinite target values (NaN means missing and is handled by the caller).
+
+    Args:
+        targets: one float per target.
+        names: the target names, for the message (positions are used when absent).
+
+    Raises:
+        Rejected: ``"infinite target band_gap (inf)"``.
+    """
+    values = np.asarray(targets, dtype=np.float64).reshape(-1)
+    bad = np.flatnonzero(np.isinf(values))
+    if len(bad):
+        k = int(bad[0])
+        name = names[k] if k < len(names) else f"number {k + 1} of {len(values)}"
+        raise Rejected(f"infinite target {name} ({values[k]})")
 
 
 def check_structure(s: StructureArrays) -> StructureArrays:

@@ -88,6 +88,7 @@ __all__ = [
     "load_density",
     "maxwell_cartesian",
     "required_radius",
+    "unsupported_elements",
 ]
 
 MAX_ORDER = 4
@@ -387,6 +388,22 @@ def _check_elements(plan: _Plan, z: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------
 # Public contract
 # --------------------------------------------------------------------------------------------
+
+
+def unsupported_elements(z, psp: str = DEFAULT_PSP, **_params) -> list[int]:
+    """Atomic numbers of ``z`` (sorted, unique) without a model density in ``psp``: a structure
+    holding one cannot get GMP features (QE-kjpaw covers H … Pu, Z = 1 … 94).
+
+    Args:
+        z: atomic numbers, any shape.
+        psp: density file name; other featurize parameters are accepted and ignored, so a
+            set's complete parameters can be passed.
+    """
+    counts = load_density(psp).counts
+    elements = np.unique(np.asarray(z, dtype=np.int64))
+    bad = (elements < 1) | (elements >= len(counts))
+    bad[~bad] = counts[elements[~bad]] == 0
+    return elements[bad].tolist()
 
 
 def feature_names(**params) -> list[str]:
