@@ -15,9 +15,11 @@ __all__ = [
     "RawItem",
     "check_columns",
     "default_id_column",
+    "invalid_utf8",
     "load_json",
     "open_text",
     "parse_target",
+    "printable",
 ]
 
 
@@ -35,8 +37,9 @@ class RawItem:
         record_id: structure identifier.
         targets: one float per requested target (NaN where missing).
         kind: how the worker turns ``payload`` into arrays: ``"cif-text"``, ``"cif-file"``,
-            ``"arrays"`` (dict with ``numbers``, ``positions``, ``cell``, ``pbc``) or
-            ``"pymatgen-dict"``.
+            ``"arrays"`` (dict with ``numbers``, ``positions``, ``cell``, ``pbc``),
+            ``"pymatgen-dict"``, or ``"invalid"`` (the reader already knows the item is bad;
+            ``payload`` is the reason, and the worker rejects it).
         payload: the unparsed structure.
         row_kind: what ``row`` counts: ``"line"`` (text line where the record starts),
             ``"item"`` (JSON list/DataFrame position), ``"frame"`` (extxyz) or ``"row id"``
@@ -70,12 +73,46 @@ def parse_target(value: Any) -> float:
     return out
 
 
-def open_text(path: str | os.PathLike):
-    """Open a text file, transparently gunzipping ``*.gz``."""
+def open_text(path: str | os.PathLike, errors: str = "strict"):
+    """Open a UTF-8 text file, transparently gunzipping ``*.gz``.
+
+    Args:
+        errors: codec error handler; ``"surrogateescape"`` keeps undecodable bytes as lone
+            surrogates (U+DC80 … U+DCFF) so a reader can reject just the rows holding them
+            (:func:`invalid_utf8`).
+    """
     path = str(path)
     if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8", errors=errors, newline="")
+    return open(path, encoding="utf-8", errors=errors, newline="")
+
+
+def invalid_utf8(fields: Sequence[str], names: Sequence[str], first_line: int) -> str | None:
+    """Why a row read with ``errors="surrogateescape"`` is not valid UTF-8, or None if it is.
+
+    Args:
+        fields: the row's fields; names: the column names (for the message);
+        first_line: 1-based line where the row starts (fields may span lines).
+
+    Returns:
+        e.g. ``"not valid UTF-8: byte 0xff on line 12 (column cif)"``.
+    """
+    line = first_line
+    for k, value in enumerate(fields):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            byte = ord(value[err.start]) - 0xDC00
+            line += value.count("\n", 0, err.start)
+            column = names[k] if k < len(names) else f"{k + 1}"
+            return f"not valid UTF-8: byte 0x{byte:02x} on line {line} (column {column})"
+        line += value.count("\n")
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` with undecodable bytes (lone surrogates) written as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def load_json(path: str | os.PathLike) -> Any:

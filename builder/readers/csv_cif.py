@@ -12,8 +12,10 @@ from builder.readers.common import (
     RawItem,
     check_columns,
     default_id_column,
+    invalid_utf8,
     open_text,
     parse_target,
+    printable,
 )
 
 # A CIF in one CSV field easily exceeds csv's default 128 kB field limit.
@@ -22,12 +24,16 @@ csv.field_size_limit(sys.maxsize)
 
 def _header(path: str) -> list[str]:
     try:
-        with open_text(path) as fh:
-            return next(csv.reader(fh))
+        with open_text(path, errors="surrogateescape") as fh:
+            header = next(csv.reader(fh))
     except StopIteration:
         raise InputError(f"{path}: empty file (no header row)") from None
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as err:
+    except (OSError, EOFError, csv.Error) as err:
         raise InputError(f"{path}: cannot read CSV header: {err}") from None
+    bad = invalid_utf8(header, [str(k + 1) for k in range(len(header))], 1)
+    if bad is not None:
+        raise InputError(f"{path}: header is {bad}")
+    return header
 
 
 def open_csv_cif(
@@ -36,7 +42,9 @@ def open_csv_cif(
     """CSV (optionally gzipped) with a header; one structure per row as CIF text.
 
     ``row`` of each item is the 1-based line number where the record starts (the header is
-    line 1), so an error points at the line to open in an editor.
+    line 1), so an error points at the line to open in an editor. A row holding bytes that are
+    not UTF-8 becomes an ``"invalid"`` item (rejected with the byte and its line); the other
+    rows are read as usual.
     """
     header = _header(path)
     check_columns(path, [cif_column], header, "CIF column (--cif-column)")
@@ -50,23 +58,27 @@ def open_csv_cif(
     stem = Path(path).name
 
     def items() -> Iterator[RawItem]:
-        with open_text(path) as fh:
+        with open_text(path, errors="surrogateescape") as fh:
             reader = csv.reader(fh)
             next(reader)
             line = reader.line_num + 1
             for row in reader:
-                if len(row) != len(header):
+                bad = invalid_utf8(row, header, line)
+                if len(row) != len(header) and bad is None:
                     raise InputError(
                         f"{path}, line {line}: {len(row)} fields, header has {len(header)}"
                     )
-                record_id = row[id_i] if id_i is not None else f"{stem}:{line}"
+                record_id = row[id_i] if id_i is not None and id_i < len(row) else None
+                record_id = printable(record_id) if record_id is not None else f"{stem}:{line}"
                 yield RawItem(
                     source=path,
                     row=line,
                     record_id=record_id,
-                    targets=tuple(parse_target(row[k]) for k in target_i),
-                    kind="cif-text",
-                    payload=row[cif_i],
+                    targets=tuple(
+                        parse_target(row[k]) if bad is None else float("nan") for k in target_i
+                    ),
+                    kind="cif-text" if bad is None else "invalid",
+                    payload=row[cif_i] if bad is None else bad,
                 )
                 line = reader.line_num + 1
 
@@ -75,7 +87,7 @@ def open_csv_cif(
 
 def _count_rows(path: str) -> int:
     """Records in a CSV file (a quick pass; CIF fields span many lines)."""
-    with open_text(path) as fh:
+    with open_text(path, errors="surrogateescape") as fh:
         return sum(1 for _ in csv.reader(fh)) - 1
 
 
@@ -86,7 +98,7 @@ def open_cgcnn(
     ``<id>.cif`` per structure. Properties are named ``y`` (one column) or ``y0, y1, ...``."""
     folder = Path(path)
     id_prop = folder / "id_prop.csv"
-    with open(id_prop, newline="") as fh:
+    with open_text(id_prop, errors="surrogateescape") as fh:
         first = next(csv.reader(fh), None)
     if not first:
         raise InputError(f"{id_prop}: empty file")
@@ -97,22 +109,24 @@ def open_cgcnn(
     target_i = [1 + names.index(t) for t in wanted]
 
     def items() -> Iterator[RawItem]:
-        with open(id_prop, newline="") as fh:
+        with open_text(id_prop, errors="surrogateescape") as fh:
             for line, row in enumerate(csv.reader(fh), start=1):
                 if not row:
                     continue
                 record_id = row[0].strip()
+                bad = invalid_utf8(row, ["id", *names], line)
                 yield RawItem(
                     source=str(id_prop),
                     row=line,
-                    record_id=record_id,
+                    record_id=printable(record_id),
                     targets=tuple(
-                        parse_target(row[k]) if k < len(row) else float("nan") for k in target_i
+                        parse_target(row[k]) if k < len(row) and bad is None else float("nan")
+                        for k in target_i
                     ),
-                    kind="cif-file",
-                    payload=str(folder / f"{record_id}.cif"),
+                    kind="cif-file" if bad is None else "invalid",
+                    payload=str(folder / f"{record_id}.cif") if bad is None else bad,
                 )
 
-    with open(id_prop, newline="") as fh:
+    with open_text(id_prop, errors="surrogateescape") as fh:
         total = sum(1 for row in csv.reader(fh) if row)
     return wanted, items(), total
