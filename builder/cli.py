@@ -7,6 +7,7 @@ and exit status 2 (usage) or 1 (anything else); never a traceback for a user mis
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -26,6 +27,22 @@ def _parse_units(pairs: tuple[str, ...]) -> dict[str, str]:
         col, unit = pair.split("=", 1)
         units[col] = unit
     return units
+
+
+def _jobs(ctx, param, value: int) -> int:
+    """``--jobs``: -1 (all cores) or a positive number of worker processes."""
+    if value == -1 or value >= 1:
+        return value
+    raise click.BadParameter(f"{value} is not -1 (all cores) or a positive number of workers")
+
+
+def _positive_finite(ctx, param, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a finite number > 0")
+    return value
+
+
+JOBS_HELP = "Worker processes (-1 = all cores)."
 
 
 def _codecs(names: list[str], codec: str) -> dict[str, str]:
@@ -57,8 +74,14 @@ def cli() -> None:
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "-o", required=True, help="Store directory to create (e.g. mp.lmdb).")
-@click.option("--cutoff", default=8.0, show_default=True, help="Neighbour cutoff, Å.")
-@click.option("--jobs", "-j", default=-1, show_default=True, help="Worker processes (-1 = all).")
+@click.option(
+    "--cutoff",
+    default=8.0,
+    show_default=True,
+    callback=_positive_finite,
+    help="Neighbour cutoff, Å (> 0).",
+)
+@click.option("--jobs", "-j", default=-1, show_default=True, callback=_jobs, help=JOBS_HELP)
 @click.option("--target", "-t", "targets", multiple=True, help="Target column (repeatable).")
 @click.option("--target-unit", "units", multiple=True, help="COLUMN=UNIT for the manifest.")
 @click.option("--id-column", default=None, help="Id column (default: material_id or id).")
@@ -100,7 +123,13 @@ def cli() -> None:
     help="joblib backend.",
 )
 @click.option("--scheduler", default=None, help="Dask scheduler address (default: local).")
-@click.option("--chunk-size", default=32, show_default=True, help="Structures per task.")
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Structures per task (≥ 1).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def build(
@@ -169,7 +198,7 @@ def build(
     help="Label set to add (repeatable, or 'all').",
 )
 @click.option("--force", is_flag=True, help="Recompute sets already present.")
-@click.option("--jobs", "-j", default=-1, show_default=True, help="Worker processes (-1 = all).")
+@click.option("--jobs", "-j", default=-1, show_default=True, callback=_jobs, help=JOBS_HELP)
 @click.option(
     "--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True
 )
@@ -270,7 +299,14 @@ def _dataset_options(function):
         click.option("--offline", is_flag=True, help="Never download; use local copies only."),
         click.option("--out", "-o", default=None, help="Folder of the stores [$FP_DATA/stores]."),
         click.option("--cache", default=None, help="Download folder [$FP_DATA/downloads]."),
-        click.option("--jobs", "-j", default=-1, show_default=True, help="Workers per build."),
+        click.option(
+            "--jobs",
+            "-j",
+            default=-1,
+            show_default=True,
+            callback=_jobs,
+            help="Workers per build (-1 = all cores).",
+        ),
         click.option(
             "--descriptor",
             "-d",

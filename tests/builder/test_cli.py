@@ -71,11 +71,29 @@ def test_build_prints_what_was_built(store):
         (["build", PEROV_SAMPLE, "--out", "x.lmdb", "--target-unit", "eV"], "not COLUMN=UNIT", 2),
         (["info", "nowhere.lmdb"], "nowhere.lmdb: no such store", 1),
         (["verify", MP_SAMPLE.parent], "not a finished store", 1),
+        # nonsense values: usage errors (exit 2), before any work
+        (["build", PEROV_SAMPLE, "--out", "x.lmdb", "--chunk-size", "0"], "--chunk-size", 2),
+        (["build", PEROV_SAMPLE, "--out", "x.lmdb", "--jobs", "0"], "0 is not -1 (all cores)", 2),
+        (["build", PEROV_SAMPLE, "--out", "x.lmdb", "-j", "-3"], "-3 is not -1 (all cores)", 2),
+        (["build", PEROV_SAMPLE, "--out", "x.lmdb", "--cutoff", "-1"], "-1.0 is not a finite", 2),
+        (["build", PEROV_SAMPLE, "--out", "x.lmdb", "--cutoff", "0"], "0.0 is not a finite", 2),
+        (["build", PEROV_SAMPLE, "--out", "x.lmdb", "--cutoff", "nan"], "nan is not a finite", 2),
+        (["build", PEROV_SAMPLE, "--out", "x.lmdb", "--cutoff", "inf"], "inf is not a finite", 2),
+        (["add", "x.lmdb", "-d", "wacsfset1", "--jobs", "0"], "0 is not -1 (all cores)", 2),
+        (["fetch", "perov_5", "--jobs", "0"], "0 is not -1 (all cores)", 2),
     ],
 )
 def test_wrong_command_lines_get_one_line_errors(args, expected, code, tmp_path):
     args = [str(tmp_path / a) if a == "x.lmdb" else a for a in args]
     assert expected in one_line_error(fp_build(*args), code)
+
+
+def test_build_that_keeps_nothing_exits_1_saying_why(tmp_path):
+    src = tmp_path / "bad.csv"
+    src.write_text('material_id,cif\nx,"not a CIF"\n')
+    line = one_line_error(fp_build("build", src, "--out", tmp_path / "b.lmdb", "-j", "1", "-q"))
+    assert "no structure kept: all 1 inputs were rejected" in line and "unparsable CIF" in line
+    assert not (tmp_path / "b.lmdb").exists()
 
 
 def test_info_reports_sizes_per_atom(store):
