@@ -130,11 +130,15 @@ class PaiNNInteraction(nn.Module):
         self.interatomic_context_net = _context_net(hidden, hidden)
 
     def forward(self, s, v, filters, unit_vec, edge_index) -> tuple[Tensor, Tensor]:
-        """s (N, F), v (N, 3, F), filters (E, 3F) W(d_ij), unit_vec (E, 3) r_ij / d_ij."""
+        """s (N, F); v (N, 3, F), or None while every vector feature is still zero (the first
+        layer: the term in v_j vanishes and is skipped); filters (E, 3F) W(d_ij); unit_vec
+        (E, 3) r_ij / d_ij."""
         j, i = edge_index[0], edge_index[1]
         x = self.interatomic_context_net(s).index_select(0, j) * filters
         x_s, x_vs, x_vv = torch.split(x, self.hidden, dim=1)
-        dv = x_vv.unsqueeze(1) * v.index_select(0, j) + x_vs.unsqueeze(1) * unit_vec.unsqueeze(2)
+        dv = x_vs.unsqueeze(1) * unit_vec.unsqueeze(2)
+        if v is not None:
+            dv = torch.addcmul(dv, x_vv.unsqueeze(1), v.index_select(0, j))
         return _sum_at(x_s, i, s.shape[0]), _sum_at(dv, i, s.shape[0])
 
 
@@ -191,10 +195,12 @@ class PaiNN(nn.Module):
         filters = self.filter_net(self.radial_basis(dist)) * cutoff.unsqueeze(1)
         filters = torch.split(filters, 3 * self.cfg.hidden_channels, dim=1)
         s = self.embedding(z)
-        v = s.new_zeros(s.shape[0], 3, s.shape[1])
+        v = None  # v_i = 0 until the first message block
         for interaction, mixing, w in zip(self.interactions, self.mixing, filters):
             ds, dv = interaction(s, v, w, unit_vec, edge_index)
-            s, v = s + ds, v + dv
+            s, v = s + ds, dv if v is None else v + dv
             ds, dv = mixing(s, v)
             s, v = s + ds, v + dv
+        if v is None:  # no layers
+            v = s.new_zeros(s.shape[0], 3, s.shape[1])
         return s, v
