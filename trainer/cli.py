@@ -1,4 +1,4 @@
-"""``fp-train``: pre-train, fine-tune, evaluate, embed.
+"""``fp-train``: pre-train, fine-tune, evaluate, embed, convert old checkpoints.
 
 Every :class:`~trainer.config.TrainConfig` field is a flag (``--batch-size``, ``--lr``,
 ``--max-neighbors`` ...; booleans as ``--amp/--no-amp``) with the paper's value as default, and
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import typing
+from pathlib import Path
 
 import click
 
@@ -51,9 +52,17 @@ def _config_options(func):
 
 def _make_config(mode: str, config_file, labels, store, init, options) -> TrainConfig:
     cfg = TrainConfig.defaults(mode)
-    if config_file:
-        cfg = cfg.updated(**load_yaml(config_file))
-    given = {k: v for k, v in options.items() if v is not None and v != ()}
+    from_file = load_yaml(config_file) if config_file else {}
+    cfg = cfg.updated(**from_file)
+    ctx = click.get_current_context(silent=True)
+    source = click.core.ParameterSource
+    given = {
+        k: v
+        for k, v in options.items()
+        if v is not None
+        and v != ()
+        and (ctx is None or ctx.get_parameter_source(k) != source.DEFAULT)
+    }
     if "split" in given:
         given["split"] = list(given["split"])
     if labels:
@@ -63,12 +72,28 @@ def _make_config(mode: str, config_file, labels, store, init, options) -> TrainC
     if init:
         given["init"] = init
     cfg = cfg.updated(mode=mode, **given)
+    if cfg.init:
+        cfg = cfg.updated(**_model_from_init(cfg, {**from_file, **given}))
     if not cfg.store:
         raise click.UsageError("--store is required (or 'store' in --config)")
     if not cfg.labels:
         what = "--descriptor" if mode == "pretrain" else "--target"
         raise click.UsageError(f"{what} is required (or 'labels' in --config)")
     return cfg
+
+
+def _model_from_init(cfg: TrainConfig, given: dict) -> dict:
+    """The model flags not given, taken from the checkpoint the run starts from (``--init``,
+    or the run's own ``last.pt`` when it resumes); a given flag that differs is a usage error
+    naming both values."""
+    from trainer.checkpoint import ModelFlagConflict, architecture_from_checkpoint
+
+    own = Path(cfg.run_dir) / "last.pt"
+    source = own if cfg.resume and own.exists() else cfg.init
+    try:
+        return architecture_from_checkpoint(source, given)
+    except ModelFlagConflict as err:
+        raise click.UsageError(str(err)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -91,7 +116,12 @@ def pretrain(store, labels, config_file, **options) -> None:
 @cli.command()
 @click.option("--store", default=None, help="Store with the property targets.")
 @click.option("--target", "-t", "labels", multiple=True, help="Target name(s).")
-@click.option("--init", default=None, help="Pre-trained checkpoint (omit: from scratch).")
+@click.option(
+    "--init",
+    default=None,
+    help="Pre-trained checkpoint (omit: from scratch). The model (size, cutoff, neighbours) "
+    "comes from it: give no model flag, or only ones equal to the checkpoint's.",
+)
 @_config_options
 def finetune(store, labels, init, config_file, **options) -> None:
     """Graph-level fine-tuning (from a pre-trained checkpoint, or the from-scratch baseline)."""
@@ -132,6 +162,28 @@ def embed(checkpoint, store, out, batch_size, device) -> None:
 
     n, dim = embed_store(checkpoint, store, out, batch_size, device)
     click.echo(f"wrote {out}: {n} structures × {dim} features")
+
+
+@cli.command("convert-checkpoint")
+@click.argument("old")
+@click.option("--out", default=None, help="Where to write (default: replace OLD).")
+@click.option(
+    "--store",
+    default=None,
+    help="The training store, to record its hashes and units (default: the path in OLD, "
+    "if its content hash matches).",
+)
+def convert_checkpoint(old, out, store) -> None:
+    """Rewrite a checkpoint of an older fp-train (format 1) in the safe format 2: same weights,
+    optimiser, RNG states and split. Only for files you trust: their weights are what you will
+    train and predict with (the reader allows NumPy arrays and nothing else, so it runs no code
+    from the file either)."""
+    from trainer.checkpoint import convert_checkpoint as convert
+
+    path, notes = convert(old, out, store)
+    for note in notes:
+        click.echo(f"note: {note}")
+    click.echo(f"wrote {path} (checkpoint format 2)")
 
 
 @cli.command()

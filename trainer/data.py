@@ -15,11 +15,13 @@ import torch
 
 from schemas import Store, StoreError, open_store
 from schemas.splits import kfold_splits, random_split  # re-exported: trainer.data API
+from trainer.errors import TrainingError
 
 __all__ = [
     "Batch",
     "LabelScaler",
     "StoreDataset",
+    "StoreSurvey",
     "collate",
     "kfold_splits",
     "nearest_k",
@@ -100,6 +102,28 @@ class LabelScaler:
     @classmethod
     def from_dict(cls, d: dict) -> LabelScaler:
         return cls(np.asarray(d["shift"]), np.asarray(d["scale"]), d["mode"])
+
+
+# symbols of the elements at and beyond the embedding's end (Z = 100, ...), for messages
+_SYMBOLS = dict(
+    enumerate(
+        "Fm Md No Lr Rf Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og".split(),
+        start=100,
+    )
+)
+
+
+@dataclass
+class StoreSurvey:
+    """What one pass over a store's records finds.
+
+    Attributes:
+        targets: (R, T) float64 unscaled graph targets (graph tasks; None for node tasks).
+        elements: {Z: (records holding Z, index of the first, its id)}, Z ascending.
+    """
+
+    targets: np.ndarray | None
+    elements: dict[int, tuple[int, int, str]]
 
 
 class StoreDataset(torch.utils.data.Dataset):
@@ -196,7 +220,44 @@ class StoreDataset(torch.utils.data.Dataset):
         """(R, T) float64 unscaled graph targets of every record (reads every record)."""
         if self.task != "graph":
             raise ValueError("targets() is for graph tasks")
-        return np.concatenate([self.raw(i)[1] for i in range(len(self))])
+        return self.survey().targets
+
+    def survey(self, indices: Sequence[int] | None = None) -> StoreSurvey:
+        """One pass over records ``indices`` (default: all), graphs only (no label sets):
+        the graph targets and the atomic numbers present (see :class:`StoreSurvey`)."""
+        indices = range(len(self)) if indices is None else indices
+        targets, elements = [], {}
+        for i in indices:
+            rec = self.store.get(int(i), descriptors=[])
+            for z in np.unique(rec["z"]).tolist():
+                if z in elements:
+                    elements[z][0] += 1
+                else:
+                    elements[z] = [1, int(i), rec["id"]]
+            if self.task == "graph":
+                targets.append(self._labels(rec))
+        return StoreSurvey(
+            np.concatenate(targets) if targets else None,
+            {z: tuple(v) for z, v in sorted(elements.items())},
+        )
+
+    def check_atomic_numbers(self, max_z: int, survey: StoreSurvey | None = None) -> None:
+        """Raise TrainingError if a record holds an atomic number the model cannot embed
+        (Z >= ``max_z``), naming the store, each such element, its record count and the first
+        record (from ``survey``, or a pass over every record)."""
+        survey = survey or self.survey()
+        bad = {z: v for z, v in survey.elements.items() if z >= max_z}
+        if not bad:
+            return
+        what = "; ".join(
+            f"Z={z}{f' ({_SYMBOLS[z]})' if z in _SYMBOLS else ''} in {n} record(s), first "
+            f"record {i} (id {rid})"
+            for z, (n, i, rid) in bad.items()
+        )
+        raise TrainingError(
+            f"{self.path}: atomic numbers beyond the model's embedding (Z < {max_z}): {what}; "
+            f"leave these structures out of the store"
+        )
 
     def __getitem__(self, index: int) -> dict:
         rec = self._read(index)

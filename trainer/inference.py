@@ -1,4 +1,8 @@
-"""Using a trained checkpoint: evaluation on a split or store, and structure embeddings."""
+"""Using a trained checkpoint: evaluation on a split or store, and structure embeddings.
+
+The model is rebuilt from the checkpoint alone (:func:`trainer.checkpoint.model_from_checkpoint`):
+architecture, cutoff and neighbour count come from its ``model_args``, never from flags.
+"""
 
 from __future__ import annotations
 
@@ -8,39 +12,31 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from trainer.checkpoint import model_from_checkpoint  # re-exported: trainer.inference API
 from trainer.config import TrainConfig
 from trainer.data import LabelScaler, StoreDataset, collate
-from trainer.train import (
-    EpochSampler,
-    TrainingError,
-    _device,
-    build_model,
-    evaluate_split,
-    load_checkpoint,
-)
+from trainer.errors import TrainingError
+from trainer.train import EpochSampler, _device, evaluate_split
 
 __all__ = ["evaluate_checkpoint", "embed_store", "model_from_checkpoint"]
-
-
-def model_from_checkpoint(path, device) -> tuple[torch.nn.Module, TrainConfig, dict]:
-    ckpt = load_checkpoint(path, map_location="cpu")
-    cfg = TrainConfig(**ckpt["config"])
-    model = build_model(cfg, ckpt["model_args"]["out_dim"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), cfg, ckpt
 
 
 def evaluate_checkpoint(checkpoint, store=None, split="test", out=None, device="auto") -> dict:
     """MAE of the checkpoint on ``split`` of its run's store, or on all of ``store``."""
     dev = _device(device)
-    model, cfg, ckpt = model_from_checkpoint(checkpoint, dev)
-    task = "node" if cfg.mode == "pretrain" else "graph"
+    model, ckpt = model_from_checkpoint(checkpoint, dev)
+    args = ckpt["model_args"]
+    cfg = TrainConfig(**ckpt["config"])
+    task = "node" if args["mode"] == "pretrain" else "graph"
     scaler = LabelScaler.from_dict(ckpt["scaler"])
-    path = store or cfg.store
-    dataset = StoreDataset(path, task, ckpt["labels"], cfg.max_neighbors, cfg.cutoff, scaler)
+    path = store or ckpt["store"]["path"]
     if store and split != "all":
         raise TrainingError("--split applies to the run's own store; use --split all with --store")
+    dataset = StoreDataset(
+        path, task, ckpt["labels"], args["max_neighbors"], args["cutoff"], scaler
+    )
     indices = np.arange(len(dataset)) if split == "all" else np.asarray(ckpt["splits"][split])
+    dataset.check_atomic_numbers(args["max_z"], dataset.survey(indices))
     return evaluate_split(
         model, dataset, indices, cfg.updated(num_workers=0), dev, scaler, Path(out) if out else None
     )
@@ -51,8 +47,10 @@ def embed_store(checkpoint, store, out, batch_size: int = 64, device="auto") -> 
     """Write ``out`` (.npz) with ``ids`` (R,) and ``embeddings`` (R, H) float32: the sum over
     atoms of the final node features of the checkpoint's representation."""
     dev = _device(device)
-    model, cfg, _ = model_from_checkpoint(checkpoint, dev)
-    dataset = StoreDataset(store, "graph", [], cfg.max_neighbors, cfg.cutoff)
+    model, ckpt = model_from_checkpoint(checkpoint, dev)
+    args = ckpt["model_args"]
+    dataset = StoreDataset(store, "graph", [], args["max_neighbors"], args["cutoff"])
+    dataset.check_atomic_numbers(args["max_z"])
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

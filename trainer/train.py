@@ -29,17 +29,24 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
+from trainer.checkpoint import (
+    CHECKPOINT_VERSION,
+    FORMAT,
+    build_model_from_args,
+    check_same_store,
+    describe_predictions,
+    describe_store,
+    load_checkpoint,  # re-exported: trainer.train API before trainer.checkpoint existed
+    model_args,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from trainer.config import TrainConfig
 from trainer.data import Batch, LabelScaler, StoreDataset, collate, kfold_splits, random_split
-from trainer.model import ETConfig, GraphRegressor, NodeRegressor
+from trainer.errors import TrainingError
 
 __all__ = ["TrainingError", "train", "build_model", "load_checkpoint", "transfer_weights"]
-
-CHECKPOINT_VERSION = 1
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot continue (non-finite loss, incompatible store or checkpoint)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -161,27 +168,8 @@ def _splits(cfg: TrainConfig, n: int) -> dict[str, np.ndarray]:
 
 
 def build_model(cfg: TrainConfig, out_dim: int) -> torch.nn.Module:
-    et = ETConfig(
-        hidden_channels=cfg.hidden_channels,
-        num_layers=cfg.num_layers,
-        num_rbf=cfg.num_rbf,
-        num_heads=cfg.num_heads,
-        cutoff_upper=cfg.cutoff,
-        self_loops=cfg.self_loops,
-        head_channels=cfg.head_channels,
-    )
-    return NodeRegressor(et, out_dim) if cfg.mode == "pretrain" else GraphRegressor(et, out_dim)
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """A checkpoint written by :func:`train` (refuses other files with a clear message)."""
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError:
-        raise TrainingError(f"{path}: no such checkpoint") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "fingerprint-pretrain-checkpoint":
-        raise TrainingError(f"{path}: not a fingerprint-pretrain checkpoint")
-    return ckpt
+    """The model ``cfg`` describes, with ``out_dim`` outputs, freshly initialised."""
+    return build_model_from_args(model_args(cfg, out_dim))
 
 
 def transfer_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
@@ -243,6 +231,11 @@ def train(cfg: TrainConfig) -> dict:
     task = "node" if cfg.mode == "pretrain" else "graph"
     dataset = StoreDataset(cfg.store, task, cfg.labels, cfg.max_neighbors, cfg.cutoff)
     manifest = dataset.store.manifest
+    if ckpt is not None:
+        here = describe_store(manifest, cfg.store, task, ckpt["labels"])
+        check_same_store(last_path, ckpt["store"], here)
+    survey = dataset.survey()  # one pass: targets (graph tasks) and the elements present
+    dataset.check_atomic_numbers(model_args(cfg, dataset.label_dim)["max_z"], survey)
     splits = (
         {k: np.asarray(v) for k, v in ckpt["splits"].items()}
         if ckpt
@@ -258,7 +251,7 @@ def train(cfg: TrainConfig) -> dict:
             }
         scaler = LabelScaler.from_stats(stats, cfg.label_scaling)
     elif cfg.target_scaling == "standard":
-        scaler = LabelScaler.fit(dataset.targets()[splits["train"]])
+        scaler = LabelScaler.fit(survey.targets[splits["train"]])
     else:
         scaler = LabelScaler.identity(dataset.label_dim)
     dataset.scaler = scaler
@@ -271,11 +264,11 @@ def train(cfg: TrainConfig) -> dict:
     transferred: list[str] = []
     if cfg.init and not resume:
         init = load_checkpoint(cfg.init)
-        ours = build_model_args(cfg)
+        ours = model_args(cfg, dataset.label_dim)
         differ = [
             k
             for k, v in init["model_args"].items()
-            if k in ours and k not in ("mode", "max_neighbors") and ours[k] != v
+            if k in ours and k not in ("mode", "out_dim", "max_neighbors") and ours[k] != v
         ]
         if differ:
             raise TrainingError(
@@ -295,9 +288,7 @@ def train(cfg: TrainConfig) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, best_val, history = ckpt["epoch"] + 1, ckpt["best_val"], ckpt["history"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        np.random.set_state(ckpt["rng"]["numpy"])  # noqa: NPY002
-        random.setstate(ckpt["rng"]["python"])
+        restore_rng(ckpt["rng"])
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -315,30 +306,25 @@ def train(cfg: TrainConfig) -> dict:
     writer = _tensorboard(run_dir) if main else None
 
     def checkpoint(epoch: int) -> dict:
+        """The run's state in checkpoint format 2 (trainer.checkpoint): tensors and plain
+        values only, with the model's architecture, what it predicts and the store's hashes."""
         return {
-            "format": "fingerprint-pretrain-checkpoint",
+            "format": FORMAT,
             "version": CHECKPOINT_VERSION,
             "model": model.state_dict(),
+            "model_args": model_args(cfg, dataset.label_dim),
+            "predicts": describe_predictions(manifest, task, cfg.labels),
+            "labels": list(cfg.labels),
+            "scaler": scaler.to_dict(),
+            "store": describe_store(manifest, cfg.store, task, cfg.labels),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,
-            "best_val": best_val,
+            "best_val": float(best_val),
             "history": history,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),  # noqa: NPY002
-                "python": random.getstate(),
-            },
+            "rng": rng_state(),
             "config": cfg.to_dict(),
-            "model_args": {"out_dim": dataset.label_dim, **build_model_args(cfg)},
-            "scaler": scaler.to_dict(),
-            "splits": splits,
-            "labels": cfg.labels,
-            "store": {
-                "path": cfg.store,
-                "content_hash": manifest["content_hash"],
-                "schema_version": manifest["schema_version"],
-            },
+            "splits": {k: torch.from_numpy(np.asarray(v, np.int64)) for k, v in splits.items()},
         }
 
     # -- epochs --------------------------------------------------------------------------------
@@ -389,11 +375,11 @@ def train(cfg: TrainConfig) -> dict:
         history.append(row)
         if main:
             state = checkpoint(epoch)
-            _atomic_save(state, last_path)
+            save_checkpoint(state, last_path)
             if improved:
-                _atomic_save(state, best_path)
+                save_checkpoint(state, best_path)
             if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-                _atomic_save(state, run_dir / f"epoch{epoch + 1}.pt")  # kept (epoch ablation)
+                save_checkpoint(state, run_dir / f"epoch{epoch + 1}.pt")  # kept (epoch ablation)
             _write_csv(run_dir / "metrics.csv", history)
             if writer is not None:
                 for key in ("train_loss", "val_loss", "val_mae", "lr"):
@@ -432,21 +418,6 @@ def train(cfg: TrainConfig) -> dict:
     if writer is not None:
         writer.close()
     return result
-
-
-def build_model_args(cfg: TrainConfig) -> dict:
-    keys = (
-        "mode",
-        "hidden_channels",
-        "num_layers",
-        "num_rbf",
-        "num_heads",
-        "head_channels",
-        "cutoff",
-        "self_loops",
-        "max_neighbors",
-    )
-    return {k: getattr(cfg, k) for k in keys}
 
 
 def _bar(loader, desc: str, enabled: bool):
@@ -528,12 +499,6 @@ def evaluate_split(
             )
             out.writerows(rows)
     return {"test_mae": abs_sum / max(n_labels, 1), "test_structures": int(len(indices))}
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
