@@ -15,7 +15,15 @@ import pytest
 import torch
 
 from tests.builder.test_neighbors import brute_force
-from trainer.backbones import PaiNN, SchNet, backbone_config, build_backbone
+from trainer.backbones import (
+    PaiNN,
+    PaiNNConfig,
+    SchNet,
+    backbone_config,
+    backbone_from_config,
+    backbone_name,
+    build_backbone,
+)
 from trainer.model import EquivariantTransformer, ETConfig, GraphRegressor, NodeRegressor
 
 
@@ -280,23 +288,32 @@ def small_models() -> dict[str, torch.nn.Module]:
     return {k: m.double().eval() for k, m in models.items()}
 
 
+# one atom in a skewed 2.5 Å cell: every edge joins the atom to an image of itself (j == i)
+ONE_ATOM = (np.array([[0.0, 0.0, 0.0]]), np.array([[2.5, 0, 0], [0.7, 2.4, 0], [0.4, 0.9, 2.6]]))
+
+
+@pytest.mark.parametrize("cell_name", ["3-atom", "1-atom"])
 @pytest.mark.parametrize("name", ["schnet", "painn"])
-def test_rotation_invariance_and_vector_equivariance_on_a_small_cell(name):
+def test_rotation_invariance_and_vector_equivariance_on_a_small_cell(name, cell_name):
     model = small_models()[name]
-    edge_index, shift = periodic_graph(POS, CELL, CUTOFF)
-    assert edge_index.shape[1] > 300  # many images of 3 atoms: a box far below 2 × cutoff
-    pos, cell = torch.tensor(POS), torch.tensor(CELL)
+    pos_np, cell_np, z = (POS, CELL, Z) if cell_name == "3-atom" else (*ONE_ATOM, Z[:1])
+    edge_index, shift = periodic_graph(pos_np, cell_np, CUTOFF)
+    assert edge_index.shape[1] > 40 * len(z) ** 2  # many images: a box far below 2 × cutoff
+    pos, cell = torch.tensor(pos_np), torch.tensor(cell_np)
     rot = random_rotation()
     with torch.no_grad():
-        x, vec = model(Z, edge_index, edge_vectors(pos, cell, edge_index, shift))
+        x, vec = model(z, edge_index, edge_vectors(pos, cell, edge_index, shift))
         # rotate the structure (positions and lattice), rebuild the vectors from it
         x_r, vec_r = model(
-            Z, edge_index, edge_vectors(pos @ rot.T, cell @ rot.T, edge_index, shift)
+            z, edge_index, edge_vectors(pos @ rot.T, cell @ rot.T, edge_index, shift)
         )
-    assert x.abs().max() > 0.1
+        # self-image edges are neighbours like any other (nothing drops j == i by index)
+        alone, _ = model(z, edge_index[:, :0], torch.zeros(0, 3, dtype=torch.float64))
+    assert x.abs().max() > 0.1 and (x - alone).abs().max() > 0.1
     torch.testing.assert_close(x_r, x, rtol=1e-10, atol=1e-10)
     if name == "painn":
-        assert vec.abs().max() > 0.1
+        if cell_name == "3-atom":  # (one atom: its images cancel, vec = 0 by symmetry)
+            assert vec.abs().max() > 0.1
         torch.testing.assert_close(
             vec_r, torch.einsum("ab,nbh->nah", rot, vec), rtol=1e-9, atol=1e-10
         )
@@ -353,6 +370,9 @@ def test_registry_builds_by_name_and_rejects_unknown_options():
     assert isinstance(schnet, SchNet) and len(schnet.interactions) == 2
     assert backbone_config("painn", num_rbf=8).num_rbf == 8
     assert SchNet(backbone_config("schnet", num_layers=1), num_filters=8).cfg.num_filters == 8
+    cfg = PaiNNConfig(num_layers=1)
+    assert backbone_name(cfg) == "painn" and backbone_name(ETConfig()) == "et"
+    assert isinstance(backbone_from_config(cfg), PaiNN)
     with pytest.raises(ValueError, match="unknown model 'mace'.*et, schnet, painn"):
         build_backbone("mace")
     with pytest.raises(ValueError, match="'painn' has no option.*num_heads.*hidden_channels"):

@@ -31,6 +31,8 @@ __all__ = [
     "SchNet",
     "SchNetConfig",
     "backbone_config",
+    "backbone_from_config",
+    "backbone_name",
     "build_backbone",
 ]
 
@@ -64,3 +66,16 @@ def build_backbone(name: str, **hyperparameters) -> nn.Module:
     """Backbone ``name`` built from keyword hyperparameters (its config's fields)."""
     cfg = backbone_config(name, **hyperparameters)  # first: it names the choices on a bad name
     return BACKBONES[name][1](cfg)
+
+
+def backbone_name(cfg) -> str:
+    """The registry name of a backbone config (``ETConfig`` -> ``"et"``)."""
+    for name, (config_cls, _) in BACKBONES.items():
+        if type(cfg) is config_cls:
+            return name
+    raise ValueError(f"not a backbone config: {type(cfg).__name__}")
+
+
+def backbone_from_config(cfg) -> nn.Module:
+    """The backbone a config dataclass describes (``ETConfig`` -> ``EquivariantTransformer``)."""
+    return BACKBONES[backbone_name(cfg)][1](cfg)
