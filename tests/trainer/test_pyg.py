@@ -124,6 +124,20 @@ def test_edge_vectors_of_a_single_item(store):
     torch.testing.assert_close(edge_vectors(item), item.edge_vec, rtol=0, atol=1e-12)
 
 
+def test_a_zarr_store_gives_the_same_items(store, tmp_path):
+    from builder.export import export_zarr
+
+    zarr_path = export_zarr(open_store(store), tmp_path / "mp.zarr", progress=False)
+    lmdb_ds = PygStoreDataset(store, ["wacsfset2"], max_neighbors=12)
+    zarr_ds = PygStoreDataset(zarr_path, ["wacsfset2"], max_neighbors=12)
+    for index in (0, 19, 39):
+        a, b = lmdb_ds[index], zarr_ds[index]
+        assert a.keys() == b.keys() and a.id == b.id
+        for key in a.keys():
+            if key != "id":
+                assert torch.equal(a[key], b[key]), key
+
+
 def test_bad_requests_name_the_store(store):
     with pytest.raises(StoreError, match="eadset1.*not in store"):
         PygStoreDataset(store, ["eadset1"])
