@@ -14,8 +14,9 @@ from the positions, as its radius graph does; the radius search itself cannot ru
 torch-cluster or pyg-lib) and is left out of PyG's time, so the models alone are compared.
 
 One training step: forward, L1 loss, backward, AdamW step. The four models take turns in every
-round (ours, reference, ours, reference, ...), so drifts of a shared machine's speed hit both
-alike; reported are the median step times and the median of the per-round ratios.
+round (ours, reference, ours, reference; the order reversed every other round), so drifts of a
+shared machine's speed hit both alike; reported are the median step times (wall clock and this
+process's CPU time) and the median of the per-round ratios.
 
 Run: ``python bench/bench_backbones.py`` (``--rounds``, ``--batch-size``, ``--cutoff``). Writes
 ``bench/results/backbones.json`` and ``bench/results/backbones.md``.
@@ -184,8 +185,11 @@ def run(rounds: int, batch_size: int, cutoff: float, seed: int = 0) -> dict:
     # leaves out the time other jobs held the core)
     wall: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
+    order = list(steps)
+    for r in range(rounds):
+        # the order flips every round: neither model always runs right after the other
+        for name in order if r % 2 == 0 else order[::-1]:
+            step = steps[name]
             start, start_cpu = time.perf_counter(), time.process_time()
             step()
             cpu[name].append(time.process_time() - start_cpu)
@@ -224,7 +228,8 @@ def write_markdown(result: dict, path: Path) -> None:
         "PyG's readout on both; PyG's SchNet gets the pairs from its `interaction_graph` and "
         "computes their lengths (its radius search needs torch-cluster or pyg-lib, absent: left "
         "out). PaiNN: hidden 128, 3 layers, 20 Gaussians, the same MLP head on both. The four "
-        f"models take turns in each of {result['rounds']} rounds; ratio = reference time / our "
+        f"models take turns in each of {result['rounds']} rounds (order reversed every other "
+        "round); ratio = reference time / our "
         "time (> 1: ours faster).",
         "",
         "| pair | ours s/step | reference s/step | ratio of medians | median of round ratios "
