@@ -11,9 +11,10 @@ field                 dtype           shape             meaning
 ``pbc``               bool            (3,)              periodicity along each lattice vector
 ``edge_index``        int32           (2, E)            row 0 = neighbour j (source),
                                                         row 1 = centre i (target)
-``edge_shift``        int8 or int16   (E, 3)            image offsets: vec = pos[j] + shift @ cell
-                                                        - pos[i]; int16 only when a value does not
-                                                        fit in int8
+``edge_shift``        int8/16/32      (E, 3)            image offsets: vec = pos[j] + shift @ cell
+                                                        - pos[i]; the narrowest of int8, int16,
+                                                        int32 that holds every value (strongly
+                                                        skewed cells need int32; never wrapped)
 ``edge_dist``         float32         (E,)              \\|vec\\|, Å
 ``targets``           float64         (T,)              named in the manifest's ``targets``, NaN
                                                         where missing
@@ -29,8 +30,9 @@ serialisation; decodable with ``struct`` + ``json`` + ``numpy.frombuffer`` in an
     b"FPR1" | uint32 LE header length H | H bytes UTF-8 JSON header | zero padding to 8 bytes |
     array buffers, each little-endian, C order, starting at a multiple of 8 bytes
 
-The header is ``{"id": str, "fields": [[name, dtype_str, shape, offset, nbytes, codec], ...]}``
-with offsets relative to the first byte after the padding. ``codec`` is one of
+The header is ``{"id": str, "fields": [[name, dtype_str, shape, offset, nbytes, codec], ...],
+"crc32": "xxxxxxxx"}`` with offsets relative to the first byte after the padding. ``codec`` is
+one of
 
 - ``"raw"``: the array's bytes;
 - ``"zlib"``: zlib (deflate) of the array's bytes;
@@ -41,12 +43,33 @@ with offsets relative to the first byte after the padding. ``codec`` is one of
 
 All three use only the Python standard library to decode. Encoding is deterministic: the same
 arrays always give the same bytes, which the content hash relies on.
+
+**Integrity check.** ``"crc32"`` is always the header's last key, written as 8 lowercase hex
+digits, so its value sits at a fixed place: the last 10 bytes of the header are
+``xxxxxxxx"}``. It is ``zlib.crc32`` of the whole record *without* those 8 hex digits (magic,
+header length, the rest of the header, padding and every buffer), and :func:`decode_record`
+checks it on every decode (one pass over the bytes at ~1 GB/s; measured in
+``bench/bench_build.py``). Records written before checksums existed (schema 1.0 stores built
+before the check was added) have a header of exactly ``{"id", "fields"}``: they still decode,
+without the check (:func:`has_checksum` tells them apart; ``fp-build verify`` reports them).
+Readers that predate the check ignore the key, so the format stays ``FPR1`` and the schema
+version is unchanged; the content hash is defined over the decoded arrays, so it does not
+change either.
+
+**Untrusted bytes.** Decoding never trusts the header: the dtype must be a plain numeric or
+boolean type (:data:`ALLOWED_DTYPES`, never ``object``), every size is checked against the
+buffer before it is read (``shape · itemsize == nbytes`` for raw fields, ``offset + nbytes``
+within the record), and a compressed field is inflated with a bounded ``decompressobj`` that
+stops one byte past its declared size, so a damaged or hostile record raises
+:class:`RecordError` instead of over-reading or allocating more than its declared (and
+bounded, :data:`MAX_FIELD_BYTES`) size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import zlib
 from collections.abc import Mapping
@@ -54,12 +77,15 @@ from collections.abc import Mapping
 import numpy as np
 
 __all__ = [
+    "ALLOWED_DTYPES",
     "GRAPH_FIELDS",
+    "MAX_FIELD_BYTES",
     "RecordError",
     "decode_record",
     "encode_record",
     "array_digest",
     "descriptor_digest",
+    "has_checksum",
     "record_digest",
     "shift_dtype",
     "validate_graph_record",
@@ -75,14 +101,28 @@ GRAPH_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str | int, ...]]] = {
     "cell": (("float64",), (3, 3)),
     "pbc": (("bool",), (3,)),
     "edge_index": (("int32",), (2, "E")),
-    "edge_shift": (("int8", "int16"), ("E", 3)),
+    "edge_shift": (("int8", "int16", "int32"), ("E", 3)),
     "edge_dist": (("float32",), ("E",)),
     "targets": (("float64",), ("T",)),
 }
 
+#: dtype strings a record may declare (little-endian or byte-sized numeric and bool types).
+ALLOWED_DTYPES: dict[str, np.dtype] = {
+    s: np.dtype(s)
+    for s in ("|b1", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f2", "<f4", "<f8")
+}
+#: the largest decoded size one field may declare, bytes (1 GiB: ~140,000 atoms of EAD set 2).
+MAX_FIELD_BYTES = 1 << 30
+_MAX_NDIM = 8
+_CODECS = ("raw", "zlib", "shuffle-zlib")
+# deflate cannot expand data by more than ~1032x: a declared size beyond that is a lie.
+_MAX_INFLATION = 1032
+_CRC_KEY = b',"crc32":"'
+_CRC_TAIL = len(_CRC_KEY) + 8 + 2  # ,"crc32":"xxxxxxxx"}
+
 
 class RecordError(ValueError):
-    """A record that does not follow the store contract (wrong field, dtype or shape)."""
+    """A record that does not follow the store contract (wrong field, dtype, shape or bytes)."""
 
 
 def _le(dtype: np.dtype) -> np.dtype:
@@ -93,7 +133,7 @@ def _le(dtype: np.dtype) -> np.dtype:
 def encode_record(
     record_id: str, arrays: Mapping[str, np.ndarray], codecs: Mapping[str, str] | None = None
 ) -> bytes:
-    """Serialise arrays (in the given order) and an id to ``FPR1`` bytes.
+    """Serialise arrays (in the given order) and an id to ``FPR1`` bytes with a CRC-32.
 
     Args:
         record_id: structure identifier (any string).
@@ -107,6 +147,8 @@ def encode_record(
     for name, arr in arrays.items():
         arr = np.asarray(arr)
         dt = _le(arr.dtype)
+        if dt.str not in ALLOWED_DTYPES:
+            raise RecordError(f"field {name!r}: dtype {arr.dtype} is not storable")
         raw = np.ascontiguousarray(arr, dtype=dt).tobytes()
         codec = codecs.get(name, "raw")
         if codec == "zlib":
@@ -121,40 +163,159 @@ def encode_record(
         buffers.append(raw + b"\0" * pad)
         offset += len(raw) + pad
     header = json.dumps({"id": record_id, "fields": entries}, separators=(",", ":")).encode()
-    pre = MAGIC + struct.pack("<I", len(header)) + header
-    pre += b"\0" * ((-len(pre)) % _ALIGN)
-    return pre + b"".join(buffers)
+    header = header[:-1] + _CRC_KEY  # the digits and '"}' follow
+    hlen = len(header) + 10
+    head = MAGIC + struct.pack("<I", hlen) + header
+    tail = b'"}' + b"\0" * ((-(8 + hlen)) % _ALIGN)
+    body = b"".join(buffers)
+    crc = zlib.crc32(body, zlib.crc32(tail, zlib.crc32(head)))
+    return head + b"%08x" % crc + tail + body
+
+
+def has_checksum(buf: bytes | memoryview) -> bool:
+    """Whether an ``FPR1`` record carries the CRC-32 (records written before it existed do not).
+
+    Only looks at the header's fixed tail; :func:`decode_record` does the actual check.
+    """
+    if len(buf) < 8:
+        return False
+    (hlen,) = struct.unpack_from("<I", buf, 4)
+    end = 8 + hlen
+    return (
+        _CRC_TAIL <= hlen and end <= len(buf) and bytes(buf[end - _CRC_TAIL : end - 10]) == _CRC_KEY
+    )
+
+
+def _check_crc(buf: bytes | memoryview, end: int) -> bool:
+    """Verify the CRC of a record whose header ends at byte ``end``; False if it has none."""
+    if end - 8 < _CRC_TAIL or bytes(buf[end - _CRC_TAIL : end - 10]) != _CRC_KEY:
+        return False
+    digits = bytes(buf[end - 10 : end - 2])
+    if digits.strip(b"0123456789abcdef"):
+        raise RecordError(f"malformed checksum {digits!r}: the record is damaged")
+    view = memoryview(buf)
+    crc = zlib.crc32(view[end - 2 :], zlib.crc32(view[: end - 10]))
+    if crc != int(digits, 16):
+        raise RecordError(
+            f"checksum mismatch (stored {digits.decode('latin-1')}, bytes give {crc:08x}): "
+            f"the record is damaged"
+        )
+    return True
+
+
+def _inflate(data: memoryview, expected: int, name: str) -> bytes:
+    """zlib-decompress ``data``, refusing a stream that does not inflate to exactly
+    ``expected`` bytes (at most ``expected + 1`` bytes are ever produced)."""
+    if expected > _MAX_INFLATION * len(data) + 64:
+        raise RecordError(
+            f"field {name!r}: declares {expected} bytes from a {len(data)}-byte zlib block"
+        )
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, expected + 1)
+    except zlib.error as err:
+        raise RecordError(f"field {name!r}: damaged zlib data ({err})") from None
+    if len(out) != expected or not inflater.eof or inflater.unused_data:
+        raise RecordError(
+            f"field {name!r}: zlib data inflates to "
+            f"{'more than ' if len(out) > expected else ''}{len(out)} bytes"
+            f"{'' if inflater.eof else ' (truncated stream)'}, declared {expected}"
+        )
+    return out
+
+
+def _field_entry(entry, data_len: int) -> tuple[str, np.dtype, tuple, int, int, str, int]:
+    """Check one header entry against the contract and the buffer; returns it unpacked plus
+    its element count."""
+    if not (isinstance(entry, list) and len(entry) == 6):
+        raise RecordError(f"malformed field entry {str(entry)[:80]!r}")
+    name, dtype, shape, offset, nbytes, codec = entry
+    if not isinstance(name, str) or name == "id":
+        raise RecordError(f"malformed field name {str(name)[:80]!r}")
+    dt = ALLOWED_DTYPES.get(dtype) if isinstance(dtype, str) else None
+    if dt is None:
+        raise RecordError(f"field {name!r}: dtype {str(dtype)[:40]!r} is not allowed")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > _MAX_NDIM
+        or not all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise RecordError(f"field {name!r}: bad shape {str(shape)[:80]}")
+    if codec not in _CODECS:
+        raise RecordError(f"field {name!r}: unknown codec {str(codec)[:40]!r}")
+    if not (type(offset) is int and type(nbytes) is int and offset >= 0 and nbytes >= 0):
+        raise RecordError(f"field {name!r}: bad offset/length {offset!r}/{nbytes!r}")
+    if offset + nbytes > data_len:
+        raise RecordError(
+            f"field {name!r}: bytes [{offset}, {offset + nbytes}) beyond the record's "
+            f"{data_len} data bytes"
+        )
+    count = math.prod(shape)
+    size = count * dt.itemsize
+    if size > MAX_FIELD_BYTES:
+        raise RecordError(f"field {name!r}: declares {size} bytes (limit {MAX_FIELD_BYTES})")
+    if codec == "raw" and nbytes != size:
+        raise RecordError(
+            f"field {name!r}: shape {shape} of {dt.str} needs {size} bytes, header says {nbytes}"
+        )
+    return name, dt, tuple(shape), offset, nbytes, codec, count
 
 
 def decode_record(buf: bytes | memoryview, fields: set[str] | None = None) -> dict:
     """Decode ``FPR1`` bytes to ``{"id": str, name: read-only ndarray, ...}``.
 
+    Verifies the CRC-32 when the record has one, and every declared size against the buffer.
+
     Args:
         buf: the encoded record.
         fields: if given, decode only these array fields (``id`` is always returned).
+
+    Raises:
+        RecordError: not an ``FPR1`` record, damaged bytes (checksum), or a header that
+            declares sizes, dtypes or codecs the contract does not allow.
     """
-    if bytes(buf[:4]) != MAGIC:
+    n = len(buf)
+    if n < 8 or bytes(buf[:4]) != MAGIC:
         raise RecordError(f"not an FPR1 record (starts with {bytes(buf[:4])!r})")
     (hlen,) = struct.unpack_from("<I", buf, 4)
-    header = json.loads(bytes(buf[8 : 8 + hlen]))
-    start = 8 + hlen
-    start += (-start) % _ALIGN
-    out: dict = {"id": header["id"]}
-    for name, dtype, shape, offset, nbytes, codec in header["fields"]:
+    end = 8 + hlen
+    if end > n:
+        raise RecordError(f"header length {hlen} beyond the record's {n} bytes")
+    checked = _check_crc(buf, end)
+    try:
+        header = json.loads(bytes(buf[8:end]))
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        raise RecordError(f"unreadable header ({err})") from None
+    keys = ("id", "fields", "crc32") if checked else ("id", "fields")
+    if not isinstance(header, dict) or tuple(header) != keys:
+        got = list(header) if isinstance(header, dict) else type(header).__name__
+        raise RecordError(f"malformed header (keys {str(got)[:80]}, expected {list(keys)})")
+    record_id, entries = header["id"], header["fields"]
+    if not isinstance(record_id, str) or not isinstance(entries, list):
+        raise RecordError("malformed header (id must be a string, fields a list)")
+    start = end + (-end) % _ALIGN
+    if start > n:
+        raise RecordError(f"record of {n} bytes ends inside its header padding")
+    data_len = n - start
+    out: dict = {"id": record_id}
+    for entry in entries:
+        name, dt, shape, offset, nbytes, codec, count = _field_entry(entry, data_len)
+        if name in out:
+            raise RecordError(f"field {name!r} appears twice")
         if fields is not None and name not in fields:
+            out[name] = None  # placeholder for the duplicate check, dropped below
             continue
-        dt = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
         if codec == "raw":
             arr = np.frombuffer(buf, dtype=dt, count=count, offset=start + offset)
-        elif codec in ("zlib", "shuffle-zlib"):
-            raw = zlib.decompress(bytes(buf[start + offset : start + offset + nbytes]))
-            if codec == "shuffle-zlib":
-                raw = np.frombuffer(raw, np.uint8).reshape(dt.itemsize, -1).T.tobytes()
-            arr = np.frombuffer(raw, dtype=dt, count=count)
         else:
-            raise RecordError(f"field {name!r}: unknown codec {codec!r}")
+            block = memoryview(buf)[start + offset : start + offset + nbytes]
+            raw = _inflate(block, count * dt.itemsize, name)
+            if codec == "shuffle-zlib" and count:
+                raw = np.frombuffer(raw, np.uint8).reshape(dt.itemsize, count).T.tobytes()
+            arr = np.frombuffer(raw, dtype=dt, count=count)
         out[name] = arr.reshape(shape)
+    if fields is not None:
+        out = {k: v for k, v in out.items() if v is not None}
     return out
 
 
@@ -187,15 +348,26 @@ def descriptor_digest(name: str, arr: np.ndarray) -> bytes:
 
 
 def shift_dtype(edge_shift: np.ndarray) -> np.dtype:
-    """The contract's dtype for image offsets: int8 when every value fits, else int16."""
-    if edge_shift.size == 0 or (edge_shift.min() >= -128 and edge_shift.max() <= 127):
+    """The contract's dtype for image offsets: the narrowest of int8, int16 and int32 that holds
+    every value (a strongly skewed cell can need shifts of tens of thousands of cells).
+
+    Raises:
+        RecordError: a value beyond int32 (never stored wrapped).
+    """
+    if edge_shift.size == 0:
         return np.dtype(np.int8)
-    return np.dtype(np.int16)
+    lo, hi = int(edge_shift.min()), int(edge_shift.max())
+    for dtype in (np.int8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dtype)
+    raise RecordError(f"image offsets up to {max(-lo, hi)} cells do not fit in int32")
 
 
 def validate_graph_record(record: Mapping, n_targets: int | None = None) -> None:
     """Raise :class:`RecordError` unless ``record`` has every graph field with the contract's
-    dtype and a consistent shape (N atoms, E edges, T targets)."""
+    dtype and a consistent shape (N atoms, E edges, T targets), ``edge_index`` within
+    [0, N), finite positions and cell, and finite positive edge distances."""
     if not isinstance(record.get("id"), str):
         raise RecordError("record needs a string 'id'")
     sizes: dict[str, int] = {}
@@ -229,3 +401,9 @@ def validate_graph_record(record: Mapping, n_targets: int | None = None) -> None
     ei = np.asarray(record["edge_index"])
     if ei.size and (ei.min() < 0 or ei.max() >= n_atoms):
         raise RecordError(f"record {record['id']!r}: edge_index out of range [0, {n_atoms})")
+    for name in ("pos", "cell"):
+        if not np.isfinite(record[name]).all():
+            raise RecordError(f"record {record['id']!r}: non-finite values in {name!r}")
+    dist = np.asarray(record["edge_dist"])
+    if dist.size and not (np.isfinite(dist).all() and dist.min() > 0):
+        raise RecordError(f"record {record['id']!r}: edge_dist not finite and positive")

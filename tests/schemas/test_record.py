@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from schemas.record import (
     decode_record,
     descriptor_digest,
     encode_record,
+    has_checksum,
     shift_dtype,
     validate_graph_record,
 )
@@ -110,3 +112,141 @@ def test_shift_dtype_rule():
     assert shift_dtype(np.array([[127, -128, 0]])) == np.int8
     assert shift_dtype(np.array([[128, 0, 0]])) == np.int16
     assert shift_dtype(np.zeros((0, 3), int)) == np.int8
+
+
+def legacy_record(record_id: str, arrays: dict) -> bytes:
+    """A record as written before checksums existed, built from the documented layout alone:
+    header {"id", "fields"}, no "crc32"."""
+    entries, body = [], b""
+    for name, arr in arrays.items():
+        raw = np.ascontiguousarray(arr).tobytes()
+        entries.append([name, arr.dtype.str, list(arr.shape), len(body), len(raw), "raw"])
+        body += raw + b"\0" * ((-len(raw)) % 8)
+    return crafted({"id": record_id, "fields": entries}, body, checksum=False)
+
+
+def crafted(header: dict, body: bytes, checksum: bool = True) -> bytes:
+    """Bytes with any header (sizes as given, however absurd), with a valid CRC-32 computed
+    from the documented rule (crc32 of the record without the 8 digits) when asked."""
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if checksum:
+        text = text[:-1] + b',"crc32":"00000000"}'
+    head = b"FPR1" + struct.pack("<I", len(text)) + text
+    record = head + b"\0" * ((-len(head)) % 8) + body
+    if not checksum:
+        return record
+    end = len(head)
+    crc = zlib.crc32(record[: end - 10] + record[end - 2 :])
+    return record[: end - 10] + b"%08x" % crc + record[end - 2 :]
+
+
+def test_every_single_byte_change_is_detected():
+    """The integrity check: no changed byte anywhere (magic, header, padding, buffers) decodes
+    silently, for raw and compressed fields alike."""
+    rec = sample_record()
+    arrays = dict(fields(rec), ead=np.linspace(0, 1, 64, dtype=np.float32).reshape(4, 16))
+    buf = encode_record(rec["id"], arrays, {"ead": "shuffle-zlib"})
+    assert has_checksum(buf)
+    rng = np.random.default_rng(0)
+    for k in range(len(buf)):
+        damaged = bytearray(buf)
+        damaged[k] ^= int(rng.integers(1, 256))
+        with pytest.raises(RecordError):
+            decode_record(bytes(damaged))
+
+
+def test_checksum_is_the_documented_crc32():
+    rec = sample_record()
+    buf = encode_record(rec["id"], fields(rec))
+    (hlen,) = struct.unpack("<I", buf[4:8])
+    end = 8 + hlen
+    assert buf[end - 20 : end - 10] == b',"crc32":"' and buf[end - 2 : end] == b'"}'
+    assert int(buf[end - 10 : end - 2], 16) == zlib.crc32(buf[: end - 10] + buf[end - 2 :])
+    # a record of the same layout built independently from that rule decodes
+    entries = json.loads(buf[8:end])["fields"]
+    again = crafted({"id": rec["id"], "fields": entries}, buf[end + (-end) % 8 :])
+    assert again == buf
+
+
+def test_records_without_checksum_still_decode():
+    rec = sample_record()
+    buf = legacy_record(rec["id"], fields(rec))
+    assert not has_checksum(buf)
+    out = decode_record(buf)
+    for k, v in fields(rec).items():
+        np.testing.assert_array_equal(out[k], v)
+    # ... but a header that is neither form is refused (e.g. a damaged "crc32" key)
+    damaged = encode_record(rec["id"], fields(rec)).replace(b'"crc32"', b'"crc33"')
+    with pytest.raises(RecordError, match="malformed header"):
+        decode_record(damaged)
+
+
+ONE = np.arange(4, dtype=np.float64)
+
+
+@pytest.mark.parametrize(
+    "entry,body,message",
+    [
+        (["a", "<f8", [-4], 0, 32, "raw"], ONE.tobytes(), "bad shape"),
+        (["a", "<f8", [1 << 40], 0, 32, "raw"], ONE.tobytes(), "limit"),
+        (["a", "<f8", [1 << 26], 0, 32, "raw"], ONE.tobytes(), "needs 536870912 bytes"),
+        (["a", "<f8", [4], 0, 64, "raw"], ONE.tobytes(), "beyond the record"),
+        (["a", "<f8", [4], 1 << 62, 32, "raw"], ONE.tobytes(), "beyond the record"),
+        (["a", "<f8", [5], 0, 32, "raw"], ONE.tobytes(), "needs 40 bytes"),
+        (["a", "|O", [4], 0, 32, "raw"], ONE.tobytes(), "not allowed"),
+        (["a", "V8", [4], 0, 32, "raw"], ONE.tobytes(), "not allowed"),
+        (["a", "<f8", [4], 0, 32, "pickle"], ONE.tobytes(), "unknown codec"),
+        (["a", "<f8", "4", 0, 32, "raw"], ONE.tobytes(), "bad shape"),
+        (["a", "<f8", [4], 0], ONE.tobytes(), "malformed field entry"),
+    ],
+)
+def test_absurd_headers_are_refused(entry, body, message):
+    buf = crafted({"id": "x", "fields": [entry]}, body)
+    with pytest.raises(RecordError, match=message):
+        decode_record(buf)
+
+
+def test_compressed_block_that_inflates_past_its_size_is_refused_without_inflating_it():
+    import tracemalloc
+
+    bomb = zlib.compress(b"\0" * (64 << 20), 9)  # 64 MiB of zeros in ~64 KiB
+    body = bomb + b"\0" * ((-len(bomb)) % 8)
+    small = crafted({"id": "x", "fields": [["a", "<f8", [4], 0, len(bomb), "zlib"]]}, body)
+    huge = crafted({"id": "x", "fields": [["a", "<f8", [1 << 27], 0, 100, "zlib"]]}, body)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RecordError, match="inflates to more than 33 bytes"):
+            decode_record(small)
+        with pytest.raises(RecordError, match="from a 100-byte zlib block"):
+            decode_record(huge)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # never the 64 MiB the block holds, nor the 1 GiB declared
+    truncated = crafted(
+        {"id": "x", "fields": [["a", "<f8", [4], 0, 10, "zlib"]]},
+        zlib.compress(ONE.tobytes())[:10] + b"\0" * 6,
+    )
+    with pytest.raises(RecordError, match="truncated stream|damaged zlib"):
+        decode_record(truncated)
+
+
+def test_shifts_widen_to_int32_and_never_wrap():
+    assert shift_dtype(np.array([[40000 * 2, -1, 0]])) == np.int32
+    assert shift_dtype(np.array([[-32769, 0, 0]])) == np.int32
+    with pytest.raises(RecordError, match="do not fit in int32"):
+        shift_dtype(np.array([[1 << 31, 0, 0]]))
+    rec = sample_record()
+    validate_graph_record(dict(rec, edge_shift=rec["edge_shift"].astype(np.int32)))
+
+
+def test_validate_graph_record_requires_finite_geometry():
+    rec = sample_record()
+    pos = rec["pos"].copy()
+    pos[1, 2] = np.nan
+    with pytest.raises(RecordError, match="non-finite values in 'pos'"):
+        validate_graph_record(dict(rec, pos=pos))
+    dist = rec["edge_dist"].copy()
+    dist[0] = np.inf
+    with pytest.raises(RecordError, match="edge_dist"):
+        validate_graph_record(dict(rec, edge_dist=dist))
