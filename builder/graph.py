@@ -8,7 +8,7 @@ import numpy as np
 
 from builder.neighbors import NeighbourList, neighbour_list
 from builder.structure import MIN_DISTANCE, Rejected, StructureArrays, check_structure
-from schemas.record import shift_dtype
+from schemas.record import RecordError, shift_dtype
 
 __all__ = ["graph_record"]
 
@@ -44,6 +44,10 @@ def graph_record(
     if (counts == 0).any():
         i = int(np.flatnonzero(counts == 0)[0])
         raise Rejected(f"atom {i} (Z={int(s.z[i])}) has no neighbour within {cutoff} Å")
+    try:
+        shift_type = shift_dtype(nl.edge_shift)
+    except RecordError as why:  # beyond int32: never stored wrapped
+        raise Rejected(f"cell too skewed to store: {why}") from None
     record = {
         "id": str(record_id),
         "z": s.z,
@@ -51,7 +55,7 @@ def graph_record(
         "cell": s.cell,
         "pbc": s.pbc,
         "edge_index": nl.edge_index.astype(np.int32),
-        "edge_shift": nl.edge_shift.astype(shift_dtype(nl.edge_shift)),
+        "edge_shift": nl.edge_shift.astype(shift_type),
         "edge_dist": nl.edge_dist.astype(np.float32),
         "targets": target_arr,
     }

@@ -98,6 +98,21 @@ def _search_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     return out
 
 
+def _shift_keys(shift: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Sort keys ordering (E, 3) int64 shifts lexicographically (component 0 slowest), least
+    significant first as ``np.lexsort`` wants them.
+
+    One packed key (21 bits per component) keeps the sort at four keys instead of six; shifts
+    too large to pack (|s| >= 2^20 cells, only in absurdly skewed cells) keep three keys, so
+    the order is always exact (never wrapped).
+    """
+    bound = 1 << 20
+    if shift.size == 0 or int(np.abs(shift).max()) < bound:
+        biased = shift + bound
+        return ((biased[:, 0] << 42) | (biased[:, 1] << 21) | biased[:, 2],)
+    return shift[:, 2], shift[:, 1], shift[:, 0]
+
+
 def neighbour_list(
     pos: np.ndarray,
     cell: np.ndarray,
@@ -142,12 +157,7 @@ def neighbour_list(
     centre, neighbour, dist = centre[keep], neighbour[keep], dist[keep]
     shift = np.rint(shift[keep]).astype(np.int64)
     if sort:
-        # One packed key for the shift (each component < 2^15 in magnitude) keeps the sort at
-        # four keys instead of six.
-        packed = (
-            ((shift[:, 0] + 32768) << 32) | ((shift[:, 1] + 32768) << 16) | (shift[:, 2] + 32768)
-        )
-        order = np.lexsort((packed, neighbour, dist, centre))
+        order = np.lexsort((*_shift_keys(shift), neighbour, dist, centre))
     elif np.all(centre[1:] >= centre[:-1]):  # the engine already groups by centre
         order = slice(None)
     else:

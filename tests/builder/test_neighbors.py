@@ -176,3 +176,29 @@ def test_descriptors_do_not_depend_on_edge_order(name):
     a = spec.compute(*args, neighbour_list(*args[1:], radius))
     b = spec.compute(*args, neighbour_list(*args[1:], radius, sort=False))
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("skewed_row", [0, 1, 2])
+def test_huge_shifts_keep_the_exact_canonical_order(skewed_row):
+    """A simple cubic lattice given by a cell with one vector 40000 cells long: shifts reach
+    ~80,000 cells in that component. Edges still match the cubic lattice's (brute force on the
+    cubic cell, mapped through the unimodular change of basis) and ties keep the canonical
+    order (distance, then j, then shift lexicographically); a shift key packed in 16 bits per
+    component would scramble it."""
+    cubic = np.eye(3) * 3.0
+    change = np.eye(3, dtype=np.int64)  # cell = change @ cubic
+    change[skewed_row, (skewed_row + 1) % 3] = 40000
+    cell = change @ cubic
+    pos = np.zeros((1, 3))
+    nl = neighbour_list(pos, cell, [True] * 3, CUTOFF)
+    # the same lattice vector: shift_cubic @ cubic == shift @ cell, so shift = shift_cubic @ inv
+    inverse = np.rint(np.linalg.inv(change)).astype(np.int64)
+    reference = {}
+    for (i, j, *shift_cubic), d in brute_force(pos, cubic, [True] * 3, CUTOFF).items():
+        reference[(i, j, *map(int, np.array(shift_cubic) @ inverse))] = d
+    assert_same(nl, reference)
+    keys = [
+        (float(d), int(j), tuple(s))
+        for d, j, s in zip(nl.edge_dist, nl.edge_index[0], nl.edge_shift.tolist())
+    ]
+    assert keys == sorted(keys)
