@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU wheel on this machine, never a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
-	# test oracles whose declared dependencies would pull another torch / all of Lightning
-	$(BIN)/pip install --quiet --no-deps pyxtal-ff==0.2.3 torchmd-net==3.1.0
+	# test oracles whose declared dependencies would pull another torch / all of Lightning (SchNetPack:
+	# its PaiNN only, loaded without its package __init__, tests/trainer/test_backbones.py)
+	$(BIN)/pip install --quiet --no-deps pyxtal-ff==0.2.3 torchmd-net==3.1.0 schnetpack==2.1.1
 	touch $(STAMP)
 
 # The compiled EAD kernel is optional (a failed build only warns): require it in the tests

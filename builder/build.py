@@ -108,6 +108,7 @@ class BuildOptions:
     target_units: dict[str, str] = field(default_factory=dict)
     id_column: str | None = None
     cif_column: str = "cif"
+    targets_csv: str | None = None  # targets of `files` inputs (folders of CIF/POSCAR), by id
     fmt: str | None = None
     strict: bool = False
     allow_missing_targets: bool = False
@@ -339,7 +340,7 @@ def _open_inputs(opts: BuildOptions):
     target_names: list[str] | None = None
     for path in opts.inputs:
         fmt, names, items, total = open_input(
-            path, opts.fmt, opts.targets, opts.id_column, opts.cif_column
+            path, opts.fmt, opts.targets, opts.id_column, opts.cif_column, opts.targets_csv
         )
         if target_names is not None and names != target_names:
             raise BuildError(
@@ -361,6 +362,9 @@ def _fingerprint(opts: BuildOptions, sources: list[dict], target_names: list[str
         "targets": target_names,
         "id_column": opts.id_column,
         "cif_column": opts.cif_column,
+        **(
+            {"targets_csv": file_sha256(opts.targets_csv)} if opts.targets_csv else {}
+        ),  # absent when unused, so older partial builds still resume
         "allow_missing_targets": opts.allow_missing_targets,
         "descriptors": list(opts.descriptors),
         "descriptor_dtype": opts.descriptor_dtype,

@@ -86,6 +86,13 @@ def cli() -> None:
 @click.option("--target-unit", "units", multiple=True, help="COLUMN=UNIT for the manifest.")
 @click.option("--id-column", default=None, help="Id column (default: material_id or id).")
 @click.option("--cif-column", default="cif", show_default=True, help="CIF column of a CSV.")
+@click.option(
+    "--targets-csv",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="CSV of targets for folders/files of structures (CIF, POSCAR): an id column "
+    "(--id-column; ids are file names without extension) and the --target columns.",
+)
 @click.option("--format", "fmt", default=None, help="Input format (default: from the name).")
 @click.option(
     "--descriptor",
@@ -141,6 +148,7 @@ def build(
     units,
     id_column,
     cif_column,
+    targets_csv,
     fmt,
     descriptors,
     dtype,
@@ -154,13 +162,15 @@ def build(
     quiet,
 ) -> None:
     """Build a store from INPUTS (CSV with CIFs, CGCNN folder, extxyz, ASE db, pymatgen or
-    MatBench JSON, MatDeepLearn JSON). Re-running the same command resumes an interrupted
-    build."""
+    MatBench JSON, MatDeepLearn JSON, folders or files of CIF/POSCAR; quoted glob patterns are
+    expanded). Re-running the same command resumes an interrupted build."""
     from builder.build import BuildOptions, build_store, summarize
+    from builder.readers import expand_inputs
 
     names = _resolve_names(descriptors)
     opts = BuildOptions(
-        inputs=list(inputs),
+        inputs=expand_inputs(inputs),
+        targets_csv=targets_csv,
         out=out,
         cutoff=cutoff,
         jobs=jobs,

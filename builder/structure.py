@@ -75,6 +75,27 @@ def _parse_cif(text: str) -> StructureArrays:
     return _from_pymatgen(structures[0])
 
 
+def _read_with_ase(path: str) -> StructureArrays:
+    """One structure file that is not a CIF (POSCAR, ``*.vasp``, ``*.xsf``, ...), read by ASE
+    (format guessed from the name; POSCAR/CONTCAR by name). A file of several frames is
+    refused: one file, one structure."""
+    import ase.io
+
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as err:  # ASE raises many kinds for unreadable files
+        raise Rejected(f"unreadable structure file: {type(err).__name__}: {err}") from None
+    if len(frames) != 1:
+        raise Rejected(f"{len(frames)} structures in one file (give one per file, or extxyz)")
+    atoms = frames[0]
+    return StructureArrays(
+        z=np.asarray(atoms.numbers, dtype=np.int64),
+        pos=np.asarray(atoms.positions, dtype=np.float64).reshape(-1, 3),
+        cell=np.asarray(atoms.cell.array, dtype=np.float64).reshape(3, 3),
+        pbc=np.asarray(atoms.pbc, dtype=bool).reshape(3),
+    )
+
+
 def to_arrays(kind: str, payload: Any) -> StructureArrays:
     """Payload of a :class:`~builder.readers.RawItem` -> arrays.
 
@@ -92,6 +113,8 @@ def to_arrays(kind: str, payload: Any) -> StructureArrays:
         except OSError as err:
             raise Rejected(f"cannot read CIF file: {err}") from None
         return _parse_cif(text)
+    if kind == "ase-file":
+        return _read_with_ase(payload)
     if kind == "pymatgen-dict":
         from pymatgen.core import Structure
 

@@ -28,6 +28,10 @@ format          input                            id / targets
 ``mdl``         MatDeepLearn JSON list of        ``structure_id``; target ``y`` (``y0``,
                 ``{structure_id, positions,      ``y1``, ... when ``y`` has several values)
                 cell, atomic_numbers, y}``
+``files``       a folder of structure files, or  file name without extension; targets
+                one file: ``*.cif``, POSCAR,     optional, from ``--targets-csv`` joined
+                CONTCAR, ``*.vasp``, any ASE-    by id (:mod:`builder.readers.files`)
+                readable single structure
 ==============  ===============================  =========================================
 
 JSON formats are loaded whole (JSON has no record boundaries to stream on); CSV, CGCNN folders,
@@ -40,10 +44,18 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from builder.readers import ase_formats, csv_cif, json_formats
+from builder.readers import ase_formats, csv_cif, files, json_formats
 from builder.readers.common import InputError, RawItem, open_text, parse_target
 
-__all__ = ["FORMATS", "InputError", "RawItem", "detect_format", "open_input", "parse_target"]
+__all__ = [
+    "FORMATS",
+    "InputError",
+    "RawItem",
+    "detect_format",
+    "expand_inputs",
+    "open_input",
+    "parse_target",
+]
 
 # format name -> opener(path, targets, id_column, cif_column) -> (target_names, items, total)
 FORMATS: dict[str, Callable] = {
@@ -54,7 +66,29 @@ FORMATS: dict[str, Callable] = {
     "pymatgen": json_formats.open_pymatgen_json,
     "matbench": json_formats.open_matbench,
     "mdl": json_formats.open_mdl,
+    "files": files.open_structure_files,
 }
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Input paths with glob patterns (``'cifs/*.cif'``, quoted so the shell left them)
+    expanded in sorted order; a path that exists is taken as it is.
+
+    Raises:
+        InputError: a pattern that matches nothing.
+    """
+    import glob
+
+    out: list[str] = []
+    for item in map(str, inputs):
+        if not os.path.exists(item) and glob.has_magic(item):
+            found = sorted(glob.glob(item))
+            if not found:
+                raise InputError(f"{item}: no file matches this pattern")
+            out += found
+        else:
+            out.append(item)
+    return out
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -62,9 +96,9 @@ def detect_format(path: str | os.PathLike) -> str:
     p = Path(path)
     name = p.name.lower()
     if p.is_dir():
-        if (p / "id_prop.csv").is_file():
-            return "cgcnn"
-        raise InputError(f"{path}: a folder input must hold id_prop.csv and <id>.cif files")
+        return "cgcnn" if (p / "id_prop.csv").is_file() else "files"
+    if files.is_structure_file(p):
+        return "files"
     if name.endswith((".csv", ".csv.gz")):
         return "csv-cif"
     if name.endswith((".xyz", ".extxyz", ".xyz.gz", ".extxyz.gz")):
@@ -94,8 +128,9 @@ def open_input(
     targets: Sequence[str],
     id_column: str | None,
     cif_column: str = "cif",
+    targets_csv: str | None = None,
 ) -> tuple[str, list[str], Iterator[RawItem], int | None]:
-    """Open one input.
+    """Open one input (``targets_csv``: the targets of a ``files`` input, joined by id).
 
     Returns:
         ``(format, target_names, items, total)``: the format used, the target names (the
@@ -112,4 +147,11 @@ def open_input(
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     opener = FORMATS[fmt]
+    if fmt == "files":
+        return (fmt, *opener(str(path), list(targets), id_column, cif_column, targets_csv))
+    if targets_csv:
+        raise InputError(
+            f"{path}: --targets-csv is for folders or files of structures (format 'files'); "
+            f"{fmt} inputs carry their targets (--target COLUMN)"
+        )
     return (fmt, *opener(str(path), list(targets), id_column, cif_column))

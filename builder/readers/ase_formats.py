@@ -20,12 +20,26 @@ def _atoms_payload(atoms) -> dict[str, Any]:
     }
 
 
+def frame_values(atoms) -> dict[str, Any]:
+    """The scalar values of a frame a target can come from: the calculator's results
+    (``energy``, ``free_energy``, ...: ASE moves ``energy=`` of an extxyz comment line into a
+    SinglePointCalculator) and ``info`` (the other key=value pairs; wins on a name clash)."""
+    values: dict[str, Any] = {}
+    calc = getattr(atoms, "calc", None)
+    for key, value in (getattr(calc, "results", None) or {}).items():
+        if getattr(value, "ndim", 0) == 0 and not isinstance(value, (str, bytes)):
+            values[key] = value
+    values.update(atoms.info)
+    return values
+
+
 def open_extxyz(
     path: str, targets: list[str], id_column: str | None, cif_column: str
 ) -> tuple[list[str], Iterator[RawItem]]:
-    """Extended XYZ (multi-frame). Targets and ids come from each frame's ``info`` (the
-    comment-line key=value pairs); id default: ``material_id`` or ``id`` in ``info``, else
-    ``<file>:<frame>``."""
+    """Extended XYZ (multi-frame). Targets and ids come from each frame's comment line: its
+    ``info`` key=value pairs and the calculator results ASE makes of ``energy=``,
+    ``free_energy=`` ... (:func:`frame_values`); id default: ``material_id`` or ``id`` in
+    ``info``, else ``<file>:<frame>``."""
     import ase.io
 
     stem = Path(path).name
@@ -35,7 +49,7 @@ def open_extxyz(
         raise InputError(f"{path}: cannot read extxyz: {err}") from None
     if first is None:
         raise InputError(f"{path}: no frames")
-    check_columns(path, targets, sorted(first.info), "info key(s) for target")
+    check_columns(path, targets, sorted(frame_values(first)), "info/calculator key(s) for target")
 
     def items() -> Iterator[RawItem]:
         frames = ase.io.iread(path, index=":", format="extxyz")
@@ -47,13 +61,14 @@ def open_extxyz(
             except Exception as err:
                 raise InputError(f"{path}, frame {k + 1}: cannot parse: {err}") from None
             info = atoms.info
+            values = frame_values(atoms)
             key = id_column or next((c for c in ("material_id", "id") if c in info), None)
             yield RawItem(
                 source=path,
                 row=k + 1,
                 row_kind="frame",
                 record_id=str(info[key]) if key in info else f"{stem}:{k + 1}",
-                targets=tuple(parse_target(info.get(t)) for t in targets),
+                targets=tuple(parse_target(values.get(t)) for t in targets),
                 kind="arrays",
                 payload=_atoms_payload(atoms),
             )

@@ -116,7 +116,68 @@ def write_mdl(tmp, sample):
     return path, {}
 
 
+def write_extxyz_calculator(tmp, sample):
+    """extxyz as ASE writes a frame with a calculator: ``energy=`` on the comment line, which
+    ASE reads back into a SinglePointCalculator, not into ``info``."""
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for i, y, s, _ in sample:
+        atoms = s.to_ase_atoms()
+        atoms.info["material_id"] = i
+        atoms.calc = SinglePointCalculator(atoms, energy=y, free_energy=y)
+        frames.append(atoms)
+    path = tmp / "calc.extxyz"
+    ase.io.write(path, frames, format="extxyz")
+    assert "energy=" in path.read_text().splitlines()[1]
+    return path, {"targets": ["energy"]}
+
+
+def write_ase_db_calculator(tmp, sample):
+    import ase.db
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    path = tmp / "calc.db"
+    with ase.db.connect(path) as db:
+        for i, y, s, _ in sample:
+            atoms = s.to_ase_atoms()
+            atoms.calc = SinglePointCalculator(atoms, energy=y, free_energy=y)
+            db.write(atoms, material_id=i)
+    return path, {"targets": ["free_energy"]}
+
+
+def write_cif_folder(tmp, sample):
+    """A plain folder of ``<id>.cif`` (no id_prop.csv); targets from a CSV joined by id, in
+    another order than the files, with one extra id no file has."""
+    folder = tmp / "cifs"
+    folder.mkdir()
+    for i, _, _, cif in sample:
+        (folder / f"{i}.cif").write_text(cif)
+    table = write_csv(
+        tmp / "targets.csv",
+        ["material_id", "band_gap"],
+        [["mp-none", 1.0], *([i, repr(y)] for i, y, _, _ in reversed(sample))],
+    )
+    return folder, {"targets": ["band_gap"], "targets_csv": str(table)}
+
+
+def write_poscar_folder(tmp, sample):
+    """VASP files (``<id>.vasp``, Cartesian, written by ASE) read through ASE."""
+    import ase.io
+
+    folder = tmp / "vasp"
+    folder.mkdir()
+    for i, _, s, _ in sample:
+        ase.io.write(folder / f"{i}.vasp", s.to_ase_atoms(), format="vasp", direct=False)
+    return folder, {"targets": [], "allow_missing_targets": True}
+
+
 WRITERS = {
+    "extxyz-calculator": (write_extxyz_calculator, 1e-7),
+    "ase-db-calculator": (write_ase_db_calculator, 1e-12),
+    "files-cif": (write_cif_folder, 0.0),
+    "files-vasp": (write_poscar_folder, 1e-7),
     "cgcnn": (write_cgcnn, 0.0),
     "extxyz": (write_extxyz, 1e-7),  # ASE writes 8 decimals
     "ase-db": (write_ase_db, 1e-12),
@@ -131,7 +192,8 @@ WRITERS = {
 def test_format_matches_csv_reference(fmt, tmp_path, sample, reference):
     writer, atol = WRITERS[fmt]
     path, options = writer(tmp_path, sample)
-    expected_format = fmt.split("-mapping")[0]
+    expected_format = fmt.split("-mapping")[0].split("-calculator")[0].split("-cif")[0]
+    expected_format = expected_format.split("-vasp")[0]
     assert detect_format(path) == expected_format
     build(tmp_path / "out.lmdb", path, **options)
     store = open_store(tmp_path / "out.lmdb")
@@ -144,6 +206,39 @@ def test_format_matches_csv_reference(fmt, tmp_path, sample, reference):
         assert len(rec["edge_dist"]) == len(ref["edge_dist"])
         if options.get("targets") != []:
             np.testing.assert_array_equal(rec["targets"], ref["targets"])
+
+
+def test_structure_files_detection_ids_and_errors(tmp_path):
+    """Single files are the ``files`` format by name; ids are file stems (VASP names whole);
+    an empty folder, targets without a CSV and a CSV without the column are one-line errors;
+    an unreadable file is rejected with its reason, the others kept."""
+    rows = read_csv(MP_SAMPLE)[:2]
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.cif").write_text(rows[0]["cif"])
+    parse_cif(rows[1]["cif"]).to(filename=str(folder / "POSCAR_b"), fmt="poscar")
+    (folder / "broken.vasp").write_text("not a POSCAR\n")
+    (folder / "notes.txt").write_text("ignored")
+    for name in ("a.cif", "POSCAR_b", "CONTCAR", "x.vasp"):
+        assert detect_format(folder / name) == "files"
+    assert detect_format(folder) == "files"
+    _, _, items, total = open_input(folder, None, [], None)
+    assert total == 3 and [i.record_id for i in items] == ["POSCAR_b", "a", "broken"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no structure files"):
+        open_input(tmp_path / "empty", None, [], None)
+    with pytest.raises(InputError, match="--targets-csv"):
+        open_input(folder, None, ["y"], None)
+    table = write_csv(tmp_path / "t.csv", ["id", "z"], [["a", 1]])
+    with pytest.raises(InputError, match="no target column"):
+        open_input(folder, None, ["y"], None, targets_csv=str(table))
+    with pytest.raises(InputError, match="targets-csv is for folders"):
+        open_input(MP_SAMPLE, None, [], None, targets_csv=str(table))
+    build(tmp_path / "out.lmdb", folder, targets=[], allow_missing_targets=True)
+    store = open_store(tmp_path / "out.lmdb")
+    assert sorted(r["id"] for r in store) == ["POSCAR_b", "a"]
+    rejected = (tmp_path / "out.lmdb" / "rejected.csv").read_text()
+    assert "broken" in rejected and "unreadable structure file" in rejected
 
 
 def test_missing_column_lists_what_exists(tmp_path):
