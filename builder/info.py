@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from schemas import open_store, read_manifest
-from schemas.store import compute_hashes
+import numpy as np
+
+from builder.stats import FeatureStats
+from schemas import RecordError, StoreError, open_store, read_manifest
+from schemas.record import validate_graph_record
+from schemas.store import Store, compute_hashes
 
 __all__ = ["describe", "verify_store"]
 
@@ -70,20 +74,105 @@ def describe(store: str | Path) -> str:
     return "\n".join(lines)
 
 
+class _Checks:
+    """What ``verify`` checks record by record besides the hashes: the record contract, the
+    manifest's dims and dtypes, the size table, the totals and the label statistics."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        m = store.manifest
+        self.n_targets = len(m.get("targets", []))
+        self.sets = {name: m["descriptors"][name] for name in store.descriptor_names}
+        self.stats = {name: FeatureStats.empty(int(d["dim"])) for name, d in self.sets.items()}
+        self.atoms = 0
+        self.edges = 0
+        sizes = (store.num_atoms(), store.num_edges())
+        self.sizes = sizes if len(sizes[0]) == len(store) else None
+
+    def __call__(self, i: int, rec: dict) -> None:
+        where = f"record {i} ({rec.get('id')!r})"
+        try:
+            validate_graph_record(rec, self.n_targets)
+        except RecordError as err:
+            raise RecordError(f"{where}: {err}") from None
+        n, e = len(rec["z"]), len(rec["edge_dist"])
+        self.atoms += n
+        self.edges += e
+        if self.sizes is not None and (self.sizes[0][i], self.sizes[1][i]) != (n, e):
+            raise RecordError(
+                f"{where}: has {n} atoms and {e} edges, the size table says "
+                f"{self.sizes[0][i]} and {self.sizes[1][i]}"
+            )
+        for name, entry in self.sets.items():
+            arr = rec[name]
+            if arr.shape != (n, int(entry["dim"])) or arr.dtype.name != entry["dtype"]:
+                raise RecordError(
+                    f"{where}: {name} is {arr.dtype.name} {arr.shape}, the manifest says "
+                    f"{entry['dtype']} ({n}, {entry['dim']})"
+                )
+            self.stats[name] = self.stats[name].merge(FeatureStats.of(arr))
+
+    def manifest_problems(self) -> list[str]:
+        """Differences between the manifest's counts and statistics and the records'."""
+        m = self.store.manifest
+        problems = []
+        c = m["counts"]
+        for key, got in (("atoms", self.atoms), ("edges", self.edges)):
+            if int(c[key]) != got:
+                problems.append(f"manifest: counts.{key} is {c[key]}, the records hold {got}")
+        for name, entry in self.sets.items():
+            got, want = self.stats[name].to_dict(), entry.get("stats", {})
+            if int(want.get("count", -1)) != got["count"]:
+                problems.append(
+                    f"{name}: manifest stats.count is {want.get('count')}, records hold "
+                    f"{got['count']} atoms"
+                )
+                continue
+            scale = max(np.abs(np.asarray(got["min"] + got["max"], dtype=float)).max(initial=0), 1)
+            for key in ("mean", "std", "min", "max"):
+                ok = np.shape(want.get(key)) == np.shape(got[key]) and np.allclose(
+                    np.asarray(want[key], dtype=float),
+                    got[key],
+                    rtol=1e-6,
+                    atol=1e-9 * scale,
+                    equal_nan=True,
+                )
+                if not ok:
+                    problems.append(
+                        f"{name}: manifest stats.{key} differs from the records' statistics"
+                    )
+        return problems
+
+
 def verify_store(store: str | Path, progress: bool = True) -> tuple[bool, list[str]]:
-    """Recompute the hashes of every record and compare with the manifest.
+    """Check a store completely: open it (manifest digest, LMDB file structure or Zarr
+    metadata), read every record (checksums), check each against the record contract and the
+    manifest (dims, dtypes, size table), recompute counts, label statistics and hashes, and
+    compare them with the manifest.
 
     Returns:
-        ``(ok, report lines)``.
+        ``(ok, report lines)``; the last line is the verdict.
     """
-    s = open_store(store)
-    m = s.manifest
     try:
-        got = compute_hashes(s, progress=progress)
-    except Exception as err:  # damaged bytes surface as LMDB, decode or shape errors
-        return False, [f"{store}: CORRUPT — cannot read records: {type(err).__name__}: {err}"]
+        s = open_store(store)
+        checks = _Checks(s)
+    except (StoreError, RecordError) as err:
+        return False, [f"{store}: CORRUPT — {err}"]
+    m = s.manifest
     lines = []
-    ok = True
+    if "manifest_digest" not in m:
+        lines.append(
+            f"{store}: note: the manifest predates manifest digests; an edit to it cannot be "
+            f"told from the records (rebuild the store to add one)"
+        )
+    try:
+        got = compute_hashes(s, progress=progress, check=checks)
+    except (StoreError, RecordError) as err:
+        return False, lines + [f"{store}: CORRUPT — {err}"]
+    lines += _checksum_notes(s, store)
+    problems = checks.manifest_problems()
+    lines += problems
+    ok = not problems
     if got["graphs_hash"] != m["graphs_hash"]:
         ok = False
         lines.append(f"graphs: MISMATCH (manifest {m['graphs_hash']}, data {got['graphs_hash']})")
@@ -98,3 +187,20 @@ def verify_store(store: str | Path, progress: bool = True) -> tuple[bool, list[s
         f"{got['content_hash']}" + ("" if ok else f" (manifest says {m['content_hash']})")
     )
     return ok, lines
+
+
+def _checksum_notes(s: Store, store: str | Path) -> list[str]:
+    """A note when some records (LMDB) or arrays (Zarr) carry no checksum."""
+    unchecked_records = getattr(s, "unchecked", 0)
+    if unchecked_records:
+        return [
+            f"{store}: note: {unchecked_records:,} record blobs predate record checksums "
+            f"(readers cannot detect damage in them; this verify did, by hash)"
+        ]
+    unchecked_arrays = getattr(s, "unchecked_arrays", [])
+    if unchecked_arrays:
+        return [
+            f"{store}: note: arrays {', '.join(unchecked_arrays)} predate chunk checksums "
+            f"(readers cannot detect damage in them; this verify did, by hash)"
+        ]
+    return []

@@ -13,19 +13,28 @@ Opening is lazy and per process (``readonly=True, lock=False``): the environment
 first access in each process, and a forked DataLoader worker drops the handle it inherited and
 opens its own (py-lmdb refuses a second open of the same path in one process, and LMDB handles
 must not cross ``fork``).
+
+Damaged files give :class:`~schemas.manifest.StoreError` (or
+:class:`~schemas.record.RecordError` for a damaged record), never a crash: before liblmdb maps
+``data.mdb``, :class:`schemas.lmdb_file.LmdbTree` checks its meta and branch pages (a
+truncated file would otherwise kill the process with ``SIGBUS``), and before each key is
+looked up, the leaf page it lives in (once per process and page); liblmdb's own errors name
+the store, and every record's CRC-32 is checked when it is decoded.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lmdb
 import numpy as np
 
+from schemas.lmdb_file import LmdbTree
 from schemas.manifest import StoreError
-from schemas.record import decode_record
+from schemas.record import RecordError, decode_record, has_checksum
 from schemas.store import Store
 
 __all__ = ["LmdbStore", "descriptor_key", "graph_key", "SIZES_KEY", "open_env_readonly"]
@@ -41,16 +50,44 @@ def descriptor_key(name: str, index: int) -> bytes:
     return b"d/%s/%010d" % (name.encode(), index)
 
 
-# path -> (pid, env, txn): one read-only environment and one long-lived read transaction per
-# process and store directory.
-_OPEN: dict[str, tuple[int, lmdb.Environment, lmdb.Transaction]] = {}
+@dataclass
+class _Handle:
+    """One process's read-only view of one store's ``data.mdb``.
+
+    Attributes:
+        pid: the process that opened it.
+        tree: the checked structure of the snapshot ``txn`` reads.
+        env, txn: the environment and its long-lived read transaction.
+    """
+
+    pid: int
+    tree: LmdbTree
+    env: lmdb.Environment
+    txn: lmdb.Transaction
+
+    def get(self, key: bytes, where: str) -> bytes | None:
+        """The value under ``key`` (None if absent), its leaf page checked first."""
+        self.tree.check_key(key, where)
+        try:
+            return self.txn.get(key)
+        except lmdb.Error as err:
+            raise StoreError(f"{where}: data.mdb is damaged ({err})") from None
+
+    def close(self) -> None:
+        self.tree.close()
+        self.env.close()
+
+
+# path -> this process's handle: one read-only environment and one long-lived read transaction
+# per process and store directory.
+_OPEN: dict[str, _Handle] = {}
 
 
 def _forget_inherited_envs() -> None:
     """After fork: close the parent's handles in the child so the child can open its own."""
-    for _pid, env, _txn in _OPEN.values():
+    for handle in _OPEN.values():
         try:
-            env.close()
+            handle.close()
         except lmdb.Error:
             pass
     _OPEN.clear()
@@ -59,37 +96,69 @@ def _forget_inherited_envs() -> None:
 os.register_at_fork(after_in_child=_forget_inherited_envs)
 
 
+def _open_handle(path: str) -> _Handle:
+    """Check ``path/data.mdb`` (:class:`LmdbTree`), then open it with liblmdb."""
+    for _attempt in range(5):
+        tree = LmdbTree(os.path.join(path, "data.mdb"), path)
+        try:
+            env = lmdb.open(
+                path,
+                subdir=True,
+                readonly=True,
+                lock=False,
+                readahead=False,  # random access: let the OS page in only what is read
+                meminit=False,
+                max_readers=2048,
+                max_dbs=0,
+            )
+            txn = env.begin(write=False, buffers=False)
+        except lmdb.Error as err:
+            tree.close()
+            raise StoreError(f"{path}: cannot open LMDB data: {err}") from None
+        if txn.id() == tree.txnid:
+            return _Handle(os.getpid(), tree, env, txn)
+        # A writer committed between the check and the snapshot: check the new snapshot.
+        txn.abort()
+        env.close()
+        tree.close()
+    raise StoreError(f"{path}: the store keeps changing while it is opened; retry")
+
+
 def open_env_readonly(path: str) -> lmdb.Transaction:
-    """The calling process's read transaction on the store at ``path`` (opened on first use)."""
-    entry = _OPEN.get(path)
-    pid = os.getpid()
-    if entry is not None and entry[0] == pid:
-        return entry[2]
-    if entry is not None:  # inherited through a fork that bypassed the at-fork hook
+    """The calling process's read transaction on the store at ``path`` (opened on first use).
+
+    Reading through it directly skips the leaf checks: use :func:`read_value` when the file
+    may be damaged.
+    """
+    return _handle(path).txn
+
+
+def _handle(path: str) -> _Handle:
+    handle = _OPEN.get(path)
+    if handle is not None and handle.pid == os.getpid():
+        return handle
+    if handle is not None:  # inherited through a fork that bypassed the at-fork hook
         _forget_inherited_envs()
-    try:
-        env = lmdb.open(
-            path,
-            subdir=True,
-            readonly=True,
-            lock=False,
-            readahead=False,  # random access: let the OS page in only what is read
-            meminit=False,
-            max_readers=2048,
-            max_dbs=0,
-        )
-    except lmdb.Error as err:
-        raise StoreError(f"{path}: cannot open LMDB data: {err}") from None
-    txn = env.begin(write=False, buffers=False)
-    _OPEN[path] = (pid, env, txn)
-    return txn
+    handle = _open_handle(path)
+    _OPEN[path] = handle
+    return handle
+
+
+def read_value(path: str, key: bytes, where: str | None = None) -> bytes | None:
+    """The value under ``key`` in the store at ``path`` (None if absent), read only after the
+    leaf page liblmdb will look it up in has been checked.
+
+    Raises:
+        StoreError: the file is damaged (message names ``where``, default ``path``).
+    """
+    return _handle(path).get(key, where or path)
 
 
 def close_env(path: str) -> None:
     """Close this process's handle on ``path`` (e.g. before the builder rewrites the store)."""
-    entry = _OPEN.pop(path, None)
-    if entry is not None:
-        entry[1].close()
+    handle = _OPEN.pop(path, None)
+    if handle is not None:
+        handle.close()
 
 
 class LmdbStore(Store):
@@ -103,33 +172,52 @@ class LmdbStore(Store):
             raise StoreError(f"{self.path}: manifest present but data.mdb is missing")
         self._key = os.path.realpath(self.path)
         self._sizes: tuple[np.ndarray, np.ndarray] | None = None
+        #: records and descriptor blobs read so far that carry no checksum (older stores)
+        self.unchecked = 0
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_sizes"] = None
         return state
 
-    def _txn(self) -> lmdb.Transaction:
-        return open_env_readonly(self._key)
-
     def _load(self, key: bytes, what: str) -> bytes:
-        buf = self._txn().get(key)
+        buf = read_value(self._key, key, f"{self.path}: {what}")
         if buf is None:
             raise StoreError(f"{self.path}: {what} missing from data.mdb (store damaged?)")
         return buf
 
+    def _decode(self, key: bytes, what: str) -> dict:
+        buf = self._load(key, what)
+        try:
+            record = decode_record(buf)
+        except RecordError as err:
+            raise RecordError(f"{self.path}: {what}: {err}") from None
+        if not has_checksum(buf):
+            self.unchecked += 1
+        return record
+
     def get(self, index: int, descriptors: Sequence[str] | None = None) -> dict[str, Any]:
         i = self._check_index(index)
-        rec = decode_record(self._load(graph_key(i), f"record {i}"))
+        rec = self._decode(graph_key(i), f"record {i}")
         for name in self.descriptors if descriptors is None else descriptors:
-            buf = self._load(descriptor_key(name, i), f"descriptor {name!r} of record {i}")
-            rec[name] = decode_record(buf)[name]
+            what = f"descriptor {name!r} of record {i}"
+            blob = self._decode(descriptor_key(name, i), what)
+            if name not in blob or len(blob) != 2 or blob["id"] != rec["id"]:
+                raise RecordError(f"{self.path}: {what}: holds {sorted(blob)} of {blob['id']!r}")
+            rec[name] = blob[name]
         return rec
 
     def _load_sizes(self) -> tuple[np.ndarray, np.ndarray]:
         if self._sizes is None:
-            sizes = decode_record(self._load(SIZES_KEY, "size table"))
-            self._sizes = (sizes["n_atoms"].astype(np.int64), sizes["n_edges"].astype(np.int64))
+            sizes = self._decode(SIZES_KEY, "size table")
+            n_atoms, n_edges = sizes.get("n_atoms"), sizes.get("n_edges")
+            if (
+                n_atoms is None
+                or n_edges is None
+                or not n_atoms.shape == n_edges.shape == (len(self),)
+            ):
+                raise RecordError(f"{self.path}: size table does not match the manifest")
+            self._sizes = (n_atoms.astype(np.int64), n_edges.astype(np.int64))
         return self._sizes
 
     def num_atoms(self) -> np.ndarray:

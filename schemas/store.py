@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +131,18 @@ def open_store(path: str | os.PathLike, descriptors: Iterable[str] | None = None
     raise StoreError(f"{path}: unknown backend {backend!r} in manifest")
 
 
-def compute_hashes(store: Store, progress: bool = False) -> dict[str, Any]:
+def compute_hashes(
+    store: Store,
+    progress: bool = False,
+    check: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Recompute the store's hashes from its records (what ``fp-build verify`` compares).
+
+    Args:
+        store: an open store.
+        progress: show a progress bar.
+        check: called with ``(index, record)`` for every record (all descriptor sets
+            included) before it is hashed, e.g. to check it against the contract.
 
     Returns:
         ``{"graphs_hash", "descriptors": {name: hash}, "content_hash"}``.
@@ -147,6 +157,8 @@ def compute_hashes(store: Store, progress: bool = False) -> dict[str, Any]:
         indices = tqdm(indices, desc=f"verify {store.path.name}", unit="rec", smoothing=0.05)
     for i in indices:
         rec = store.get(i, descriptors=names)
+        if check is not None:
+            check(i, rec)
         graph_h.update(record_digest(rec))
         for name in names:
             desc_h[name].update(descriptor_digest(name, rec[name]))
