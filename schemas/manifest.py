@@ -12,9 +12,19 @@
 - ``descriptors``: ``{name: {"family", "params", "dim", "feature_names", "radius", "dtype",
   "codec", "stats": {"count", "mean", "std", "min", "max"}, "hash", ...}}``.
 - ``graphs_hash``, ``content_hash``: see :func:`combine_content_hash`.
+- ``manifest_digest``: sha256 of the keys that say what the records mean
+  (:data:`DIGEST_KEYS`: cutoff, neighbour policy, counts, target names and units, every
+  descriptor set's name, dim, feature names, parameters, dtype, statistics and hash, the
+  hashes), see :func:`manifest_digest`. :func:`write_json_atomic` adds it to every store
+  manifest it writes, and :func:`read_manifest` (so ``open_store``, ``fp-build verify`` and
+  ``fp-train``) refuses a manifest that no longer matches it: an edited target name would
+  otherwise make fine-tuning train on the wrong property. Manifests written before the digest
+  existed have none and are read as they are (``fp-build verify`` says so). Timestamps, paths,
+  build options and the backend are outside the digest (an export changes the backend).
 
 A reader refuses a store whose *major* schema version it does not know; minor versions only add
-optional keys.
+optional keys (the record checksums and ``manifest_digest`` are such additions: readers that
+predate them ignore them, so the schema version stayed 1.0).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ __all__ = [
     "StoreError",
     "check_schema_version",
     "combine_content_hash",
+    "manifest_digest",
     "read_manifest",
     "write_json_atomic",
 ]
@@ -39,6 +50,17 @@ __all__ = [
 SCHEMA_VERSION = "1.0"
 FORMAT_NAME = "fingerprint-pretrain-store"
 MANIFEST_NAME = "manifest.json"
+#: the manifest keys :func:`manifest_digest` covers.
+DIGEST_KEYS = (
+    "cutoff",
+    "neighbour_policy",
+    "counts",
+    "targets",
+    "descriptors",
+    "graphs_hash",
+    "content_hash",
+)
+DIGEST_KEY = "manifest_digest"
 
 
 class StoreError(RuntimeError):
@@ -89,12 +111,33 @@ def read_manifest(store_path: str | os.PathLike) -> dict[str, Any]:
     if manifest.get("format") != FORMAT_NAME:
         raise StoreError(f"{path}: not a {FORMAT_NAME} manifest")
     check_schema_version(manifest.get("schema_version"), path)
+    stored = manifest.get(DIGEST_KEY)
+    if stored is not None and stored != manifest_digest(manifest):
+        raise StoreError(
+            f"{path}: edited after the store was written (its {DIGEST_KEY} no longer matches "
+            f"its cutoff, counts, targets, descriptors and hashes); restore the original "
+            f"manifest or rebuild the store"
+        )
     return manifest
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """``"sha256:<hex>"`` over the :data:`DIGEST_KEYS` of a manifest, as canonical JSON
+    (sorted keys, no spaces; absent keys count as null). Stable across a JSON round trip."""
+    covered = {key: manifest.get(key) for key in DIGEST_KEYS}
+    text = json.dumps(covered, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file, fsync and rename (never half-written)."""
+    """Write JSON to ``path`` via a temporary file, fsync and rename (never half-written).
+
+    A store manifest (``manifest.json`` of this format) is written with its
+    ``manifest_digest`` recomputed, so every writer of manifests seals them.
+    """
     path = Path(path)
+    if path.name == MANIFEST_NAME and isinstance(obj, dict) and obj.get("format") == FORMAT_NAME:
+        obj = {**obj, DIGEST_KEY: manifest_digest(obj)}
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
         json.dump(obj, fh, indent=1, sort_keys=False, allow_nan=True)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from schemas import SCHEMA_VERSION, SchemaVersionError, StoreError, open_store, read_manifest
-from schemas.manifest import combine_content_hash, write_json_atomic
+from schemas.manifest import combine_content_hash, manifest_digest, write_json_atomic
 
 
 def write(tmp_path, **overrides):
@@ -60,3 +60,48 @@ def test_content_hash_depends_on_graphs_and_every_set():
     assert combine_content_hash("sha256:aa", {"a": "1", "b": "2"}) == combine_content_hash(
         "sha256:aa", {"b": "2", "a": "1"}
     )
+
+
+def test_written_manifests_carry_a_digest_of_what_the_records_mean(tmp_path):
+    write(tmp_path, cutoff=8.0, targets=[{"name": "band_gap", "unit": "eV"}])
+    stored = json.loads((tmp_path / "manifest.json").read_text())
+    assert stored["manifest_digest"] == manifest_digest(stored)
+    assert read_manifest(tmp_path)["targets"][0]["name"] == "band_gap"
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["targets"][0].update(name="formation_energy"),
+        lambda m: m.update(cutoff=6.0),
+        lambda m: m["descriptors"]["wacsfset1"].update(dim=20),
+        lambda m: m["descriptors"]["wacsfset1"]["stats"]["mean"].__setitem__(0, 0.5),
+        lambda m: m["counts"].update(records=1),
+        lambda m: m.update(descriptors={}),
+    ],
+)
+def test_an_edited_manifest_is_refused(tmp_path, edit):
+    write(
+        tmp_path,
+        cutoff=8.0,
+        targets=[{"name": "band_gap", "unit": "eV"}],
+        descriptors={"wacsfset1": {"dim": 48, "stats": {"mean": [0.25] * 48}}},
+    )
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="manifest.json: edited after the store was written"):
+        read_manifest(tmp_path)
+
+
+def test_fields_outside_the_digest_and_old_manifests_read(tmp_path):
+    write(tmp_path, created="2026-01-01T00:00:00+00:00")
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["created"] = "2027-01-01T00:00:00+00:00"  # when, not what: not covered
+    path.write_text(json.dumps(manifest))
+    read_manifest(tmp_path)
+    del manifest["manifest_digest"]  # written before digests existed
+    path.write_text(json.dumps(manifest))
+    assert "manifest_digest" not in read_manifest(tmp_path)
