@@ -11,8 +11,10 @@ array              dtype        shape         content
 ``z``              uint8        (A,)          atomic numbers
 ``pos``            float64      (A, 3)        Å
 ``edge_index``     int32        (2, E)        per-record (local) atom indices, j then i
-``edge_shift``     int16        (E, 3)        image offsets (records decode to int8 where the
-                                              values fit, as in LMDB: lossless)
+``edge_shift``     int32        (E, 3)        image offsets (records decode to the narrowest
+                                              of int8/16/32 that holds them, as in LMDB:
+                                              lossless); twins written before int32 shifts
+                                              existed have int16 here
 ``edge_dist``      float32      (E,)          Å
 ``cell``           float64      (R, 3, 3)     Å
 ``pbc``            bool         (R, 3)
@@ -21,9 +23,19 @@ array              dtype        shape         content
 ``descriptors/<set>``  float32/16  (A, d)     per-atom labels
 =================  ===========  ============  ============================================
 
-Chunks are compressed with Zstandard (Zarr's default). The reader keeps decoded chunks in a
-bounded LRU cache (``cache_bytes``, default 512 MiB per store object), so random access touches
-each chunk once while it fits; LMDB remains the format for training.
+Chunks are compressed with Zstandard (Zarr's default) and carry a CRC-32C (Zarr's ``crc32c``
+codec; Zarr checks it on every chunk it decodes; twins written before it existed have none and
+are read without the check). The reader keeps decoded chunks in a bounded LRU cache
+(``cache_bytes``, default 512 MiB per store object), so random access touches each chunk once
+while it fits; LMDB remains the format for training.
+
+A Zarr store is untrusted input: before Zarr opens anything, every array's metadata is checked
+from its JSON (:func:`schemas.zarr_meta.check_zarr_metadata`: plain numeric types, allowed
+codecs only, no filters, whatever Zarr version is installed), each array's dtype and shape
+against the manifest, and the offset arrays for what a lookup relies on (start at 0,
+non-decreasing, end at the atom and edge counts), so a tampered store is refused with
+:class:`~schemas.manifest.StoreError` instead of running code, hanging or over-allocating;
+errors Zarr raises on damaged chunks are reported the same way.
 """
 
 from __future__ import annotations
@@ -37,8 +49,34 @@ import numpy as np
 from schemas.manifest import StoreError
 from schemas.record import shift_dtype
 from schemas.store import Store
+from schemas.zarr_meta import ArrayMeta, check_zarr_metadata
 
 __all__ = ["ZarrStore"]
+
+_GRAPH_ARRAYS = ("z", "pos", "cell", "pbc", "edge_index", "edge_shift", "edge_dist", "targets")
+
+
+def _layout(manifest: dict) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """Array path -> (allowed dtypes, shape) the manifest implies."""
+    counts = manifest["counts"]
+    n_rec, n_atoms, n_edges = (int(counts[k]) for k in ("records", "atoms", "edges"))
+    n_targets = len(manifest.get("targets", []))
+    out = {
+        "atom_offsets": (("int64",), (n_rec + 1,)),
+        "edge_offsets": (("int64",), (n_rec + 1,)),
+        "z": (("uint8",), (n_atoms,)),
+        "pos": (("float64",), (n_atoms, 3)),
+        "edge_index": (("int32",), (2, n_edges)),
+        "edge_shift": (("int16", "int32"), (n_edges, 3)),
+        "edge_dist": (("float32",), (n_edges,)),
+        "cell": (("float64",), (n_rec, 3, 3)),
+        "pbc": (("bool",), (n_rec, 3)),
+        "targets": (("float64",), (n_rec, n_targets)),
+        "id": (("string", "str"), (n_rec,)),
+    }
+    for name, entry in manifest.get("descriptors", {}).items():
+        out[f"descriptors/{name}"] = ((str(entry["dtype"]),), (n_atoms, int(entry["dim"])))
+    return out
 
 
 class _ChunkCache:
@@ -91,6 +129,8 @@ class ZarrStore(Store):
         super().__init__(path, manifest, descriptors)
         self._group = None
         self._cache = _ChunkCache(cache_bytes)
+        #: arrays whose chunks carry no checksum (twins written before checksums), once opened
+        self.unchecked_arrays: list[str] = []
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -99,22 +139,59 @@ class ZarrStore(Store):
         state["_cache"] = _ChunkCache(self._cache.budget)
         return state
 
+    def _check_arrays(self) -> dict[str, ArrayMeta]:
+        """Every array's metadata against the contract and the manifest (before Zarr runs)."""
+        found = check_zarr_metadata(self.path)
+        try:
+            expected = _layout(self.manifest)
+        except (KeyError, TypeError, ValueError) as err:
+            raise StoreError(
+                f"{self.path}: manifest lacks what the Zarr layout needs ({err})"
+            ) from None
+        for name, (dtypes, shape) in expected.items():
+            meta = found.get(name)
+            if meta is None:
+                raise StoreError(f"{self.path}: array {name!r} is missing")
+            dtype = "str" if meta["dtype"].startswith("str") else meta["dtype"]
+            if dtype not in dtypes or meta["shape"] != shape:
+                raise StoreError(
+                    f"{self.path}: array {name!r} is {meta['dtype']} {list(meta['shape'])}, the "
+                    f"manifest implies {' or '.join(dtypes)} {list(shape)}"
+                )
+        return found
+
+    def _read_offsets(self, group, name: str, total: int) -> np.ndarray:
+        off = self._read(group, name)
+        if off[0] != 0 or off[-1] != total or (np.diff(off) < 0).any():
+            raise StoreError(
+                f"{self.path}: array {name!r} is damaged (offsets must rise from 0 to {total})"
+            )
+        return off
+
+    def _read(self, group, name: str) -> np.ndarray:
+        try:
+            return group[name][:]
+        except Exception as err:  # zarr and its codecs raise many types for damaged chunks
+            raise StoreError(f"{self.path}: array {name!r} is damaged ({err})") from None
+
     def _open(self):
         if self._group is None:
+            meta = self._check_arrays()
+            self.unchecked_arrays = sorted(n for n in meta if not meta[n]["checksum"])
             import zarr
 
             try:
-                group = zarr.open_group(str(self.path), mode="r")
+                group = zarr.open_group(str(self.path), mode="r", use_consolidated=False)
+                # Array handles resolved once: looking one up reads its metadata from disk.
+                self._arrays = {name: group[name] for name in _GRAPH_ARRAYS}
+                for name in self.descriptor_names:
+                    self._arrays[f"descriptors/{name}"] = group["descriptors"][name]
             except Exception as err:  # zarr raises several types for a damaged group
                 raise StoreError(f"{self.path}: cannot open Zarr group: {err}") from None
-            self._atom_off = group["atom_offsets"][:]
-            self._edge_off = group["edge_offsets"][:]
-            self._ids = group["id"][:]
-            # Array handles resolved once: looking one up reads its metadata from disk.
-            names = ("z", "pos", "cell", "pbc", "edge_index", "edge_shift", "edge_dist", "targets")
-            self._arrays = {name: group[name] for name in names}
-            for name in self.descriptor_names:
-                self._arrays[f"descriptors/{name}"] = group["descriptors"][name]
+            counts = self.manifest["counts"]
+            self._atom_off = self._read_offsets(group, "atom_offsets", int(counts["atoms"]))
+            self._edge_off = self._read_offsets(group, "edge_offsets", int(counts["edges"]))
+            self._ids = self._read(group, "id")
             self._group = group
         return self._group
 
@@ -133,7 +210,12 @@ class ZarrStore(Store):
         e0, e1 = int(self._edge_off[i]), int(self._edge_off[i + 1])
 
         def rows(name: str, start: int, stop: int, axis: int = 0) -> np.ndarray:
-            return self._cache.rows(name, self._arrays[name], start, stop, axis)
+            try:
+                return self._cache.rows(name, self._arrays[name], start, stop, axis)
+            except Exception as err:  # zarr and its codecs raise many types for damaged chunks
+                raise StoreError(
+                    f"{self.path}: record {i}: array {name!r} is damaged ({err})"
+                ) from None
 
         shift = rows("edge_shift", e0, e1)
         rec: dict[str, Any] = {

@@ -57,3 +57,28 @@ def test_extxyz_export_reads_back_in_ase(lmdb_store, tmp_path):
         assert atoms.pbc.tolist() == rec["pbc"].tolist()
         for name, value in zip(MP_TARGETS, rec["targets"]):
             assert atoms.info[name] == pytest.approx(value, rel=1e-15)
+
+
+def test_zarr_twin_of_a_skewed_cell_keeps_int32_shifts_and_checksums_its_chunks(tmp_path):
+    """Image offsets beyond int16 (a 1-atom cell with b = 40000·a) survive the export, and
+    every array's chunks carry a CRC-32C."""
+    import json
+
+    import ase.io
+    from ase import Atoms
+
+    atoms = Atoms("Cu", positions=[[0.1, 0.2, 0.3]], cell=[[3, 0, 0], [120000, 3, 0], [0, 0, 3]])
+    atoms.pbc = True
+    atoms.info["material_id"] = "skewed"
+    ase.io.write(tmp_path / "skewed.extxyz", atoms, format="extxyz")
+    build(tmp_path / "skewed.lmdb", tmp_path / "skewed.extxyz", cutoff=8.0)
+    src = open_store(tmp_path / "skewed.lmdb")
+    twin = open_store(export_zarr(src, tmp_path / "skewed.zarr", progress=False))
+    a, b = src[0], twin[0]
+    assert a["edge_shift"].dtype == b["edge_shift"].dtype == np.int32
+    np.testing.assert_array_equal(a["edge_shift"], b["edge_shift"])
+    assert np.abs(b["edge_shift"]).max() == 80001
+    for meta in (tmp_path / "skewed.zarr").rglob("zarr.json"):
+        doc = json.loads(meta.read_text())
+        if doc.get("node_type") == "array":
+            assert doc["codecs"][-1]["name"] == "crc32c", meta
