@@ -1,9 +1,12 @@
-"""``fp-train``: pre-train, fine-tune, evaluate, embed, convert old checkpoints.
+"""``fp-train``: pre-train, fine-tune, evaluate, embed, list the model zoo, report, convert old
+checkpoints.
 
 Every :class:`~trainer.config.TrainConfig` field is a flag (``--batch-size``, ``--lr``,
 ``--max-neighbors`` ...; booleans as ``--amp/--no-amp``) with the paper's value as default, and
-a key of the YAML file given with ``--config`` (flags win over the file). Errors end with one
-line on stderr, ``fp-train: error: ...``.
+a key of the YAML file given with ``--config`` (flags win over the file). Each flag's help,
+unit, default (that of the command's mode) and allowed values come from the field itself
+(:mod:`trainer.config`). Errors end with one line on stderr, ``fp-train: error: ...``; a bad
+value or a refused run directory exits with status 2, a failed run with 1.
 """
 
 from __future__ import annotations
@@ -15,45 +18,93 @@ from pathlib import Path
 
 import click
 
-from trainer.config import TrainConfig, load_yaml
+from trainer.config import ConfigError, TrainConfig, load_yaml
 
 # Fields set by each command's own arguments rather than generic flags.
 _OWN = {"mode", "store", "labels", "init"}
 
 
-def _config_options(func):
-    """Add one click option per TrainConfig field (defaults are applied later, per mode)."""
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fingerprint-pretrain")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
+def _shown_default(value) -> str:
+    """A TrainConfig default as ``--help`` shows it."""
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _config_options(mode: str):
+    """Add one click option per TrainConfig field, with the field's help, unit, allowed values
+    and its default for ``mode`` (shown only: defaults are applied later, so a flag given
+    explicitly can be told from one left out)."""
+    defaults = TrainConfig.defaults(mode)
     hints = typing.get_type_hints(TrainConfig)
-    for f in reversed(dataclasses.fields(TrainConfig)):
-        if f.name in _OWN:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        if hint is bool:
-            func = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None)(
-                func
-            )
-        elif typing.get_origin(hint) is list:
+
+    def decorate(func):
+        for f in reversed(dataclasses.fields(TrainConfig)):
+            if f.name in _OWN:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            hint = hints[f.name]
+            default = getattr(defaults, f.name)
+            if hint is bool:
+                default = flag if default else f"--no-{f.name.replace('_', '-')}"
+            # click puts a string default in parentheses; the bracket is written here instead
+            shown = [f"default: {_shown_default(default)}"]
+            if f.metadata.get("unit"):
+                shown.append(f"unit: {f.metadata['unit']}")
+            help_text = f"{f.metadata['help']}  [{'; '.join(shown)}]"
+            if hint is bool:
+                func = click.option(
+                    f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=help_text
+                )(func)
+                continue
+            if typing.get_origin(hint) is list:
+                kind, multiple = float, True
+            elif typing.get_origin(hint) is typing.Literal:
+                kind, multiple = click.Choice(typing.get_args(hint)), False
+            else:
+                inner = [a for a in typing.get_args(hint) if a is not type(None)]
+                kind, multiple = (inner[0] if inner else hint), False
             func = click.option(
                 flag,
                 f.name,
-                type=float,
-                multiple=True,
-                help="repeat for each value (e.g. --split 0.6 --split 0.2 --split 0.2)",
+                type=kind,
+                default=None,
+                multiple=multiple,
+                help=help_text,
             )(func)
-        else:
-            inner = [a for a in typing.get_args(hint) if a is not type(None)]
-            kind = inner[0] if inner else hint
-            func = click.option(flag, f.name, type=kind, default=None)(func)
-    return click.option(
-        "--config", "config_file", default=None, help="YAML file of configuration keys."
-    )(func)
+        return click.option(
+            "--config",
+            "config_file",
+            default=None,
+            help="YAML file of configuration keys (any option's name; flags win over it).",
+        )(func)
+
+    return decorate
+
+
+def _flag(err: ConfigError) -> str:
+    """A configuration error as the command line names it (``--max-train must be >= 1 ...``)."""
+    return f"--{err.name.replace('_', '-')} {err.problem}"
 
 
 def _make_config(mode: str, config_file, labels, store, init, options) -> TrainConfig:
     cfg = TrainConfig.defaults(mode)
     from_file = load_yaml(config_file) if config_file else {}
-    cfg = cfg.updated(**from_file)
+    try:
+        cfg = cfg.updated(**from_file)
+    except ConfigError as err:
+        raise click.UsageError(f"{config_file}: {err.name} {err.problem}") from None
     ctx = click.get_current_context(silent=True)
     source = click.core.ParameterSource
     given = {
@@ -71,15 +122,47 @@ def _make_config(mode: str, config_file, labels, store, init, options) -> TrainC
         given["store"] = store
     if init:
         given["init"] = init
-    cfg = cfg.updated(mode=mode, **given)
+    try:
+        cfg = cfg.updated(mode=mode, **given)
+    except ConfigError as err:
+        raise click.UsageError(_flag(err)) from None
     if cfg.init:
+        cfg = cfg.updated(init=str(_resolve(cfg.init)))
         cfg = cfg.updated(**_model_from_init(cfg, {**from_file, **given}))
     if not cfg.store:
         raise click.UsageError("--store is required (or 'store' in --config)")
     if not cfg.labels:
         what = "--descriptor" if mode == "pretrain" else "--target"
         raise click.UsageError(f"{what} is required (or 'labels' in --config)")
+    _check_device(cfg.device)
     return cfg
+
+
+def _resolve(name_or_path) -> Path:
+    """A checkpoint path or zoo name as a file (:func:`trainer.zoo.resolve`); an unknown name
+    is a usage error listing the zoo's names."""
+    from trainer.zoo import UnknownModel, resolve
+
+    try:
+        return resolve(name_or_path)
+    except UnknownModel as err:
+        raise click.UsageError(str(err)) from None
+
+
+def _check_device(name: str) -> None:
+    """Usage error unless device ``name`` is present here (``auto`` always is)."""
+    import torch
+
+    if name in ("auto", "cpu"):
+        return
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            have = f"{count} CUDA device(s): cuda:0 to cuda:{count - 1}" if count else "no CUDA"
+            raise click.UsageError(f"--device {name}: this machine has {have}")
+    elif name == "mps" and not torch.backends.mps.is_available():
+        raise click.UsageError("--device mps: Apple's MPS is not available on this machine")
 
 
 def _model_from_init(cfg: TrainConfig, given: dict) -> dict:
@@ -96,7 +179,21 @@ def _model_from_init(cfg: TrainConfig, given: dict) -> dict:
         raise click.UsageError(str(err)) from None
 
 
+_DEVICE = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (a GPU if there is one), cpu, cuda, cuda:N or mps; must be present.",
+)
+_CHECKPOINT = click.option(
+    "--checkpoint",
+    required=True,
+    help="Checkpoint file (best.pt / last.pt) or zoo model name (fp-train models).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(_version(), prog_name="fp-train")
 def cli() -> None:
     """Pre-train TorchMD-Net's equivariant transformer on structural fingerprints and
     fine-tune it on properties, streaming fp-build stores."""
@@ -104,8 +201,10 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--store", default=None, help="Store with the descriptor labels.")
-@click.option("--descriptor", "-d", "labels", multiple=True, help="Label set(s) to regress.")
-@_config_options
+@click.option(
+    "--descriptor", "-d", "labels", multiple=True, help="Label set(s) to regress (repeatable)."
+)
+@_config_options("pretrain")
 def pretrain(store, labels, config_file, **options) -> None:
     """Node-level pre-training: predict every atom's descriptor vector."""
     from trainer.train import train
@@ -115,14 +214,15 @@ def pretrain(store, labels, config_file, **options) -> None:
 
 @cli.command()
 @click.option("--store", default=None, help="Store with the property targets.")
-@click.option("--target", "-t", "labels", multiple=True, help="Target name(s).")
+@click.option("--target", "-t", "labels", multiple=True, help="Target name(s) (repeatable).")
 @click.option(
     "--init",
     default=None,
-    help="Pre-trained checkpoint (omit: from scratch). The model (size, cutoff, neighbours) "
-    "comes from it: give no model flag, or only ones equal to the checkpoint's.",
+    help="Pre-trained checkpoint file or zoo model name (fp-train models); omit: from scratch. "
+    "The model (size, cutoff, neighbours) comes from it: give no model flag, or only ones "
+    "equal to the checkpoint's.",
 )
-@_config_options
+@_config_options("finetune")
 def finetune(store, labels, init, config_file, **options) -> None:
     """Graph-level fine-tuning (from a pre-trained checkpoint, or the from-scratch baseline)."""
     from trainer.train import train
@@ -131,7 +231,7 @@ def finetune(store, labels, init, config_file, **options) -> None:
 
 
 @cli.command()
-@click.option("--checkpoint", required=True, help="Checkpoint (best.pt / last.pt).")
+@_CHECKPOINT
 @click.option("--store", default=None, help="Store to evaluate on (default: the run's).")
 @click.option(
     "--split",
@@ -140,28 +240,53 @@ def finetune(store, labels, init, config_file, **options) -> None:
     show_default=True,
     help="Split of the run's store ('all' for another store).",
 )
-@click.option("--out", default=None, help="Predictions CSV (graph tasks).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--out", default=None, help="Predictions CSV (graph tasks); default: none.")
+@_DEVICE
 def evaluate(checkpoint, store, split, out, device) -> None:
     """MAE of a checkpoint on a split (or a whole store), in the labels' units."""
     from trainer.inference import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, store, split, out, device)
+    _check_device(device)
+    result = evaluate_checkpoint(_resolve(checkpoint), store, split, out, device)
     click.echo(f"MAE {result['test_mae']:.6g} on {result['test_structures']} structures")
 
 
 @cli.command()
-@click.option("--checkpoint", required=True)
+@_CHECKPOINT
 @click.option("--store", required=True, help="Store whose structures to embed.")
 @click.option("--out", required=True, help="Output .npz: ids (R,), embeddings (R, H).")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Structures per forward pass.",
+)
+@_DEVICE
 def embed(checkpoint, store, out, batch_size, device) -> None:
     """Per-structure embeddings (sum of the final node features) to a file."""
     from trainer.inference import embed_store
 
-    n, dim = embed_store(checkpoint, store, out, batch_size, device)
+    _check_device(device)
+    n, dim = embed_store(_resolve(checkpoint), store, out, batch_size, device)
     click.echo(f"wrote {out}: {n} structures × {dim} features")
+
+
+@cli.command()
+@click.argument("name", required=False)
+def models(name) -> None:
+    """The model zoo: pre-trained checkpoints shipped with fp-train, usable by name (--init
+    NAME, --checkpoint NAME). Without NAME: one line per model; with NAME: its model card."""
+    from trainer import zoo
+
+    if name is None:
+        click.echo(zoo.format_table(zoo.entries()))
+        return
+    try:
+        found = zoo.entry(name)
+    except zoo.UnknownModel as err:
+        raise click.UsageError(str(err)) from None
+    click.echo(zoo.format_card(found))
 
 
 @cli.command("convert-checkpoint")
@@ -192,6 +317,7 @@ def convert_checkpoint(old, out, store) -> None:
 @click.option(
     "--parallel",
     "-p",
+    type=click.IntRange(min=1),
     default=1,
     show_default=True,
     help="Runs at a time (one CPU thread each when > 1).",
@@ -223,12 +349,26 @@ def sweep(plan, runs_dir, parallel, dry_run) -> None:
     help="Output folder, or a .md file with figures in a folder of the same name "
     "(default RUNS_DIR/report).",
 )
-@click.option("--no-tsne", is_flag=True, help="Skip the t-SNE map (needs embeddings).")
-def report(runs_dir, out, no_tsne) -> None:
-    """Tables (paper's Table 2 layout) and figures from a sweep's runs."""
-    from trainer.report import write_report
+@click.option("--no-tsne", is_flag=True, help="Sweeps: skip the t-SNE map (needs embeddings).")
+@click.option(
+    "--store",
+    default=None,
+    help="One pre-training run: the store to compute its test error on (default: the run's; "
+    "it must be the same store).",
+)
+@_DEVICE
+def report(runs_dir, out, no_tsne, store, device) -> None:
+    """Report a sweep (tables in the paper's Table 2 layout, figures) or one run: a run
+    directory (config.json, metrics.csv) gets its learning curve, metrics and, for
+    fine-tuning, a parity plot; for pre-training, the test error per label set and feature
+    group in standardised label units (needs the run's store)."""
+    from trainer.report import is_run_dir, write_report, write_run_report
 
-    path = write_report(runs_dir, out, tsne=not no_tsne)
+    if is_run_dir(runs_dir):
+        _check_device(device)
+        path = write_run_report(runs_dir, out, store=store, device=device)
+    else:
+        path = write_report(runs_dir, out, tsne=not no_tsne)
     click.echo(f"wrote {path}")
 
 
@@ -244,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.UsageError as err:
         hint = f" (see: fp-train {err.ctx.command.name} --help)" if err.ctx else ""
         click.echo(f"fp-train: error: {err.format_message()}{hint}", err=True)
+        return 2
+    except ConfigError as err:  # a bad value, or a run directory that holds a run
+        click.echo(f"fp-train: error: {_flag(err)}", err=True)
         return 2
     except (TrainingError, StoreError, SchemaVersionError, ValueError, FileNotFoundError) as err:
         click.echo(f"fp-train: error: {err}", err=True)

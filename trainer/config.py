@@ -2,7 +2,12 @@
 
 Every field is a command-line flag of ``fp-train`` (``--batch-size`` for ``batch_size``) and a
 key of the YAML file given with ``--config``; flags override the file, the file overrides the
-defaults. Defaults follow the paper (Table A.1) and the authors' configs
+defaults. Each field carries its own help text and unit (``dataclasses.field`` metadata
+``help`` and ``unit``), which ``fp-train --help`` shows; fields typed ``Literal[...]`` list
+their allowed values, and :meth:`TrainConfig.__post_init__` refuses any other value, a wrong
+type or a value out of range (:class:`ConfigError`), so a typo never falls back silently.
+
+Defaults follow the paper (Table A.1) and the authors' configs
 (``shared/design/authors_code.md``): pre-training 200 epochs, batch 8, split 0.8/0.05/0.15;
 fine-tuning 100 epochs, batch 32, split 0.6/0.2/0.2; AdamW lr 1e-4, L1 loss, plateau schedule
 (×0.8, patience 10, floor 1e-5), gradient-norm clip 10.
@@ -11,93 +16,246 @@ fine-tuning 100 epochs, batch 32, split 0.6/0.2/0.2; AdamW lr 1e-4, L1 loss, pla
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import math
+import re
+import shutil
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-__all__ = ["TrainConfig", "load_yaml"]
+__all__ = [
+    "FOLDS",
+    "RESUME_MAY_DIFFER",
+    "ConfigError",
+    "TrainConfig",
+    "config_differences",
+    "load_yaml",
+    "prepare_run_dir",
+]
+
+FOLDS = 5  # MatBench's protocol: 5-fold KFold (trainer.data.kfold_splits)
+
+# Fields a resumed run may change: how it runs, not what it computes (and ``epochs``, to
+# continue a run for longer; the data order is a function of seed and epoch).
+RESUME_MAY_DIFFER = frozenset(
+    {
+        "run_dir",
+        "resume",
+        "overwrite",
+        "epochs",
+        "save_every",
+        "num_workers",
+        "device",
+        "compile",
+        "log_every",
+        "progress",
+    }
+)
+
+# What a run writes into its run directory (removed by ``overwrite``; nothing else is touched).
+RUN_FILES = (
+    "last.pt",
+    "best.pt",
+    "result.json",
+    "metrics.csv",
+    "test_predictions.csv",
+    "splits.npz",
+    "config.json",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value of the wrong type, out of range or not among the allowed ones.
+
+    Attributes:
+        name: the field (``epochs``); the command line shows it as ``--epochs``.
+        problem: what is wrong (``must be >= 1, got 0``).
+    """
+
+    def __init__(self, name: str, problem: str):
+        self.name, self.problem = name, problem
+        super().__init__(f"{name} {problem}")
+
+
+def _f(default, help: str, unit: str | None = None):  # noqa: A002  (dataclass field metadata)
+    """A field with its help text and unit; list defaults become factories."""
+    meta = {"help": help, "unit": unit}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on (saved in every checkpoint and as ``config.yaml``).
+    """Everything a run depends on (saved in every checkpoint and as ``config.json``).
 
-    Attributes:
-        mode: ``pretrain`` (node-level descriptor regression) or ``finetune`` (graph-level).
-        store: store directory.
-        labels: descriptor sets (pretrain) or target names (finetune).
-        run_dir: where checkpoints, logs and predictions go.
-        init: checkpoint to start from (finetune); None = from scratch (the baseline).
-        epochs, batch_size, lr, weight_decay: optimisation (AdamW).
-        hidden_channels, num_layers, num_rbf, num_heads, head_channels: model size.
-        max_neighbors: nearest K edges per atom (0 = all within the cutoff).
-        cutoff: model cutoff, Å (≤ the store's).
-        self_loops: add torchmd-net's zero-length self edges (the authors dropped them).
-        split: train/val/test fractions; seed: split, initialisation and data order.
-        fold: MatBench fold 0-4 instead of a random split (test = the fold; validation =
-            ``val_fraction`` of the rest).
-        max_train: keep only this many training structures (low-data regime); None = all.
-        max_val: validate on at most this many structures of the validation split (a fixed
-            random subset; saves time when the training set is small); None = all.
-        label_scaling: descriptor labels: per_feature | global | none (manifest statistics).
-        target_scaling: graph targets: standard (mean/std of the training split) | none.
-        clip: gradient-norm clip; plateau_factor/patience, min_lr: ReduceLROnPlateau.
-        amp: bfloat16 autocast where the hardware does bfloat16 natively (CUDA GPUs; CPUs
-            with AVX512-BF16 or AMX), float32 elsewhere; losses always in float32.
-        compile: torch.compile the model.
-        num_workers: DataLoader worker processes.
-        device: auto | cpu | cuda | cuda:N.
-        resume: continue from ``run_dir/last.pt``.
-        log_every: steps between TensorBoard scalars.
-        save_every: also keep ``epochN.pt`` every N epochs (pre-training epoch ablation).
-        progress: progress bars (the per-epoch line and the final test MAE always print).
+    Each field's help and unit are beside it (``fields(TrainConfig)[k].metadata``).
     """
 
-    mode: str = "pretrain"
-    store: str = ""
-    labels: list[str] = field(default_factory=list)
-    run_dir: str = "runs/run"
-    init: str | None = None
-    epochs: int = 200
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    hidden_channels: int = 128
-    num_layers: int = 8
-    num_rbf: int = 50
-    num_heads: int = 8
-    head_channels: int = 128
-    max_neighbors: int = 32
-    cutoff: float = 8.0
-    self_loops: bool = False
-    split: list[float] = field(default_factory=lambda: [0.8, 0.05, 0.15])
-    seed: int = 111
-    fold: int | None = None
-    val_fraction: float = 0.1
-    max_train: int | None = None
-    max_val: int | None = None
-    label_scaling: str = "per_feature"
-    target_scaling: str = "standard"
-    clip: float = 10.0
-    plateau_factor: float = 0.8
-    plateau_patience: int = 10
-    min_lr: float = 1e-5
-    amp: bool = True
-    compile: bool = False
-    num_workers: int = 2
-    device: str = "auto"
-    resume: bool = False
-    log_every: int = 50
-    save_every: int | None = None
-    progress: bool = True
+    mode: Literal["pretrain", "finetune"] = _f(
+        "pretrain",
+        "pretrain: node-level descriptor regression; finetune: graph-level property regression",
+    )
+    store: str = _f("", "store directory (LMDB or Zarr, from fp-build)")
+    labels: list[str] = _f([], "descriptor sets (pretrain) or target names (finetune)")
+    run_dir: str = _f("runs/run", "where checkpoints, logs and predictions go")
+    init: str | None = _f(
+        None, "checkpoint or zoo model name to start from (finetune); none = from scratch"
+    )
+    epochs: int = _f(200, "training epochs (>= 1)", "epochs")
+    batch_size: int = _f(8, "structures per optimiser step (>= 1)", "structures")
+    lr: float = _f(1e-4, "AdamW learning rate (> 0)")
+    weight_decay: float = _f(0.01, "AdamW weight decay (>= 0)")
+    hidden_channels: int = _f(128, "model width: node feature channels (a multiple of heads)")
+    num_layers: int = _f(8, "interaction (attention) layers")
+    num_rbf: int = _f(50, "radial basis functions of the edge expansion")
+    num_heads: int = _f(8, "attention heads")
+    head_channels: int = _f(128, "hidden width of the output head's MLP")
+    max_neighbors: int = _f(
+        32, "keep each atom's nearest K edges; 0 = all within the cutoff", "neighbours per atom"
+    )
+    cutoff: float = _f(8.0, "model cutoff (> 0, at most the store's cutoff)", "Å")
+    self_loops: bool = _f(
+        False, "add torchmd-net's zero-length self edges (the authors dropped them)"
+    )
+    split: list[float] = _f(
+        [0.8, 0.05, 0.15],
+        "train/val/test fractions, each >= 0, summing to 1; repeat the flag for each "
+        "(--split 0.6 --split 0.2 --split 0.2)",
+        "fractions of the store",
+    )
+    seed: int = _f(111, "seed of the split, the initialisation and the data order (>= 0)")
+    fold: int | None = _f(
+        None,
+        f"MatBench fold 0-{FOLDS - 1} instead of a random split (test = the fold, validation = "
+        "val_fraction of the rest); none = random split",
+    )
+    val_fraction: float = _f(
+        0.1, "with --fold: the fraction of the other folds used for validation", "fraction"
+    )
+    max_train: int | None = _f(
+        None, "keep only this many training structures (low-data regime); none = all", "structures"
+    )
+    max_val: int | None = _f(
+        None,
+        "validate on at most this many structures (a fixed random subset); none = all",
+        "structures",
+    )
+    label_scaling: Literal["per_feature", "global", "none"] = _f(
+        "per_feature",
+        "descriptor labels, from the store manifest's statistics: per_feature (each its own "
+        "mean and std), global (one mean and std over all features), none",
+    )
+    target_scaling: Literal["standard", "none"] = _f(
+        "standard", "graph targets: standard (mean and std of the training split) or none"
+    )
+    clip: float = _f(10.0, "gradient-norm clip (> 0)")
+    plateau_factor: float = _f(0.8, "ReduceLROnPlateau: lr factor on a plateau (0 < f < 1)")
+    plateau_patience: int = _f(10, "ReduceLROnPlateau: epochs without improvement", "epochs")
+    min_lr: float = _f(1e-5, "ReduceLROnPlateau: lowest learning rate (>= 0)")
+    amp: bool = _f(
+        True,
+        "bfloat16 autocast where the hardware does bfloat16 natively (CUDA GPUs; CPUs with "
+        "AVX512-BF16 or AMX), float32 elsewhere; losses always in float32",
+    )
+    compile: bool = _f(False, "torch.compile the model")
+    num_workers: int = _f(2, "DataLoader worker processes (0 = in the main process)")
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps (must be present)")
+    resume: bool = _f(
+        False, "continue the run in --run-dir from its last.pt (same configuration only)"
+    )
+    overwrite: bool = _f(
+        False, "start again in a --run-dir that holds a run, deleting that run's files"
+    )
+    log_every: int = _f(50, "optimiser steps between TensorBoard scalars", "steps")
+    save_every: int | None = _f(
+        None, "also keep epochN.pt every N epochs (pre-training epoch ablation)", "epochs"
+    )
+    progress: bool = _f(True, "progress bars (the per-epoch line and the test MAE always print)")
 
+    def __post_init__(self) -> None:
+        """Check types, allowed values and ranges (raises :class:`ConfigError`)."""
+        self._check_types()
+        self._check_values()
+
+    # -- checks --------------------------------------------------------------------------------
+    def _check_types(self) -> None:
+        """Every field holds a value of its annotated type (ints for floats are converted,
+        paths for strings too); ``Literal`` fields one of their values."""
+        for name, hint in _hints().items():
+            value = getattr(self, name)
+            kind, optional = _unoptional(hint)
+            if value is None and optional:
+                continue
+            setattr(self, name, _typed(name, value, kind))
+
+    def _check_values(self) -> None:
+        at_least = {
+            "epochs": 1,
+            "batch_size": 1,
+            "hidden_channels": 1,
+            "num_layers": 1,
+            "num_rbf": 1,
+            "num_heads": 1,
+            "head_channels": 1,
+            "max_neighbors": 0,
+            "seed": 0,
+            "plateau_patience": 0,
+            "num_workers": 0,
+            "log_every": 1,
+            "max_train": 1,
+            "max_val": 1,
+            "save_every": 1,
+        }
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ConfigError(name, f"must be >= {low}, got {value}")
+        positive = ("lr", "cutoff", "clip")
+        non_negative = ("weight_decay", "min_lr")
+        for name in (*positive, *non_negative):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
+                bound = "> 0" if name in positive else ">= 0"
+                raise ConfigError(name, f"must be finite and {bound}, got {value}")
+        for name in ("plateau_factor", "val_fraction"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise ConfigError(name, f"must be between 0 and 1 (exclusive), got {value}")
+        if self.hidden_channels % self.num_heads:
+            raise ConfigError(
+                "hidden_channels",
+                f"{self.hidden_channels} must be a multiple of num_heads {self.num_heads}",
+            )
+        split = self.split
+        if len(split) != 3 or any(not math.isfinite(v) or v < 0 for v in split):
+            raise ConfigError("split", f"must be 3 fractions >= 0 (train val test), got {split}")
+        if abs(sum(split) - 1.0) > 1e-9:
+            raise ConfigError("split", f"fractions must sum to 1, got {split} (sum {sum(split)})")
+        if self.fold is not None and not 0 <= self.fold < FOLDS:
+            raise ConfigError(
+                "fold", f"must be 0 to {FOLDS - 1} (MatBench's folds), got {self.fold}"
+            )
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            raise ConfigError(
+                "device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"
+            )
+        if self.resume and self.overwrite:
+            raise ConfigError("overwrite", "and resume exclude each other: choose one")
+
+    # -- construction --------------------------------------------------------------------------
     @classmethod
     def defaults(cls, mode: str) -> TrainConfig:
         """The paper's defaults for ``mode`` (fine-tuning differs in epochs, batch, split)."""
         if mode == "pretrain":
             return cls(mode=mode)
         if mode == "finetune":
-            return cls(mode=mode, epochs=100, batch_size=32, split=[0.6, 0.2, 0.2])
-        raise ValueError(f"mode must be pretrain or finetune, got {mode!r}")
+            return cls(mode=mode, **FINETUNE_DEFAULTS)
+        raise ConfigError("mode", f"must be pretrain or finetune, got {mode!r}")
 
     def updated(self, **changes) -> TrainConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -107,6 +265,115 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Where fine-tuning's defaults differ from pre-training's (the paper's fine-tuning configs).
+FINETUNE_DEFAULTS = {"epochs": 100, "batch_size": 32, "split": [0.6, 0.2, 0.2]}
+
+
+@functools.cache
+def _hints() -> dict:
+    """TrainConfig's resolved annotations (the module uses postponed evaluation)."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def _unoptional(hint) -> tuple[object, bool]:
+    """(``X``, True) for ``X | None``; (``hint``, False) otherwise."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return inner[0], len(inner) < len(typing.get_args(hint))
+    return hint, False
+
+
+def _typed(name: str, value, kind):
+    """``value`` as ``kind`` (int, float, bool, str, list[...] or a Literal), or ConfigError."""
+    if typing.get_origin(kind) is Literal:
+        allowed = typing.get_args(kind)
+        if value not in allowed:
+            raise ConfigError(name, f"must be one of {', '.join(allowed)}; got {value!r}")
+        return value
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(name, f"must be a list, got {value!r}")
+        (inner,) = typing.get_args(kind)
+        return [_typed(name, v, inner) for v in value]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(name, f"must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(name, f"must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(name, f"must be a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if isinstance(value, Path):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(name, f"must be a string, got {value!r}")
+        return value
+    return value
+
+
+def config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The fields (outside :data:`RESUME_MAY_DIFFER`) in which ``cfg`` differs from ``saved``
+    (a run's saved configuration), as ``"name saved -> now"`` strings."""
+    now = cfg.to_dict()
+    out = []
+    for name, value in now.items():
+        if name in RESUME_MAY_DIFFER or name not in saved:
+            continue
+        old = saved[name]
+        if old != value and not (isinstance(old, list) and list(old) == list(value)):
+            out.append(f"{name} {old!r} -> {value!r}")
+    return out
+
+
+def prepare_run_dir(cfg: TrainConfig, main: bool = True) -> None:
+    """Refuse to start a run in a ``run_dir`` that holds one, unless asked.
+
+    A run directory holds a run when it has ``last.pt`` or ``result.json``. Then:
+    ``resume`` continues it, only if the configuration matches the run's (``config.json``;
+    fields in :data:`RESUME_MAY_DIFFER` may change); ``overwrite`` deletes that run's files
+    (:data:`RUN_FILES`, ``epochN.pt``, ``tensorboard/``; nothing else) on the main process;
+    neither is an error naming both.
+
+    Raises:
+        ConfigError: the directory holds a run and neither flag fits (one line).
+    """
+    run_dir = Path(cfg.run_dir)
+    last, result = run_dir / "last.pt", run_dir / "result.json"
+    if not (last.exists() or result.exists()):
+        return
+    state = "a finished run" if result.exists() else "an unfinished run"
+    if cfg.overwrite:
+        if main:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+            for old in run_dir.glob("epoch*.pt"):
+                old.unlink()
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        return
+    if not cfg.resume:
+        raise ConfigError(
+            "run_dir",
+            f"{run_dir} holds {state}; pass --resume to continue it (same configuration) or "
+            f"--overwrite to delete it and start again",
+        )
+    saved_path = run_dir / "config.json"
+    if not saved_path.exists():
+        return
+    differ = config_differences(json.loads(saved_path.read_text()), cfg)
+    if differ:
+        raise ConfigError(
+            "run_dir",
+            f"{run_dir} holds {state} with another configuration ({'; '.join(differ)}); "
+            f"resume it with its own settings, choose another --run-dir, or pass --overwrite "
+            f"to delete it and start again",
+        )
 
 
 def load_yaml(path: str | Path) -> dict:

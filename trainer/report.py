@@ -13,6 +13,11 @@ Reads every finished run under RUNS_DIR (``result.json``, ``metrics.csv``,
   (fine-tuning MAE against pre-training epochs) when the sweep has them;
 - PNG figures: parity plots, learning curves, data-efficiency curves, the epoch ablation, and a
   t-SNE map of pre-trained structure embeddings coloured by a property.
+
+``fp-train report RUN_DIR`` on one run's directory instead (:func:`write_run_report`): its
+learning curve and metrics; for fine-tuning, per-target test metrics and a parity plot; for
+pre-training, the test error per label set and feature group in standardised label units
+(:func:`standardised_errors`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["collect", "improvement", "summary_table", "write_report"]
+__all__ = [
+    "collect",
+    "improvement",
+    "is_run_dir",
+    "standardised_errors",
+    "summary_table",
+    "write_report",
+    "write_run_report",
+]
 
 
 def collect(runs_dir: str | Path) -> list[dict]:
@@ -596,3 +609,317 @@ def _tsne(runs_dir: Path, out: Path, task_info: dict, pre_dirs, limit: int = 150
     fig.savefig(out / "tsne.png", dpi=120)
     plt.close(fig)
     return [(f"t-SNE of pre-trained embeddings ({task['name']})", "tsne.png")]
+
+
+# ------------------------------------------------------------------------------------------
+# One run: fp-train report RUN_DIR
+# ------------------------------------------------------------------------------------------
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is one run's directory (``config.json`` and ``metrics.csv``), not a
+    sweep's (whose runs are under ``pretrain/`` and ``finetune/``)."""
+    path = Path(path)
+    return (path / "config.json").is_file() and (path / "metrics.csv").is_file()
+
+
+def _feature_group(name: str) -> str:
+    """The group of a descriptor feature: its name without the last, fastest-varying
+    parameter (``l=1,eta=5,Rs=2.35`` -> ``l=1,eta=5``; ``order=0,sigma=0.5`` -> ``order=0``;
+    ``order=-1`` stays itself)."""
+    head, sep, _ = name.rpartition(",")
+    return head if sep else name
+
+
+def standardised_errors(run_dir: str | Path, store=None, device="cpu", batch_size=16) -> dict:
+    """Test-split error of a pre-training run's ``best.pt`` in standardised label units.
+
+    Units are the run's own label scaling (the checkpoint's ``scaler``: y' = (y − shift) /
+    scale; per_feature: each feature's store mean and std), so 1.0 is one standard deviation
+    of that feature over the store. Beside each error, that of always predicting the store
+    mean (y' = 0), a floor any model should beat.
+
+    Args:
+        run_dir: the pre-training run (``best.pt``).
+        store: store to compute on (default: the path in the checkpoint); it must be the
+            run's store (graphs and label hashes), since the split is by record index.
+
+    Returns:
+        ``{"scaling", "atoms", "structures", "rows"}``; ``rows``: one dict per label set (its
+        ``group`` "all") and per feature group: ``labels``, ``family``, ``group``,
+        ``features``, ``mae`` and ``mean_predictor_mae`` (mean over atoms and features).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from trainer.checkpoint import check_same_store, describe_store, model_from_checkpoint
+    from trainer.data import LabelScaler, StoreDataset, collate
+    from trainer.train import EpochSampler, _device
+
+    dev = _device(device)
+    model, ckpt = model_from_checkpoint(Path(run_dir) / "best.pt", dev)
+    args, labels = ckpt["model_args"], list(ckpt["labels"])
+    path = str(store or ckpt["store"]["path"])
+    scaler = LabelScaler.from_dict(ckpt["scaler"])
+    dataset = StoreDataset(path, "node", labels, args["max_neighbors"], args["cutoff"], scaler)
+    manifest = dataset.store.manifest
+    check_same_store(
+        Path(run_dir) / "best.pt", ckpt["store"], describe_store(manifest, path, "node", labels)
+    )
+    test = np.asarray(ckpt["splits"]["test"])
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        collate_fn=collate,
+        sampler=EpochSampler(test, 0, False, 0, 1),
+    )
+    err_sum = np.zeros(dataset.label_dim)
+    floor_sum = np.zeros(dataset.label_dim)
+    atoms = 0
+    with torch.no_grad():
+        for batch in loader:
+            batch = batch.to(dev)
+            pred = model(batch.z, batch.edge_index, batch.edge_vec, batch.batch, batch.num_graphs)
+            y = batch.y.double()
+            err_sum += (pred.double() - y).abs().sum(0).cpu().numpy()
+            floor_sum += y.abs().sum(0).cpu().numpy()
+            atoms += len(batch.z)
+    mae, floor = err_sum / max(atoms, 1), floor_sum / max(atoms, 1)
+    rows, start = [], 0
+    for name in labels:
+        entry = manifest["descriptors"][name]
+        names = entry.get("feature_names") or [str(k) for k in range(entry["dim"])]
+        cols = np.arange(start, start + len(names))
+        start += len(names)
+        family = entry.get("family")
+        rows.append(_error_row(name, family, "all", cols, mae, floor))
+        groups: dict[str, list[int]] = {}
+        for col, feature in zip(cols, names):
+            groups.setdefault(_feature_group(feature), []).append(int(col))
+        if len(groups) > 1:
+            rows += [_error_row(name, family, g, c, mae, floor) for g, c in groups.items()]
+    return {"scaling": scaler.mode, "atoms": atoms, "structures": len(test), "rows": rows}
+
+
+def _error_row(labels, family, group, cols, mae, floor) -> dict:
+    return {
+        "labels": labels,
+        "family": family,
+        "group": group,
+        "features": len(cols),
+        "mae": float(mae[cols].mean()),
+        "mean_predictor_mae": float(floor[cols].mean()),
+    }
+
+
+def _run_target(path: Path, out: Path) -> tuple[Path, Path, str]:
+    """(report file, figure folder, prefix of figure links) for ``--out`` (as the sweep's)."""
+    target = out if out else path / "report"
+    if target.suffix == ".md":
+        return target, target.with_suffix(""), f"{target.with_suffix('').name}/"
+    return target / "report.md", target, ""
+
+
+def _units(run_dir: Path) -> dict[str, str]:
+    """Label name -> unit, from the run's best.pt (``predicts``), where it records one."""
+    best = run_dir / "best.pt"
+    if not best.exists():
+        return {}
+    from trainer.checkpoint import load_checkpoint
+
+    try:
+        predicts = load_checkpoint(best).get("predicts", {})
+    except Exception:  # noqa: BLE001  (units are a nicety; the report goes on without them)
+        return {}
+    return {lab["name"]: lab.get("unit") or "" for lab in predicts.get("labels", [])}
+
+
+def _shift(run_dir: Path, labels: list[str]) -> np.ndarray | None:
+    """The fine-tuning targets' scaler shift (the training split's mean), from best.pt."""
+    best = run_dir / "best.pt"
+    if not best.exists():
+        return None
+    from trainer.checkpoint import load_checkpoint
+
+    scaler = load_checkpoint(best).get("scaler") or {}
+    shift = np.asarray(scaler.get("shift", []), dtype=np.float64)
+    return shift if scaler.get("mode") != "none" and len(shift) == len(labels) else None
+
+
+def _test_table(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(target names, (R, T) targets, (R, T) predictions) of test_predictions.csv."""
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    head = rows[0]
+    names = [h.removeprefix("target_") for h in head if h.startswith("target_")]
+    data = np.array([[float(v) for v in r[1:]] for r in rows[1:]], dtype=np.float64)
+    data = data.reshape(len(rows) - 1, 2 * len(names))
+    return names, data[:, : len(names)], data[:, len(names) :]
+
+
+def _learning_curve(m: dict, best: int, finetune: bool, units: str, out: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    panels = 2 if finetune else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.4), squeeze=False)
+    ax = axes[0][0]
+    ax.plot(m["epoch"], m["train_loss"], label="training")
+    ax.plot(m["epoch"], m["val_loss"], label="validation")
+    ax.axvline(best, color="0.5", ls=":", label=f"best (epoch {best})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("L1 loss (standardised labels)")
+    ax.legend(fontsize=7)
+    if finetune:
+        ax = axes[0][1]
+        ax.plot(m["epoch"], m["val_mae"], color="C1")
+        ax.axvline(best, color="0.5", ls=":")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation MAE {units}".strip())
+    fig.tight_layout()
+    fig.savefig(out / "learning_curve.png", dpi=120)
+    plt.close(fig)
+    return "learning_curve.png"
+
+
+def _parity(names, targets, preds, units: dict, out: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), squeeze=False)
+    for k, (ax, name) in enumerate(zip(axes[0], names)):
+        t, p = targets[:, k], preds[:, k]
+        keep = ~np.isnan(t)
+        ax.scatter(t[keep], p[keep], s=8, alpha=0.6)
+        lo = np.nanmin([t[keep].min(), p[keep].min()]) if keep.any() else 0.0
+        hi = np.nanmax([t[keep].max(), p[keep].max()]) if keep.any() else 1.0
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        unit = f" ({units[name]})" if units.get(name) else ""
+        ax.set_xlabel(f"target {name}{unit}")
+        ax.set_ylabel(f"prediction{unit}")
+        ax.set_title(f"test MAE {np.nanmean(np.abs(p - t)):.4g}{unit}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "parity.png", dpi=120)
+    plt.close(fig)
+    return "parity.png"
+
+
+def _target_metrics(names, targets, preds, shift, units: dict) -> list[str]:
+    """Markdown rows per target: n, MAE, RMSE, R², max error, MAE of the training mean."""
+    lines = [
+        "| target | unit | structures | MAE | RMSE | R² | max error | MAE of the training mean |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for k, name in enumerate(names):
+        t, p = targets[:, k], preds[:, k]
+        keep = ~np.isnan(t)
+        err = p[keep] - t[keep]
+        spread = np.sum((t[keep] - t[keep].mean()) ** 2)
+        r2 = 1 - np.sum(err**2) / spread if spread > 0 else float("nan")
+        floor = f"{np.mean(np.abs(t[keep] - shift[k])):.6g}" if shift is not None else "–"
+        lines.append(
+            f"| {name} | {units.get(name) or '–'} | {int(keep.sum())} | "
+            f"{np.mean(np.abs(err)):.6g} | {np.sqrt(np.mean(err**2)):.6g} | {r2:.4f} | "
+            f"{np.max(np.abs(err)):.6g} | {floor} |"
+        )
+    return lines
+
+
+def write_run_report(
+    run_dir: str | Path, out: str | Path | None = None, store=None, device: str = "cpu"
+) -> Path:
+    """``report.md`` for one run, with ``learning_curve.png`` and (fine-tuning)
+    ``parity.png``, in ``out`` (default RUN_DIR/report; a ``.md`` path puts the figures in a
+    folder of its name).
+
+    Fine-tuning: per target, test MAE, RMSE, R², largest error and the MAE of predicting the
+    training mean (from ``test_predictions.csv``). Pre-training: the test error per label set
+    and feature group in standardised label units (:func:`standardised_errors`; needs the
+    run's store, else the report says why it is missing).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run_dir = Path(run_dir)
+    report, figures, prefix = _run_target(run_dir, Path(out) if out else None)
+    figures.mkdir(parents=True, exist_ok=True)
+    config = json.loads((run_dir / "config.json").read_text())
+    m = _metrics(run_dir / "metrics.csv")
+    result_path = run_dir / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.exists() else {}
+    finetune = config.get("mode") == "finetune"
+    labels = list(config.get("labels", []))
+    units = _units(run_dir)
+    best = int(m["epoch"][np.argmin(m["val_loss"])])
+    state = "finished" if result else "unfinished (no result.json yet)"
+    lines = [
+        f"# Run report: `{run_dir}`",
+        "",
+        f"{'Fine-tuning' if finetune else 'Pre-training'} of {', '.join(labels)} on "
+        f"`{config.get('store')}`, {state}."
+        + (f" Initial weights: `{config['init']}`." if finetune and config.get("init") else "")
+        + (" From scratch." if finetune and not config.get("init") else ""),
+        "",
+        "| | |",
+        "|---|---|",
+        f"| epochs | {len(m['epoch'])} of {config.get('epochs')} |",
+        f"| best epoch (lowest validation loss) | {best} |",
+        f"| best validation loss (L1, standardised labels) | {float(np.min(m['val_loss'])):.6g} |",
+        f"| training time | {float(np.sum(m['seconds'])) / 60:.1f} min |",
+        f"| device | {result.get('device', '–')} |",
+        "| settings | "
+        + ", ".join(
+            f"{k} {config[k]}"
+            for k in ("batch_size", "lr", "seed", "split", "fold", "max_train", "max_val")
+            if config.get(k) is not None
+        )
+        + " |",
+        "",
+    ]
+    made = [
+        ("Learning curve", _learning_curve(m, best, finetune, units.get(labels[0], ""), figures))
+    ]
+    predictions = run_dir / "test_predictions.csv"
+    if finetune and predictions.exists():
+        names, targets, preds = _test_table(predictions)
+        lines += [
+            "## Test split",
+            "",
+            *_target_metrics(names, targets, preds, _shift(run_dir, names), units),
+            "",
+        ]
+        made.append(("Parity, test split", _parity(names, targets, preds, units, figures)))
+    elif not finetune:
+        lines += _pretrain_section(run_dir, store, device)
+    for caption, name in made:
+        lines += [f"### {caption}", "", f"![{caption}]({prefix}{name})", ""]
+    report.write_text("\n".join(lines))
+    return report
+
+
+def _pretrain_section(run_dir: Path, store, device: str) -> list[str]:
+    """Markdown: the standardised test error table of a pre-training run, or why not."""
+    from schemas import StoreError
+    from trainer.errors import TrainingError
+
+    head = ["## Test error in standardised label units", ""]
+    if not (run_dir / "best.pt").exists():
+        return [*head, "Not computed: the run has no best.pt.", ""]
+    try:
+        errors = standardised_errors(run_dir, store, device)
+    except (StoreError, TrainingError, FileNotFoundError) as err:
+        return [*head, f"Not computed: {err}", ""]
+    lines = [
+        *head,
+        f"On the {errors['structures']} test structures ({errors['atoms']} atoms) of the run's "
+        f"split; label scaling `{errors['scaling']}` (per_feature: 1.0 = one standard deviation "
+        "of the feature over the store). *Mean predictor*: the error of always predicting the "
+        "store mean; *ratio*: the model's error over it (lower is better, 1 = no skill).",
+        "",
+        "| label set | family | feature group | features | MAE | mean predictor | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in errors["rows"]:
+        ratio = r["mae"] / r["mean_predictor_mae"] if r["mean_predictor_mae"] > 0 else np.nan
+        group = "**all**" if r["group"] == "all" else f"`{r['group']}`"
+        lines.append(
+            f"| {r['labels']} | {r['family'] or '–'} | {group} | {r['features']} | "
+            f"{r['mae']:.4g} | {r['mean_predictor_mae']:.4g} | {ratio:.2f} |"
+        )
+    return [*lines, ""]

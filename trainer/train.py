@@ -42,7 +42,7 @@ from trainer.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, prepare_run_dir
 from trainer.data import Batch, LabelScaler, StoreDataset, collate, kfold_splits, random_split
 from trainer.errors import TrainingError
 
@@ -217,6 +217,7 @@ def train(cfg: TrainConfig) -> dict:
     device = _device(cfg.device)
     rank, world = _init_distributed(device)
     main = rank == 0
+    prepare_run_dir(cfg, main)  # a run there: refused unless resume (same config) or overwrite
     run_dir = Path(cfg.run_dir)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     resume = cfg.resume and last_path.exists()
@@ -241,6 +242,16 @@ def train(cfg: TrainConfig) -> dict:
         if ckpt
         else _splits(cfg, len(dataset))
     )
+    empty = [k for k in ("train", "val") if len(splits[k]) == 0]
+    if empty:  # never a best.pt chosen on 0 structures
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+        how = f"split {cfg.split}"
+        if cfg.fold is not None:
+            how = f"fold {cfg.fold}, val_fraction {cfg.val_fraction}"
+        raise TrainingError(
+            f"{cfg.store}: the {' and '.join(empty)} split of its {len(dataset)} structures is "
+            f"empty ({sizes}; {how}); give it a larger fraction or use a larger store"
+        )
     if task == "node":
         if len(cfg.labels) == 1:
             stats = manifest["descriptors"][cfg.labels[0]]["stats"]
