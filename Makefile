@@ -52,6 +52,16 @@ example: $(KERNEL)
 	$(BIN)/fp-train finetune --store $(EXAMPLE_OUT)/mp_sample.lmdb --target band_gap \
 		--init $(EXAMPLE_OUT)/pretrain/best.pt --run-dir $(EXAMPLE_OUT)/finetune \
 		$(EXAMPLE_MODEL) --epochs 5 --batch-size 8
+	# a shipped model: fine-tune the zoo's EAD-pre-trained ET (no model flags: they come with
+	# it), then predict the band gap of structures it never saw, from their CIFs
+	$(BIN)/fp-train models
+	$(BIN)/fp-train finetune --store $(EXAMPLE_OUT)/mp_sample.lmdb --target band_gap \
+		--init et-small-mp20-eadset1 --run-dir $(EXAMPLE_OUT)/finetune-zoo \
+		--num-workers 0 --no-progress --epochs 5 --batch-size 8
+	$(BIN)/fp-train predict --checkpoint $(EXAMPLE_OUT)/finetune-zoo/best.pt \
+		--out $(EXAMPLE_OUT)/perovskite_gaps.csv examples/perov_5_sample.csv \
+		--id-column castelli_id --quiet
+	head -4 $(EXAMPLE_OUT)/perovskite_gaps.csv
 
 test: $(KERNEL)
 	FP_REQUIRE_KERNEL=$(FP_REQUIRE_KERNEL) $(BIN)/python -m pytest -q
