@@ -83,6 +83,9 @@ class _Checks:
         m = store.manifest
         self.n_targets = len(m.get("targets", []))
         self.sets = {name: m["descriptors"][name] for name in store.descriptor_names}
+        for name, entry in self.sets.items():
+            if type(entry.get("dim")) is not int or not isinstance(entry.get("dtype"), str):
+                raise StoreError(f"{store.path}: manifest entry of {name} lacks its dim or dtype")
         self.stats = {name: FeatureStats.empty(int(d["dim"])) for name, d in self.sets.items()}
         self.atoms = 0
         self.edges = 0
@@ -118,11 +121,12 @@ class _Checks:
         problems = []
         c = m["counts"]
         for key, got in (("atoms", self.atoms), ("edges", self.edges)):
-            if int(c[key]) != got:
-                problems.append(f"manifest: counts.{key} is {c[key]}, the records hold {got}")
+            if c.get(key) != got:
+                problems.append(f"manifest: counts.{key} is {c.get(key)}, the records hold {got}")
         for name, entry in self.sets.items():
-            got, want = self.stats[name].to_dict(), entry.get("stats", {})
-            if int(want.get("count", -1)) != got["count"]:
+            got, want = self.stats[name].to_dict(), entry.get("stats")
+            want = want if isinstance(want, dict) else {}
+            if want.get("count") != got["count"]:
                 problems.append(
                     f"{name}: manifest stats.count is {want.get('count')}, records hold "
                     f"{got['count']} atoms"
@@ -130,8 +134,13 @@ class _Checks:
                 continue
             scale = max(np.abs(np.asarray(got["min"] + got["max"], dtype=float)).max(initial=0), 1)
             for key in ("mean", "std", "min", "max"):
-                ok = np.shape(want.get(key)) == np.shape(got[key]) and np.allclose(
-                    np.asarray(want[key], dtype=float),
+                value = want.get(key)
+                ok = (
+                    isinstance(value, list)
+                    and np.shape(value) == np.shape(got[key])
+                    and all(type(v) in (int, float) for v in value)
+                ) and np.allclose(
+                    np.asarray(value, dtype=float),
                     got[key],
                     rtol=1e-6,
                     atol=1e-9 * scale,

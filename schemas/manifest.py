@@ -105,12 +105,15 @@ def read_manifest(store_path: str | os.PathLike) -> dict[str, Any]:
             f"an interrupted build is resumed by re-running the same fp-build command"
         )
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise StoreError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise StoreError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
-    if manifest.get("format") != FORMAT_NAME:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise StoreError(f"{path}: not a {FORMAT_NAME} manifest")
     check_schema_version(manifest.get("schema_version"), path)
+    _check_types(manifest, path)
     stored = manifest.get(DIGEST_KEY)
     if stored is not None and stored != manifest_digest(manifest):
         raise StoreError(
@@ -119,6 +122,33 @@ def read_manifest(store_path: str | os.PathLike) -> dict[str, Any]:
             f"manifest or rebuild the store"
         )
     return manifest
+
+
+def _check_types(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse a manifest whose keys that readers index have the wrong JSON types."""
+
+    def bad(what: str) -> StoreError:
+        return StoreError(f"{path}: malformed manifest ({what})")
+
+    counts = manifest.get("counts")
+    if not isinstance(counts, dict) or "records" not in counts:
+        raise bad("counts must be an object with the number of records")
+    for key, value in counts.items():
+        if not (type(value) is int and value >= 0):
+            raise bad(f"counts.{key} must be a non-negative integer")
+    targets = manifest.get("targets", [])
+    if not isinstance(targets, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("name"), str) for t in targets
+    ):
+        raise bad("targets must be a list of {name, unit}")
+    descriptors = manifest.get("descriptors", {})
+    if not isinstance(descriptors, dict) or not all(
+        isinstance(d, dict) and type(d.get("dim", 0)) is int for d in descriptors.values()
+    ):
+        raise bad("descriptors must map names to entries with an integer dim")
+    cutoff = manifest.get("cutoff", 1.0)
+    if type(cutoff) not in (int, float):
+        raise bad("cutoff must be a number")
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:

@@ -105,3 +105,22 @@ def test_fields_outside_the_digest_and_old_manifests_read(tmp_path):
     del manifest["manifest_digest"]  # written before digests existed
     path.write_text(json.dumps(manifest))
     assert "manifest_digest" not in read_manifest(tmp_path)
+
+
+def test_a_damaged_manifest_is_a_store_error(tmp_path):
+    write(tmp_path)
+    path = tmp_path / "manifest.json"
+    text = path.read_bytes()
+    path.write_bytes(text.replace(b"lmdb", b"lm\xbcb"))  # not UTF-8 any more
+    with pytest.raises(StoreError, match=r"manifest.json: not UTF-8 text"):
+        read_manifest(tmp_path)
+    for bad in ('{"counts": {"records": "6"}}', '{"counts": []}', '{"targets": [3]}'):
+        manifest = json.loads(text)
+        del manifest["manifest_digest"]
+        manifest.update(json.loads(bad))
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(StoreError, match="malformed manifest"):
+            read_manifest(tmp_path)
+    path.write_text("[1, 2]")
+    with pytest.raises(StoreError, match="not a fingerprint-pretrain-store manifest"):
+        read_manifest(tmp_path)
