@@ -41,15 +41,8 @@ from builder.bookkeeping import (
     stats_key,
     unpack_stats,
 )
-from builder.build import (
-    BuildError,
-    available_cores,
-    close_quietly,
-    disk_full_guard,
-    progress_bar,
-    run_parallel,
-    unsupported_elements,
-)
+from builder.build import close_quietly, disk_full_guard, unsupported_elements
+from builder.errors import BuildError
 from builder.labels import (
     CastError,
     LabelAccumulator,
@@ -58,6 +51,7 @@ from builder.labels import (
     neighbour_list_from_record,
 )
 from builder.lmdb_writer import LmdbWriter
+from builder.parallel import available_cores, progress_bar, run_parallel
 from builder.structure import element_label
 from schemas.lmdb_store import close_env, descriptor_key, graph_key
 from schemas.manifest import MANIFEST_NAME, combine_content_hash, read_manifest, write_json_atomic

@@ -16,7 +16,6 @@ import click
 from builder import __version__
 
 CODEC_CHOICES = ("auto", "raw", "zlib", "shuffle-zlib")
-AUTO_COMPRESS_MIN_DIM = 256  # "auto" compresses sets at least this wide (the EAD sets)
 
 
 def _parse_units(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -43,18 +42,6 @@ def _positive_finite(ctx, param, value: float) -> float:
 
 
 JOBS_HELP = "Worker processes (-1 = all cores)."
-
-
-def _codecs(names: list[str], codec: str) -> dict[str, str]:
-    if not names:
-        return {}
-    if codec != "auto":
-        return {name: codec for name in names}
-    from builder.descriptors.registry import get
-
-    return {
-        name: "shuffle-zlib" if get(name).dim >= AUTO_COMPRESS_MIN_DIM else "raw" for name in names
-    }
 
 
 def _resolve_names(names: tuple[str, ...]) -> list[str]:
@@ -165,6 +152,7 @@ def build(
     MatBench JSON, MatDeepLearn JSON, folders or files of CIF/POSCAR; quoted glob patterns are
     expanded). Re-running the same command resumes an interrupted build."""
     from builder.build import BuildOptions, build_store, summarize
+    from builder.descriptors.registry import storage_codecs
     from builder.readers import expand_inputs
 
     names = _resolve_names(descriptors)
@@ -183,7 +171,7 @@ def build(
         allow_missing_targets=allow_missing_targets,
         descriptors=names,
         descriptor_dtype=dtype,
-        descriptor_codec=_codecs(names, codec),
+        descriptor_codec=storage_codecs(names, codec),
         backend=backend,
         scheduler=scheduler,
         chunk_size=chunk_size,
@@ -210,15 +198,32 @@ def build(
 @click.option("--force", is_flag=True, help="Recompute sets already present.")
 @click.option("--jobs", "-j", default=-1, show_default=True, callback=_jobs, help=JOBS_HELP)
 @click.option(
-    "--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Storage dtype of the added sets (float16 refused where values exceed its range).",
 )
-@click.option("--codec", type=click.Choice(CODEC_CHOICES), default="auto", show_default=True)
-@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True)
+@click.option(
+    "--codec",
+    type=click.Choice(CODEC_CHOICES),
+    default="auto",
+    show_default=True,
+    help="Label compression; auto = byte shuffle + zlib for sets of >= 256 features.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["loky", "dask"]),
+    default="loky",
+    show_default=True,
+    help="joblib backend.",
+)
 @click.option("--scheduler", default=None, help="Dask scheduler address (default: local).")
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def add(store, descriptors, force, jobs, dtype, codec, backend, scheduler, quiet) -> None:
     """Add label sets to an existing STORE without touching its graphs (resumable)."""
     from builder.add import add_descriptors
+    from builder.descriptors.registry import storage_codecs
 
     names = _resolve_names(descriptors)
     manifest = add_descriptors(
@@ -229,7 +234,7 @@ def add(store, descriptors, force, jobs, dtype, codec, backend, scheduler, quiet
         scheduler=scheduler,
         force=force,
         dtype=dtype,
-        codec=_codecs(names, codec),
+        codec=storage_codecs(names, codec),
         progress=not quiet,
     )
     click.echo(f"{store}: descriptor sets {list(manifest['descriptors'])}")
@@ -252,7 +257,7 @@ def info(store, as_json) -> None:
 
 @cli.command()
 @click.argument("store")
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def verify(store, quiet) -> None:
     """Recompute STORE's content hash from its records; exit 1 if it differs from the
     manifest."""
@@ -267,9 +272,15 @@ def verify(store, quiet) -> None:
 
 @cli.command()
 @click.argument("store")
-@click.option("--format", "fmt", type=click.Choice(["zarr", "extxyz"]), required=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["zarr", "extxyz"]),
+    required=True,
+    help="zarr: the columnar twin (same content hash); extxyz: structures + targets.",
+)
 @click.option("--out", "-o", required=True, help="Output path (e.g. mp.zarr, mp.extxyz).")
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def export(store, fmt, out, quiet) -> None:
     """Export STORE to its Zarr twin or to extended XYZ."""
     from builder.export import export_extxyz, export_zarr

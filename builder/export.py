@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from builder.build import progress_bar
+from builder.parallel import progress_bar
 from schemas.manifest import MANIFEST_NAME, write_json_atomic
 from schemas.store import Store
 

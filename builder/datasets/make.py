@@ -37,6 +37,7 @@ import numpy as np
 from builder.build import BuildError, BuildOptions, build_store
 from builder.datasets.download import Fetched, Fetcher, data_home
 from builder.datasets.registry import DATASETS, Dataset, Source, get
+from builder.descriptors.registry import storage_codecs
 from builder.readers import InputError
 from schemas.manifest import StoreError, write_json_atomic
 from schemas.splits import MATBENCH_SEED, PAPER_SEEDS, kfold_splits, random_split
@@ -230,12 +231,6 @@ def build_input(resolved: Resolved, opts: MakeOptions) -> tuple[Path, dict]:
     return path, record
 
 
-def _codecs(names: list[str]) -> dict[str, str]:
-    from builder.cli import _codecs as auto_codecs
-
-    return auto_codecs(names, "auto")
-
-
 def _descriptor_names(opts: MakeOptions) -> list[str]:
     from builder.descriptors.registry import resolve as resolve_sets
 
@@ -290,7 +285,7 @@ def ensure_store(source: Source, input_path: Path, opts: MakeOptions) -> dict:
                 id_column=source.id_column,
                 fmt=source.fmt,
                 descriptors=names,
-                descriptor_codec=_codecs(names),
+                descriptor_codec=storage_codecs(names),
                 overwrite=store.exists(),
                 progress=opts.progress,
             )
@@ -303,7 +298,11 @@ def ensure_store(source: Source, input_path: Path, opts: MakeOptions) -> dict:
             opts.log(f"  {store.name}: adding label sets {missing}")
             start = time.perf_counter()
             add_descriptors(
-                store, missing, jobs=opts.jobs, codec=_codecs(missing), progress=opts.progress
+                store,
+                missing,
+                jobs=opts.jobs,
+                codec=storage_codecs(missing),
+                progress=opts.progress,
             )
             add_seconds = time.perf_counter() - start
             status = "completed"

@@ -40,9 +40,18 @@ import numpy as np
 
 from builder.neighbors import NeighbourList
 
-__all__ = ["REGISTRY", "DescriptorSpec", "UnknownDescriptorError", "get", "resolve"]
+__all__ = [
+    "AUTO_COMPRESS_MIN_DIM",
+    "REGISTRY",
+    "DescriptorSpec",
+    "UnknownDescriptorError",
+    "get",
+    "resolve",
+    "storage_codecs",
+]
 
 FAMILIES = ("wacsf", "gmp", "ead")
+AUTO_COMPRESS_MIN_DIM = 256  # codec "auto" compresses sets at least this wide (the EAD sets)
 
 
 @dataclass(frozen=True)
@@ -198,3 +207,14 @@ def resolve(names: str | Iterable[str]) -> list[DescriptorSpec]:
             else:
                 wanted.add(get(name).name)
     return [spec for name, spec in REGISTRY.items() if name in wanted]
+
+
+def storage_codecs(names: list[str], codec: str = "auto") -> dict[str, str]:
+    """Storage codec per label set: ``codec`` for all, or for ``"auto"`` byte shuffle + zlib for
+    sets of at least :data:`AUTO_COMPRESS_MIN_DIM` features (measured 0.38-0.72 of raw on the
+    EAD sets) and raw bytes for the narrow ones."""
+    if codec != "auto":
+        return {name: codec for name in names}
+    return {
+        name: "shuffle-zlib" if get(name).dim >= AUTO_COMPRESS_MIN_DIM else "raw" for name in names
+    }

@@ -131,3 +131,20 @@ def test_export_both_formats(store, tmp_path):
     assert (tmp_path / "p.xyz").read_text().startswith("5\nLattice=")
     again = fp_build("export", store, "--format", "zarr", "--out", tmp_path / "p.zarr")
     assert "already exists" in one_line_error(again, 2)
+
+
+def test_every_fp_build_option_explains_itself():
+    """Every option of every fp-build command has help text; choices and defaults show."""
+    import click
+    from click.testing import CliRunner
+
+    from builder.cli import cli
+
+    missing = []
+    for name, command in cli.commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.help:
+                missing.append(f"fp-build {name} {param.opts[0]}")
+    assert not missing, missing
+    text = CliRunner().invoke(cli, ["add", "--help"]).output
+    assert "[default: float32]" in text and "float16" in text and "zlib" in text
