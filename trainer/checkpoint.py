@@ -8,10 +8,14 @@ it is executed. Format version 2; its keys:
 
 - ``format`` (``"fingerprint-pretrain-checkpoint"``), ``version`` (2).
 - ``model``: the state dict. ``model_args``: everything :func:`build_model_from_args` needs to
-  rebuild the model with no other input: ``model`` (``"et"``), ``mode`` (pretrain | finetune),
-  ``out_dim``, ``hidden_channels``, ``num_layers``, ``num_rbf``, ``num_heads``,
-  ``head_channels``, ``cutoff`` (Å), ``max_neighbors`` (nearest K edges, 0 = all),
-  ``self_loops`` and the other :class:`~trainer.model.ETConfig` fields (``max_z`` ...).
+  rebuild the model with no other input: ``model`` (the backbone's name in
+  :data:`trainer.backbones.BACKBONES`: ``"et"``, ``"schnet"``, ``"painn"``; a checkpoint
+  without the key is ``"et"``), ``mode`` (pretrain | finetune), ``out_dim``, ``cutoff`` (Å),
+  ``max_neighbors`` (nearest K edges, 0 = all) and every field of that backbone's config
+  dataclass but ``cutoff_upper`` (:class:`~trainer.model.ETConfig`: ``hidden_channels``,
+  ``num_layers``, ``num_rbf``, ``num_heads``, ``head_channels``, ``self_loops``, ``max_z``
+  ...; ``SchNetConfig``: ``num_filters`` ...; ``PaiNNConfig``: ``radial_basis``,
+  ``epsilon`` ...).
 - ``predicts``: ``{"task": "node" | "graph", "labels": [{"name", "kind" ("descriptor" |
   "target"), "unit", "dim", "family"}]}`` from the store manifest (``unit`` None for
   descriptors); ``labels`` (the names) and ``scaler`` (label scaling y' = (y - shift) / scale:
@@ -42,9 +46,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.config import TrainConfig
+from trainer.backbones import BACKBONES, backbone_config
+from trainer.config import MODEL_DEFAULTS, TrainConfig
 from trainer.errors import TrainingError
-from trainer.model import ETConfig, GraphRegressor, NodeRegressor
+from trainer.model import GraphRegressor, NodeRegressor
 
 __all__ = [
     "ARCHITECTURE_KEYS",
@@ -70,10 +75,13 @@ CHECKPOINT_VERSION = 2
 
 # TrainConfig fields that are model flags of fp-train (the model_args keys a user could give).
 ARCHITECTURE_KEYS = (
+    "model",
     "hidden_channels",
     "num_layers",
     "num_rbf",
     "num_heads",
+    "num_filters",
+    "radial_basis",
     "head_channels",
     "cutoff",
     "self_loops",
@@ -93,38 +101,41 @@ _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
 # ------------------------------------------------------------------------------------------
 def model_args(cfg, out_dim: int) -> dict:
     """Every hyperparameter of the model ``cfg`` (a TrainConfig) builds with ``out_dim``
-    outputs, as plain values (the checkpoint's ``model_args``)."""
-    et = ETConfig(
+    outputs, as plain values (the checkpoint's ``model_args``): the backbone ``cfg.model``
+    with its config dataclass's fields (the model fields of ``cfg`` that backbone has; the
+    rest at the dataclass's defaults)."""
+    name = getattr(cfg, "model", "et")
+    backbone = backbone_config(
+        name,
         hidden_channels=cfg.hidden_channels,
-        num_layers=cfg.num_layers,
-        num_rbf=cfg.num_rbf,
-        num_heads=cfg.num_heads,
         cutoff_upper=float(cfg.cutoff),
-        self_loops=cfg.self_loops,
         head_channels=cfg.head_channels,
+        **{k: getattr(cfg, k) for k in MODEL_DEFAULTS[name]},
     )
     args = {
-        "model": "et",
+        "model": name,
         "mode": cfg.mode,
         "out_dim": int(out_dim),
-        "cutoff": et.cutoff_upper,
+        "cutoff": backbone.cutoff_upper,
         "max_neighbors": int(cfg.max_neighbors),
     }
-    args.update({k: v for k, v in et.to_dict().items() if k != "cutoff_upper"})
+    args.update({k: v for k, v in backbone.to_dict().items() if k != "cutoff_upper"})
     return args
 
 
 def build_model_from_args(args: dict) -> torch.nn.Module:
     """A freshly initialised model as ``args`` (a checkpoint's ``model_args``) describe it:
-    :class:`NodeRegressor` for pre-training, :class:`GraphRegressor` for fine-tuning."""
-    if args.get("model", "et") != "et":
-        raise TrainingError(f"unknown model {args.get('model')!r} (this code builds 'et')")
-    names = {f.name for f in dataclasses.fields(ETConfig)} - {"cutoff_upper"}
-    et = ETConfig(
-        cutoff_upper=float(args["cutoff"]), **{k: v for k, v in args.items() if k in names}
+    backbone ``args["model"]`` (``"et"`` when absent) under :class:`NodeRegressor` for
+    pre-training, :class:`GraphRegressor` for fine-tuning."""
+    name = args.get("model", "et")
+    if name not in BACKBONES:
+        raise TrainingError(f"unknown model {name!r} (this code builds {', '.join(BACKBONES)})")
+    names = {f.name for f in dataclasses.fields(BACKBONES[name][0])} - {"cutoff_upper"}
+    backbone = backbone_config(
+        name, cutoff_upper=float(args["cutoff"]), **{k: v for k, v in args.items() if k in names}
     )
     head = NodeRegressor if args["mode"] == "pretrain" else GraphRegressor
-    return head(et, int(args["out_dim"]))
+    return head(backbone, int(args["out_dim"]))
 
 
 def model_from_checkpoint(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dict]:
@@ -153,10 +164,17 @@ def architecture_from_checkpoint(path: str | Path, given: dict) -> dict:
         ``{name: checkpoint value}`` for every model flag not in ``given``.
 
     Raises:
-        ModelFlagConflict: a given flag differs from the checkpoint's value (both named).
-            ``max_neighbors`` may differ: it cuts the graph and leaves the weights alone.
+        ModelFlagConflict: a given flag differs from the checkpoint's value (both named; a
+            ``model`` that differs first, alone). ``max_neighbors`` may differ: it cuts the
+            graph and leaves the weights alone.
     """
-    args = load_checkpoint(path)["model_args"]
+    args = {"model": "et", **load_checkpoint(path)["model_args"]}  # format 2 before backbones
+    if "model" in given and given["model"] != args["model"]:
+        raise ModelFlagConflict(
+            f"{path}: a {args['model']} checkpoint cannot start a --model {given['model']} run "
+            f"(its weights are a {args['model']}'s); omit --model (fine-tuning takes the model "
+            f"from the checkpoint) or pre-train a {given['model']}"
+        )
     clash = [
         k
         for k in ARCHITECTURE_KEYS

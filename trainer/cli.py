@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import types
 import typing
 from pathlib import Path
 
 import click
 
-from trainer.config import ConfigError, TrainConfig, load_yaml
+from trainer.config import MODEL_DEFAULTS, MODEL_FIELDS, ConfigError, TrainConfig, load_yaml
 
 # Fields set by each command's own arguments rather than generic flags.
 _OWN = {"mode", "store", "labels", "init"}
@@ -54,12 +55,18 @@ def _config_options(mode: str):
             if f.name in _OWN:
                 continue
             flag = "--" + f.name.replace("_", "-")
-            hint = hints[f.name]
+            hint = _unoptional(hints[f.name])
             default = getattr(defaults, f.name)
+            # a model field's default is its model's (MODEL_DEFAULTS)
+            per_model = {m: own[f.name] for m, own in MODEL_DEFAULTS.items() if f.name in own}
+            if len(per_model) == 1:
+                (default,) = per_model.values()
             if hint is bool:
                 default = flag if default else f"--no-{f.name.replace('_', '-')}"
             # click puts a string default in parentheses; the bracket is written here instead
             shown = [f"default: {_shown_default(default)}"]
+            if len(per_model) > 1:
+                shown = ["default: " + ", ".join(f"{m} {v}" for m, v in per_model.items())]
             if f.metadata.get("unit"):
                 shown.append(f"unit: {f.metadata['unit']}")
             help_text = f"{f.metadata['help']}  [{'; '.join(shown)}]"
@@ -93,6 +100,15 @@ def _config_options(mode: str):
     return decorate
 
 
+def _unoptional(hint):
+    """``X`` for ``X | None`` (so ``bool | None`` is a --flag/--no-flag and ``Literal[...] |
+    None`` a choice); ``hint`` otherwise."""
+    inner = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(inner) == 1:
+        return inner[0]
+    return hint
+
+
 def _flag(err: ConfigError) -> str:
     """A configuration error as the command line names it (``--max-train must be >= 1 ...``)."""
     return f"--{err.name.replace('_', '-')} {err.problem}"
@@ -122,13 +138,15 @@ def _make_config(mode: str, config_file, labels, store, init, options) -> TrainC
         given["store"] = store
     if init:
         given["init"] = init
-    try:
-        cfg = cfg.updated(mode=mode, **given)
+    try:  # the file's keys again: a --model flag must not re-derive a model field it set
+        cfg = cfg.updated(mode=mode, **{**from_file, **given})
     except ConfigError as err:
         raise click.UsageError(_flag(err)) from None
     if cfg.init:
         cfg = cfg.updated(init=str(_resolve(cfg.init)))
-        cfg = cfg.updated(**_model_from_init(cfg, {**from_file, **given}))
+        explicit = {**from_file, **given}
+        kept = {k: getattr(cfg, k) for k in MODEL_FIELDS if k in explicit}  # checked, not reset
+        cfg = cfg.updated(**_model_from_init(cfg, explicit), **kept)
     if not cfg.store:
         raise click.UsageError("--store is required (or 'store' in --config)")
     if not cfg.labels:
@@ -195,8 +213,8 @@ _CHECKPOINT = click.option(
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(_version(), prog_name="fp-train")
 def cli() -> None:
-    """Pre-train TorchMD-Net's equivariant transformer on structural fingerprints and
-    fine-tune it on properties, streaming fp-build stores."""
+    """Pre-train a GNN (--model: TorchMD-Net's equivariant transformer, SchNet or PaiNN) on
+    structural fingerprints and fine-tune it on properties, streaming fp-build stores."""
 
 
 @cli.command()
@@ -219,8 +237,8 @@ def pretrain(store, labels, config_file, **options) -> None:
     "--init",
     default=None,
     help="Pre-trained checkpoint file or zoo model name (fp-train models); omit: from scratch. "
-    "The model (size, cutoff, neighbours) comes from it: give no model flag, or only ones "
-    "equal to the checkpoint's.",
+    "The model (--model, size, cutoff, neighbours) comes from it: give no model flag, or only "
+    "ones equal to the checkpoint's.",
 )
 @_config_options("finetune")
 def finetune(store, labels, init, config_file, **options) -> None:

@@ -29,6 +29,9 @@ from typing import Literal
 
 __all__ = [
     "FOLDS",
+    "MODELS",
+    "MODEL_DEFAULTS",
+    "MODEL_FIELDS",
     "RESUME_MAY_DIFFER",
     "ConfigError",
     "TrainConfig",
@@ -38,6 +41,19 @@ __all__ = [
 ]
 
 FOLDS = 5  # MatBench's protocol: 5-fold KFold (trainer.data.kfold_splits)
+
+# The backbones ``model`` may name (trainer.backbones.BACKBONES), and each one's own fields
+# with their defaults: those of its config dataclass (ETConfig, SchNetConfig, PaiNNConfig;
+# tests/trainer/test_model_choice.py checks that they agree). A field of MODEL_FIELDS left None
+# takes the chosen model's default; one the model does not have stays None, and a value given
+# for it is refused (ConfigError), never silently ignored.
+MODELS = ("et", "schnet", "painn")
+MODEL_DEFAULTS: dict[str, dict[str, object]] = {
+    "et": {"num_layers": 8, "num_rbf": 50, "num_heads": 8, "self_loops": False},
+    "schnet": {"num_layers": 6, "num_rbf": 50, "num_filters": 128},
+    "painn": {"num_layers": 3, "num_rbf": 20, "radial_basis": "gaussian"},
+}
+MODEL_FIELDS = tuple(dict.fromkeys(k for own in MODEL_DEFAULTS.values() for k in own))
 
 # Fields a resumed run may change: how it runs, not what it computes (and ``epochs``, to
 # continue a run for longer; the data order is a function of seed and epoch).
@@ -110,17 +126,29 @@ class TrainConfig:
     batch_size: int = _f(8, "structures per optimiser step (>= 1)", "structures")
     lr: float = _f(1e-4, "AdamW learning rate (> 0)")
     weight_decay: float = _f(0.01, "AdamW weight decay (>= 0)")
-    hidden_channels: int = _f(128, "model width: node feature channels (a multiple of heads)")
-    num_layers: int = _f(8, "interaction (attention) layers")
-    num_rbf: int = _f(50, "radial basis functions of the edge expansion")
-    num_heads: int = _f(8, "attention heads")
+    model: Literal["et", "schnet", "painn"] = _f(
+        "et",
+        "representation model (backbone): et (TorchMD-Net's equivariant transformer), schnet "
+        "(invariant), painn (equivariant); fine-tuning with --init takes it from the checkpoint",
+    )
+    hidden_channels: int = _f(
+        128, "model width: node feature channels (for et a multiple of num_heads)"
+    )
+    num_layers: int | None = _f(None, "interaction layers (attention layers for et)")
+    num_rbf: int | None = _f(None, "radial basis functions of the edge expansion")
+    num_heads: int | None = _f(None, "attention heads (et only)")
+    num_filters: int | None = _f(None, "width of the continuous filters (schnet only)")
+    radial_basis: Literal["gaussian", "bessel"] | None = _f(
+        None,
+        "radial basis (painn only): gaussian (SchNetPack's default) or bessel (the PaiNN paper's)",
+    )
     head_channels: int = _f(128, "hidden width of the output head's MLP")
     max_neighbors: int = _f(
         32, "keep each atom's nearest K edges; 0 = all within the cutoff", "neighbours per atom"
     )
     cutoff: float = _f(8.0, "model cutoff (> 0, at most the store's cutoff)", "Å")
-    self_loops: bool = _f(
-        False, "add torchmd-net's zero-length self edges (the authors dropped them)"
+    self_loops: bool | None = _f(
+        None, "add torchmd-net's zero-length self edges (et only; the authors dropped them)"
     )
     split: list[float] = _f(
         [0.8, 0.05, 0.15],
@@ -180,6 +208,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Check types, allowed values and ranges (raises :class:`ConfigError`)."""
         self._check_types()
+        self._fill_model_defaults()
         self._check_values()
 
     # -- checks --------------------------------------------------------------------------------
@@ -193,6 +222,21 @@ class TrainConfig:
                 continue
             setattr(self, name, _typed(name, value, kind))
 
+    def _fill_model_defaults(self) -> None:
+        """Model fields left None take the model's default (:data:`MODEL_DEFAULTS`); a value
+        for a field the model does not have is a ConfigError."""
+        own = MODEL_DEFAULTS[self.model]
+        for name in MODEL_FIELDS:
+            value = getattr(self, name)
+            if name in own:
+                if value is None:
+                    setattr(self, name, own[name])
+            elif value is not None:
+                users = " and ".join(m for m in MODELS if name in MODEL_DEFAULTS[m])
+                raise ConfigError(
+                    name, f"applies to --model {users} only, not {self.model} (leave it out)"
+                )
+
     def _check_values(self) -> None:
         at_least = {
             "epochs": 1,
@@ -201,6 +245,7 @@ class TrainConfig:
             "num_layers": 1,
             "num_rbf": 1,
             "num_heads": 1,
+            "num_filters": 1,
             "head_channels": 1,
             "max_neighbors": 0,
             "seed": 0,
@@ -226,7 +271,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0 < value < 1:
                 raise ConfigError(name, f"must be between 0 and 1 (exclusive), got {value}")
-        if self.hidden_channels % self.num_heads:
+        if self.num_heads is not None and self.hidden_channels % self.num_heads:
             raise ConfigError(
                 "hidden_channels",
                 f"{self.hidden_channels} must be a multiple of num_heads {self.num_heads}",
@@ -258,9 +303,18 @@ class TrainConfig:
         raise ConfigError("mode", f"must be pretrain or finetune, got {mode!r}")
 
     def updated(self, **changes) -> TrainConfig:
+        """A copy with ``changes``. When ``model`` changes, each model field not in
+        ``changes`` that holds the old model's default is re-derived for the new model (so
+        ``updated(model="schnet")`` of the ET defaults is SchNet's defaults); one holding
+        another value is kept, and refused if the new model does not have it."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
+        if changes.get("model", self.model) != self.model:
+            old = MODEL_DEFAULTS[self.model]
+            for name in MODEL_FIELDS:
+                if name not in changes and getattr(self, name) == old.get(name):
+                    changes[name] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

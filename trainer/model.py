@@ -284,11 +284,15 @@ class MLPHead(nn.Module):
 
 
 class NodeRegressor(nn.Module):
-    """Pre-training model: ET + per-atom head; output (N, out_dim) (e.g. descriptor features)."""
+    """Pre-training model: a backbone + per-atom head; output (N, out_dim) (e.g. descriptor
+    features). ``cfg`` is a backbone's config dataclass (:class:`ETConfig`, or
+    ``trainer.backbones``' ``SchNetConfig`` / ``PaiNNConfig``): its type picks the backbone."""
 
     def __init__(self, cfg: ETConfig, out_dim: int):
         super().__init__()
-        self.representation = EquivariantTransformer(cfg)
+        from trainer.backbones import backbone_from_config  # (trainer.backbones imports this)
+
+        self.representation = backbone_from_config(cfg)
         self.head = MLPHead(cfg.hidden_channels, cfg.head_channels, out_dim)
 
     def forward(self, z, edge_index, edge_vec, batch=None, num_graphs=None) -> Tensor:
@@ -297,11 +301,14 @@ class NodeRegressor(nn.Module):
 
 
 class GraphRegressor(nn.Module):
-    """Fine-tuning model: ET + global add pooling + head; output (num_graphs, out_dim)."""
+    """Fine-tuning model: a backbone + global add pooling + head; output (num_graphs, out_dim).
+    ``cfg`` as for :class:`NodeRegressor` (its type picks the backbone)."""
 
     def __init__(self, cfg: ETConfig, out_dim: int = 1):
         super().__init__()
-        self.representation = EquivariantTransformer(cfg)
+        from trainer.backbones import backbone_from_config  # (trainer.backbones imports this)
+
+        self.representation = backbone_from_config(cfg)
         self.head = MLPHead(cfg.hidden_channels, cfg.head_channels, out_dim)
 
     def embed(self, z, edge_index, edge_vec, batch, num_graphs: int) -> Tensor:

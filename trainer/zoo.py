@@ -255,14 +255,16 @@ def _card(ckpt: dict, model, run_dir: Path, licence: str, effects, source: str, 
         "best_epoch": int(np.argmin(val)) + 1 if val else None,
         "best_val_loss": float(ckpt.get("best_val", min(val) if val else float("nan"))),
         "model": {
+            "model": args.get("model", "et"),  # format-2 checkpoints before backbones: ET
             **{
                 k: args[k]
                 for k in (
-                    "model",
                     "hidden_channels",
                     "num_layers",
                     "num_rbf",
                     "num_heads",
+                    "num_filters",
+                    "radial_basis",
                     "head_channels",
                     "cutoff",
                     "max_neighbors",
@@ -383,16 +385,44 @@ def _labels_text(card: dict) -> str:
     )
 
 
+# How cards name each backbone (trainer.backbones.BACKBONES); a card without one is an ET's.
+MODEL_NAMES = {"et": "ET", "schnet": "SchNet", "painn": "PaiNN"}
+
+
+def model_name(card: dict) -> str:
+    """The backbone of a card as people write it (``ET``, ``SchNet``, ``PaiNN``)."""
+    name = card.get("model", {}).get("model", "et")
+    return MODEL_NAMES.get(name, name)
+
+
+def _model_text(model: dict) -> str:
+    """A card's model line: the backbone, its size and its own options."""
+    own = {
+        "et": f"{model.get('num_heads')} heads, ",
+        "schnet": f"{model.get('num_filters')} filters, ",
+        "painn": f"{model.get('radial_basis')} RBF basis, ",
+    }.get(model.get("model", "et"), "")
+    return (
+        f"{MODEL_NAMES.get(model.get('model', 'et'), model.get('model'))}, hidden "
+        f"{model.get('hidden_channels')}, {model.get('num_layers')} layers, "
+        f"{model.get('num_rbf')} RBF, {own}head {model.get('head_channels')}, cutoff "
+        f"{model.get('cutoff')} Å, nearest {model.get('max_neighbors')} neighbours; "
+        f"{model['parameters']:,} parameters"
+    )
+
+
 def format_table(zoo: list[dict]) -> str:
-    """The zoo as a text table: name, label set, structures, parameters, size, effect."""
+    """The zoo as a text table: name, model, label set, structures, parameters, size,
+    effect."""
     if not zoo:
         return "the zoo is empty"
-    rows = [("name", "labels", "structures", "parameters", "MB", "fine-tuning effect")]
+    rows = [("name", "model", "labels", "structures", "parameters", "MB", "fine-tuning effect")]
     for e in zoo:
         card = e["card"]
         rows.append(
             (
                 e["name"],
+                model_name(card),
                 ", ".join(lab["name"] for lab in card["labels"]),
                 f"{card['structures']['total']:,}",
                 f"{card['model']['parameters']:,}",
@@ -438,11 +468,7 @@ def format_card(e: dict, zoo_dir: str | Path = ZOO_DIR) -> str:
         f"{s.get('val', 0):,}, test {s.get('test', 0):,})",
         f"  epochs:           {card['epochs']} (best {card['best_epoch']}); "
         + ", ".join(f"{k} {v}" for k, v in train.items() if v is not None),
-        f"  model:            ET, hidden {model.get('hidden_channels')}, "
-        f"{model.get('num_layers')} layers, {model.get('num_rbf')} RBF, "
-        f"{model.get('num_heads')} heads, head {model.get('head_channels')}, cutoff "
-        f"{model.get('cutoff')} Å, nearest {model.get('max_neighbors')} neighbours; "
-        f"{model['parameters']:,} parameters",
+        f"  model:            {_model_text(model)}",
         f"  best val loss:    {card['best_val_loss']:.4g} (L1, standardised label units)",
         f"  licence:          {card['licence']}",
     ]
