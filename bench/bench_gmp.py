@@ -46,9 +46,16 @@ sys.path.insert(0, str(REPO))
 csv.field_size_limit(sys.maxsize)
 
 from builder.descriptors import gmp  # noqa: E402
+from builder.descriptors.registry import get as get_set  # noqa: E402
 from builder.neighbors import neighbour_list  # noqa: E402
 
 DEFAULT_ORACLE_PYTHON = "/work/oracles/gmp-venv/bin/python"
+GMP_NAMES = ("gmpset1", "gmpset2", "gmpset3")
+
+
+def gmp_params(name: str) -> dict:
+    return dict(get_set(name).params)
+
 
 # Runs inside GMP-featurizer's environment: reads structures from an .npz, featurizes each set
 # with cores=1 (no Ray), writes features and the best wall time of `repeats` runs.
@@ -224,7 +231,7 @@ def main() -> None:
     datasets = {"perov_5": load_structures("perov_5", args.perov)}
     datasets["mp_20_subset"] = load_structures("mp_20_subset", args.mp)
     limits = cpu_limits()
-    sets = {name: dict(params) for name, params in gmp.GMP_SETS.items()}
+    sets = {name: gmp_params(name) for name in GMP_NAMES}
 
     results, oracle = {}, None
     for set_name, params in sets.items():

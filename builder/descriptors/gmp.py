@@ -80,7 +80,6 @@ import numpy as np
 from builder.neighbors import NeighbourList
 
 __all__ = [
-    "GMP_SETS",
     "MAX_ORDER",
     "Density",
     "feature_names",
@@ -96,29 +95,6 @@ DEFAULT_PSP = "QE-kjpaw"
 DEFAULT_OVERLAP_THRESHOLD = 1e-16
 # Edges per block of centres: bounds the padded work arrays (~ edges × σ × (n_max + 1) doubles).
 _EDGES_PER_BLOCK = 65536
-
-
-def _linspace_sigmas(stop: float, count: int) -> list[float]:
-    """σ = linspace(0, stop, count + 1)[1:], as the authors generated them (Å)."""
-    return [float(s) for s in np.linspace(0.0, stop, count + 1)[1:]]
-
-
-def _set(orders: list[int], stop: float, count: int) -> dict:
-    return {
-        "orders": orders,
-        "sigmas": _linspace_sigmas(stop, count),
-        "periodic": True,
-        "overlap_threshold": DEFAULT_OVERLAP_THRESHOLD,
-        "psp": DEFAULT_PSP,
-    }
-
-
-#: The paper's three GMP label sets (Table 3), complete keyword arguments for ``featurize``.
-GMP_SETS: dict[str, dict] = {
-    "gmpset1": _set([-1, 0, 1, 2], 2.0, 4),
-    "gmpset2": _set([-1, 0, 1, 2], 0.3, 3),
-    "gmpset3": _set([-1, 0, 1, 2, 3, 4], 1.0, 6),
-}
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,8 +20,17 @@ import numpy as np
 import pytest
 
 from builder.descriptors import gmp
+from builder.descriptors.registry import get as get_set
 from builder.neighbors import neighbour_list
 from tests.conftest import REPO, real_structures
+
+GMP_NAMES = ("gmpset1", "gmpset2", "gmpset3")
+
+
+def gmp_params(name: str) -> dict:
+    """The registry's keyword arguments of a GMP set (a copy: tests may change it)."""
+    return dict(get_set(name).params)
+
 
 GPSP = REPO / "builder" / "data" / "QE-kjpaw.gpsp"
 
@@ -174,7 +183,7 @@ NACL_CLUSTER = [0.010616662614, 0.248245941748, 0.104510295831, 0.080548183315, 
 
 def test_nacl_reference_values():
     z, pos, cell = nacl_conventional()
-    params = gmp.GMP_SETS["gmpset1"]
+    params = gmp_params("gmpset1")
     periodic = run(z, pos, cell, **params)
     # The references carry 13 significant digits; we agree to ~2e-13 relative.
     np.testing.assert_allclose(periodic[0, :5], NACL_PERIODIC, rtol=1e-12)
@@ -187,16 +196,14 @@ def test_nacl_reference_values():
 def test_feature_names_and_dimensions():
     expected = {"gmpset1": 13, "gmpset2": 10, "gmpset3": 31}
     z, pos, cell = nacl_conventional()
-    for name, params in gmp.GMP_SETS.items():
+    for name, params in ((n, gmp_params(n)) for n in GMP_NAMES):
         names = gmp.feature_names(**params)
         assert len(names) == len(set(names)) == expected[name]
         assert run(z, pos, cell, **params).shape == (8, expected[name])
-    names = gmp.feature_names(**gmp.GMP_SETS["gmpset1"])
+    names = gmp.feature_names(**gmp_params("gmpset1"))
     assert names[:3] == ["order=-1", "order=0,sigma=0.5", "order=0,sigma=1"]
     assert names[-1] == "order=2,sigma=2"
-    assert gmp.GMP_SETS["gmpset3"]["sigmas"] == pytest.approx(
-        [1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1]
-    )
+    assert gmp_params("gmpset3")["sigmas"] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1])
 
 
 # GMP-featurizer on real structures (periodic), 15 significant digits; features < 1e-12 of the
@@ -240,7 +247,7 @@ GMPFEATURIZER = {
 @pytest.mark.parametrize("dataset,index,set_name", list(GMPFEATURIZER))
 def test_against_gmpfeaturizer_values(dataset, index, set_name):
     z, pos, cell = arrays(real_structures(f"{dataset}.csv.gz", index + 1)[index])
-    features = run(z, pos, cell, **gmp.GMP_SETS[set_name])
+    features = run(z, pos, cell, **gmp_params(set_name))
     atoms = sorted(GMPFEATURIZER[dataset, index, set_name])
     reference = np.array([GMPFEATURIZER[dataset, index, set_name][a] for a in atoms])
     # Measured over the first 40 structures of each dataset: ≤ 4e-14 (set 1), 3e-13 (set 2),
@@ -263,7 +270,7 @@ def test_against_gmpfeaturizer_values(dataset, index, set_name):
 
 def test_grid_oracle_nacl_set1():
     z, pos, cell = nacl_conventional()
-    params = gmp.GMP_SETS["gmpset1"]
+    params = gmp_params("gmpset1")
     features = run(z, pos, cell, **params)
     atoms = [0, 4]  # Na, Cl
     oracle = np.array(
@@ -282,7 +289,7 @@ def test_grid_oracle_nacl_set1():
 )
 def test_grid_oracle_real_structures(dataset, index, set_name, atoms, spacing):
     z, pos, cell = arrays(real_structures(f"{dataset}.csv.gz", index + 1)[index])
-    params = gmp.GMP_SETS[set_name]
+    params = gmp_params(set_name)
     features = run(z, pos, cell, **params)
     oracle = np.array(
         [grid_oracle(z, pos, cell, i, params["orders"], params["sigmas"], spacing) for i in atoms]
@@ -293,7 +300,7 @@ def test_grid_oracle_real_structures(dataset, index, set_name, atoms, spacing):
 def test_grid_oracle_cluster_mode():
     """periodic=False: the N atoms at their given positions, no images (the authors' as-run)."""
     z, pos, cell = arrays(real_structures("mp_20_subset.csv.gz", 1)[0])  # Na3MnCoNiO6
-    params = {**gmp.GMP_SETS["gmpset3"], "periodic": False}
+    params = {**gmp_params("gmpset3"), "periodic": False}
     features = run(z, pos, cell, **params)
     atoms = [0, 5, 11]
     oracle = np.array(
@@ -307,7 +314,7 @@ def test_grid_oracle_cluster_mode():
 
 def test_isolated_atom_is_its_own_density():
     """One atom in a huge box: only the self-term; orders ≥ 1 vanish exactly."""
-    params = gmp.GMP_SETS["gmpset3"]
+    params = gmp_params("gmpset3")
     z, pos, cell = np.array([26]), np.zeros((1, 3)), 60.0 * np.eye(3)
     features = run(z, pos, cell, pbc=(False, False, False), **params)
     oracle = grid_oracle(z, pos, cell, 0, params["orders"], params["sigmas"], 0.05, periodic=False)
@@ -323,7 +330,7 @@ def test_isolated_atom_is_its_own_density():
 def test_periodic_features_do_not_depend_on_the_cell():
     from ase.build import bulk
 
-    params = gmp.GMP_SETS["gmpset1"]
+    params = gmp_params("gmpset1")
     conventional = bulk("NaCl", "rocksalt", 5.64, cubic=True)
     primitive = bulk("NaCl", "rocksalt", 5.64)
     supercell = conventional.repeat((2, 2, 2))
@@ -343,7 +350,7 @@ def test_periodic_features_do_not_depend_on_the_cell():
 
 def test_rotation_translation_permutation_invariance():
     z, pos, cell = arrays(real_structures("mp_20_subset.csv.gz", 6)[5])  # Yb3Ga9Pt2
-    params = gmp.GMP_SETS["gmpset3"]
+    params = gmp_params("gmpset3")
     reference = run(z, pos, cell, **params)
     rng = np.random.default_rng(0)
     rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
@@ -356,7 +363,7 @@ def test_rotation_translation_permutation_invariance():
 
 def test_truncation_radius_is_converged_and_enforced():
     z, pos, cell = arrays(real_structures("perov_5.csv.gz", 3)[2])
-    params = gmp.GMP_SETS["gmpset1"]
+    params = gmp_params("gmpset1")
     radius = gmp.required_radius(elements=z, **params)
     assert radius <= gmp.required_radius(**params)
     base = neighbour_list(pos, cell, np.ones(3, bool), radius)
@@ -395,7 +402,7 @@ def test_density_file_is_complete():
 
 
 def test_edge_cases_and_errors():
-    params = gmp.GMP_SETS["gmpset2"]
+    params = gmp_params("gmpset2")
     empty = gmp.featurize(
         np.zeros(0, int), np.zeros((0, 3)), np.eye(3), np.ones(3, bool),
         neighbour_list(np.zeros((0, 3)), np.eye(3), np.ones(3, bool), 1.0), **params,
@@ -419,7 +426,7 @@ def test_edge_order_of_the_neighbour_list_does_not_matter():
     from builder.neighbors import NeighbourList
 
     z, pos, cell = arrays(real_structures("mp_20_subset.csv.gz", 1)[0])
-    params = gmp.GMP_SETS["gmpset3"]
+    params = gmp_params("gmpset3")
     pbc = np.ones(3, bool)
     nl = neighbour_list(pos, cell, pbc, gmp.required_radius(elements=z, **params))
     permutation = np.random.default_rng(1).permutation(nl.num_edges)
