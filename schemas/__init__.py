@@ -3,6 +3,16 @@
 Only this package is imported by both. It defines the record fields and their pickle-free
 encoding (:mod:`schemas.record`), the manifest and schema version (:mod:`schemas.manifest`), and
 read-only access to LMDB and Zarr stores (:func:`open_store`).
+
+Stores are untrusted input (they travel between people), and reading one never crashes, hangs,
+runs code or returns silently wrong data: damage raises :class:`StoreError` or
+:class:`RecordError` naming the store. Every record carries a CRC-32 checked on each read and
+its header is never trusted (:mod:`schemas.record`); LMDB files are checked before liblmdb
+touches them (:mod:`schemas.lmdb_file`); Zarr metadata is checked from its JSON before Zarr
+decodes anything and chunks carry a CRC-32C (:mod:`schemas.zarr_meta`,
+:mod:`schemas.zarr_store`); the manifest carries a digest of what the records mean
+(:mod:`schemas.manifest`). Stores written before these checks still read, without them: the
+additions are optional keys, so the schema version stays 1.0 and content hashes are unchanged.
 """
 
 from schemas.manifest import (

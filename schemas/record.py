@@ -355,13 +355,17 @@ def shift_dtype(edge_shift: np.ndarray) -> np.dtype:
         RecordError: a value beyond int32 (never stored wrapped).
     """
     if edge_shift.size == 0:
-        return np.dtype(np.int8)
+        return _SHIFT_TYPES[0][0]
     lo, hi = int(edge_shift.min()), int(edge_shift.max())
-    for dtype in (np.int8, np.int16, np.int32):
-        info = np.iinfo(dtype)
-        if info.min <= lo and hi <= info.max:
-            return np.dtype(dtype)
+    for dtype, smallest, largest in _SHIFT_TYPES:
+        if smallest <= lo and hi <= largest:
+            return dtype
     raise RecordError(f"image offsets up to {max(-lo, hi)} cells do not fit in int32")
+
+
+_SHIFT_TYPES = tuple(
+    (np.dtype(t), int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in (np.int8, np.int16, np.int32)
+)
 
 
 def validate_graph_record(record: Mapping, n_targets: int | None = None) -> None:
