@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from trainer.config import MODEL_DEFAULTS, MODEL_FIELDS, ConfigError, TrainConfig, load_yaml
+from trainer.config import MODEL_DEFAULTS, ConfigError, TrainConfig, load_yaml
 
 # Fields set by each command's own arguments rather than generic flags.
 _OWN = {"mode", "store", "labels", "init"}
@@ -52,7 +52,7 @@ def _config_options(mode: str):
 
     def decorate(func):
         for f in reversed(dataclasses.fields(TrainConfig)):
-            if f.name in _OWN:
+            if f.name in _OWN or mode not in f.metadata.get("modes", (mode,)):
                 continue
             flag = "--" + f.name.replace("_", "-")
             hint = _unoptional(hints[f.name])
@@ -138,15 +138,21 @@ def _make_config(mode: str, config_file, labels, store, init, options) -> TrainC
         given["store"] = store
     if init:
         given["init"] = init
-    try:  # the file's keys again: a --model flag must not re-derive a model field it set
-        cfg = cfg.updated(mode=mode, **{**from_file, **given})
+    # the file's keys again, so that a --model flag does not re-derive a model field it set
+    explicit = {**from_file, **given}
+    if explicit.get("init") and "model" not in explicit:
+        # fine-tuning takes the model from --init: the model flags given are checked for it
+        where = (explicit.get("run_dir", cfg.run_dir), explicit.get("resume", cfg.resume))
+        explicit["model"] = _init_model(explicit["init"], *where)
+    try:
+        cfg = cfg.updated(mode=mode, **explicit)
     except ConfigError as err:
         raise click.UsageError(_flag(err)) from None
     if cfg.init:
         cfg = cfg.updated(init=str(_resolve(cfg.init)))
-        explicit = {**from_file, **given}
-        kept = {k: getattr(cfg, k) for k in MODEL_FIELDS if k in explicit}  # checked, not reset
-        cfg = cfg.updated(**_model_from_init(cfg, explicit), **kept)
+        cfg = cfg.updated(**_model_from_init(cfg, {**from_file, **given}))
+    elif {**from_file, **given}.get("adapt_epochs"):
+        raise click.UsageError("--adapt-epochs needs --init (the pre-trained model to adapt)")
     if not cfg.store:
         raise click.UsageError("--store is required (or 'store' in --config)")
     if not cfg.labels:
@@ -183,16 +189,29 @@ def _check_device(name: str) -> None:
         raise click.UsageError("--device mps: Apple's MPS is not available on this machine")
 
 
+def _init_source(init, run_dir, resume: bool) -> Path:
+    """The checkpoint a run takes its model from: ``init`` (a file or zoo name), or the run's
+    own ``last.pt`` when it resumes."""
+    own = Path(run_dir) / "last.pt"
+    return own if resume and own.exists() else _resolve(init)
+
+
+def _init_model(init, run_dir, resume: bool) -> str:
+    """The backbone (``--model``) of the checkpoint the run starts from."""
+    from trainer.checkpoint import load_checkpoint
+
+    source = _init_source(init, run_dir, resume)
+    return load_checkpoint(source)["model_args"].get("model", "et")
+
+
 def _model_from_init(cfg: TrainConfig, given: dict) -> dict:
     """The model flags not given, taken from the checkpoint the run starts from (``--init``,
     or the run's own ``last.pt`` when it resumes); a given flag that differs is a usage error
     naming both values."""
     from trainer.checkpoint import ModelFlagConflict, architecture_from_checkpoint
 
-    own = Path(cfg.run_dir) / "last.pt"
-    source = own if cfg.resume and own.exists() else cfg.init
     try:
-        return architecture_from_checkpoint(source, given)
+        return architecture_from_checkpoint(_init_source(cfg.init, cfg.run_dir, cfg.resume), given)
     except ModelFlagConflict as err:
         raise click.UsageError(str(err)) from None
 
@@ -238,7 +257,8 @@ def pretrain(store, labels, config_file, **options) -> None:
     default=None,
     help="Pre-trained checkpoint file or zoo model name (fp-train models); omit: from scratch. "
     "The model (--model, size, cutoff, neighbours) comes from it: give no model flag, or only "
-    "ones equal to the checkpoint's.",
+    "ones equal to the checkpoint's. With --adapt-epochs K its pre-training first continues "
+    "on this store's structures (run-dir/adapt/).",
 )
 @_config_options("finetune")
 def finetune(store, labels, init, config_file, **options) -> None:

@@ -81,6 +81,7 @@ RUN_FILES = (
     "test_predictions.csv",
     "splits.npz",
     "config.json",
+    "adapted.json",
 )
 
 
@@ -97,9 +98,14 @@ class ConfigError(ValueError):
         super().__init__(f"{name} {problem}")
 
 
-def _f(default, help: str, unit: str | None = None):  # noqa: A002  (dataclass field metadata)
-    """A field with its help text and unit; list defaults become factories."""
+def _f(  # noqa: A002  (dataclass field metadata)
+    default, help: str, unit: str | None = None, modes: tuple[str, ...] | None = None
+):
+    """A field with its help text and unit; list defaults become factories. ``modes``: the
+    commands that have the field as a flag (default: every command)."""
     meta = {"help": help, "unit": unit}
+    if modes is not None:
+        meta["modes"] = modes
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -121,6 +127,33 @@ class TrainConfig:
     run_dir: str = _f("runs/run", "where checkpoints, logs and predictions go")
     init: str | None = _f(
         None, "checkpoint or zoo model name to start from (finetune); none = from scratch"
+    )
+    adapt_epochs: int = _f(
+        0,
+        "task-adaptive pre-training: before fine-tuning, continue --init's descriptor "
+        "pre-training (its label sets and label scaling, head included) on this store's own "
+        "structures for this many epochs, then fine-tune from its best epoch; descriptor "
+        "labels need no DFT (the store must hold the checkpoint's label sets); 0 = off",
+        "epochs",
+        modes=("finetune",),
+    )
+    adapt_on: Literal["train", "all"] = _f(
+        "train",
+        "structures to adapt on: train (the fine-tuning training split, after --max-train) or "
+        "all (every structure of the store, validation and test included: only their "
+        "descriptor labels are used, never their targets)",
+        modes=("finetune",),
+    )
+    adapt_lr: float | None = _f(
+        None,
+        "adaptation's AdamW learning rate (> 0); none = the checkpoint's configured lr",
+        modes=("finetune",),
+    )
+    adapt_batch_size: int | None = _f(
+        None,
+        "adaptation's structures per optimiser step (>= 1); none = the checkpoint's",
+        "structures",
+        modes=("finetune",),
     )
     epochs: int = _f(200, "training epochs (>= 1)", "epochs")
     batch_size: int = _f(8, "structures per optimiser step (>= 1)", "structures")
@@ -255,6 +288,8 @@ class TrainConfig:
             "max_train": 1,
             "max_val": 1,
             "save_every": 1,
+            "adapt_epochs": 0,
+            "adapt_batch_size": 1,
         }
         for name, low in at_least.items():
             value = getattr(self, name)
@@ -267,6 +302,12 @@ class TrainConfig:
             if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
                 bound = "> 0" if name in positive else ">= 0"
                 raise ConfigError(name, f"must be finite and {bound}, got {value}")
+        if self.adapt_lr is not None and not (math.isfinite(self.adapt_lr) and self.adapt_lr > 0):
+            raise ConfigError("adapt_lr", f"must be finite and > 0, got {self.adapt_lr}")
+        if self.mode != "finetune" and self.adapt_epochs:
+            raise ConfigError(
+                "adapt_epochs", "is for finetune --init (adaptation before fine-tuning)"
+            )
         for name in ("plateau_factor", "val_fraction"):
             value = getattr(self, name)
             if not 0 < value < 1:
@@ -410,6 +451,7 @@ def prepare_run_dir(cfg: TrainConfig, main: bool = True) -> None:
             for old in run_dir.glob("epoch*.pt"):
                 old.unlink()
             shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+            shutil.rmtree(run_dir / "adapt", ignore_errors=True)  # its task-adaptive pre-training
         return
     if not cfg.resume:
         raise ConfigError(

@@ -19,16 +19,23 @@ Plan keys (see ``experiments/*.yaml``)::
       config: {epochs: 40, batch_size: 16}
       seeds: [111, 222, 333, 444, 555]
       inits: [none, wacsfset1, gmpset1, eadset1]    # none = from scratch (the baseline)
+      # LABEL+adapt (e.g. eadset1+adapt): from LABEL's pre-trained model after task-adaptive
+      # pre-training on the task's own structures (finetune --adapt-epochs); needs
+      # adapt_epochs: K here or in the task, and takes adapt_on: train | all (default train)
+      adapt_epochs: 10
       pretrain_epochs: [null]                        # null = best.pt; N = epochN.pt (ablation)
       tasks:
         - {name: jdft2d, store: ..., target: y, unit: meV/atom, train_sizes: [null],
            paper: {none: 57.6, wacsfset1: 44.0, gmpset1: 45.2, eadset1: 49.6}}
-          # a task may also set its own seeds, inits, pretrain_epochs and config (merged over
-          # finetune.config, e.g. {max_val: 250} for low-data runs)
+          # a task may also set its own seeds, inits, pretrain_epochs, adapt_epochs, adapt_on
+          # and config (merged over finetune.config, e.g. {max_val: 250} for low-data runs)
 
 Run directories: ``RUNS/pretrain/<label>/`` and
-``RUNS/finetune/<task>/n<size|all>/<init>[-e<epoch>]/seed<seed>/``. ``${VAR}`` in store paths
-is expanded; ``FP_DATA`` defaults to ``~/.cache/fingerprint-pretrain``.
+``RUNS/finetune/<task>/n<size|all>/<init>[-e<epoch>]/seed<seed>/`` (``<init>`` as written in
+the plan: ``none``, ``eadset1``, ``eadset1+adapt``; the adaptation of a ``+adapt`` run is in
+its ``adapt/`` folder). The three-way comparison of issue 19 (from scratch, general and
+task-adaptive pre-training, paired by seed) is ``inits: [none, eadset1, eadset1+adapt]``.
+``${VAR}`` in store paths is expanded; ``FP_DATA`` defaults to ``~/.cache/fingerprint-pretrain``.
 """
 
 from __future__ import annotations
@@ -145,6 +152,29 @@ def _checked(config: dict, where: str) -> dict:
     return config
 
 
+def _adaptation(init: str, task: dict, ft: dict) -> tuple[str, dict]:
+    """(pre-training label set, adaptation configuration keys) of one of a plan's inits:
+    ``LABEL`` (none) or ``LABEL+adapt`` (task-adaptive pre-training: ``adapt_epochs``, which
+    the task or the finetune section must give, and ``adapt_on`` if either gives it)."""
+    label, plus, how = str(init).partition("+")
+    if not plus:
+        return label, {}
+    where = f"finetune.tasks[{task['name']}]"
+    if how != "adapt" or label == "none":
+        raise ValueError(f"{where}: init {init!r}: write LABEL or LABEL+adapt (e.g. eadset1+adapt)")
+    epochs = task.get("adapt_epochs", ft.get("adapt_epochs"))
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(
+            f"{where}: init {init} needs adapt_epochs >= 1 (in the task or in finetune), "
+            f"got {epochs!r}"
+        )
+    keys = {"adapt_epochs": epochs}
+    on = task.get("adapt_on", ft.get("adapt_on"))
+    if on is not None:
+        keys["adapt_on"] = on
+    return label, keys
+
+
 def expand_plan(plan: dict, runs_dir: str | Path) -> list[Run]:
     """Every run of the plan, pre-training first (fine-tuning runs depend on them)."""
     runs_dir = Path(runs_dir)
@@ -176,6 +206,7 @@ def expand_plan(plan: dict, runs_dir: str | Path) -> list[Run]:
         for size in task.get("train_sizes", [None]):
             for seed in seeds:
                 for init in inits:
+                    label, adapting = _adaptation(init, task, ft)
                     epochs = (
                         [None]
                         if init == "none"
@@ -186,7 +217,7 @@ def expand_plan(plan: dict, runs_dir: str | Path) -> list[Run]:
                         needs = None
                         if init != "none":
                             ckpt = "best.pt" if pre_epoch is None else f"epoch{pre_epoch}.pt"
-                            needs = runs_dir / "pretrain" / init / ckpt
+                            needs = runs_dir / "pretrain" / label / ckpt
                         config = {
                             **task_base,
                             "store": _expand(task["store"]),
@@ -194,6 +225,7 @@ def expand_plan(plan: dict, runs_dir: str | Path) -> list[Run]:
                             "seed": seed,
                             "max_train": size,
                             "init": str(needs) if needs else None,
+                            **adapting,
                         }
                         runs.append(
                             Run(

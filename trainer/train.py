@@ -22,6 +22,7 @@ import platform
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
+from schemas import open_store
 from trainer.checkpoint import (
     CHECKPOINT_VERSION,
     FORMAT,
@@ -46,7 +48,15 @@ from trainer.config import TrainConfig, prepare_run_dir
 from trainer.data import Batch, LabelScaler, StoreDataset, collate, kfold_splits, random_split
 from trainer.errors import TrainingError
 
-__all__ = ["TrainingError", "train", "build_model", "load_checkpoint", "transfer_weights"]
+__all__ = [
+    "ADAPT_DIR",
+    "TrainingError",
+    "adapt",
+    "build_model",
+    "load_checkpoint",
+    "train",
+    "transfer_weights",
+]
 
 
 # ------------------------------------------------------------------------------------------
@@ -186,6 +196,19 @@ def transfer_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
     return copied
 
 
+def _load_whole(model: torch.nn.Module, state: dict[str, torch.Tensor], source) -> list[str]:
+    """Load every tensor of ``state`` into ``model`` (the same architecture, head included);
+    TrainingError naming ``source`` if they do not fit. Returns the names loaded."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise TrainingError(
+            f"{source}: its weights do not fit this run's model ({first})"
+        ) from None
+    return list(state)
+
+
 def _loader(dataset, sampler, cfg: TrainConfig, device: torch.device) -> DataLoader:
     return DataLoader(
         dataset,
@@ -210,10 +233,212 @@ def _l1(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------
+# Task-adaptive pre-training: finetune --init CKPT --adapt-epochs K
+# ------------------------------------------------------------------------------------------
+@dataclass
+class _Phase:
+    """What one run takes from outside its TrainConfig: set for the adaptation before
+    fine-tuning and for the fine-tuning after it; the defaults are a plain run.
+
+    Attributes:
+        splits: fixed {"train", "val", "test"} record indices instead of the config's split
+            (the adaptation's: the fine-tuning run's structures).
+        scaler: fixed label scaling instead of the store's statistics (the adaptation's: the
+            pre-trained checkpoint's).
+        init: checkpoint to start from instead of ``cfg.init`` (the fine-tuning's: the
+            adaptation's ``best.pt``).
+        keep_head: load every tensor of ``init``, the head's last layer included (continued
+            pre-training), instead of :func:`transfer_weights`.
+        test: run the final test pass and write ``result.json``.
+        adapted: what the model was adapted on, recorded in the checkpoints and result.
+    """
+
+    splits: dict[str, np.ndarray] | None = None
+    scaler: LabelScaler | None = None
+    init: str | None = None
+    keep_head: bool = False
+    test: bool = True
+    adapted: dict | None = None
+
+
+ADAPT_DIR = "adapt"  # the adaptation's run directory, inside the fine-tuning run's
+# what the adaptation takes over from the pre-training run's configuration (a fresh optimiser
+# and schedule as that run had them); ``adapt_lr`` / ``adapt_batch_size`` override
+_INHERITED = (
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "clip",
+    "plateau_factor",
+    "plateau_patience",
+    "min_lr",
+)
+
+
+def _pretrained_labels(pre: dict, source: str, store_path: str) -> list[str]:
+    """The label sets of pre-training checkpoint ``pre`` (from file ``source``), after checking
+    that it is one and that the store holds them.
+
+    Raises:
+        TrainingError: a fine-tuning checkpoint; a label set missing from the store (the
+            message names the ``fp-build add`` command that adds it).
+    """
+    if pre["model_args"].get("mode") != "pretrain":
+        raise TrainingError(
+            f"{source}: a fine-tuning checkpoint (it predicts targets); task-adaptive "
+            f"pre-training (--adapt-epochs) continues a pre-training checkpoint"
+        )
+    labels = list(pre["labels"])
+    present = open_store(store_path).descriptor_names
+    missing = [n for n in labels if n not in present]
+    if missing:
+        flags = " ".join(f"--descriptor {n}" for n in missing)
+        raise TrainingError(
+            f"{store_path}: lacks the descriptor set(s) {', '.join(missing)} that {source} "
+            f"was pre-trained on; add them with: fp-build add {store_path} {flags}"
+        )
+    return labels
+
+
+def _adapt_config(cfg: TrainConfig, pre: dict, labels: list[str]) -> TrainConfig:
+    """The adaptation's configuration: a pre-training run on the fine-tuning store, in
+    ``RUN_DIR/adapt``, for ``cfg.adapt_epochs`` epochs, with the pre-training run's optimiser
+    and schedule settings (:data:`_INHERITED`) unless ``adapt_lr`` / ``adapt_batch_size`` are
+    given, and the fine-tuning run's model, device and data-loading settings."""
+    saved = pre.get("config", {})
+    inherited = {k: saved[k] for k in _INHERITED if k in saved}
+    if cfg.adapt_lr is not None:
+        inherited["lr"] = cfg.adapt_lr
+    if cfg.adapt_batch_size is not None:
+        inherited["batch_size"] = cfg.adapt_batch_size
+    return cfg.updated(
+        mode="pretrain",
+        labels=labels,
+        run_dir=str(Path(cfg.run_dir) / ADAPT_DIR),
+        epochs=cfg.adapt_epochs,
+        adapt_epochs=0,
+        adapt_on="train",
+        adapt_lr=None,
+        adapt_batch_size=None,
+        max_train=None,
+        max_val=None,
+        save_every=None,
+        label_scaling=pre["scaler"]["mode"],
+        **inherited,
+    )
+
+
+def _adapted_record(static: dict, adapt_dir: Path) -> dict:
+    """``static`` (what was adapted on) completed from the adaptation's ``last.pt``: seconds
+    (training and validation, all epochs, resumed ones included), best epoch (1-based) and its
+    validation loss (standardised label units)."""
+    history = load_checkpoint(adapt_dir / "last.pt")["history"]
+    val = [h["val_loss"] for h in history]
+    best = int(np.argmin(val))
+    return {
+        **static,
+        "epochs": len(history),
+        "seconds": float(sum(h["seconds"] for h in history)),
+        "best_epoch": best + 1,
+        "val_loss": float(val[best]),
+    }
+
+
+def adapt(cfg: TrainConfig) -> dict:
+    """Task-adaptive pre-training, the step ``finetune --init CKPT --adapt-epochs K`` takes
+    before fine-tuning: continue CKPT's descriptor pre-training on the fine-tuning store's own
+    structures, in ``RUN_DIR/adapt/`` (a run directory of its own: ``last.pt``, ``best.pt``,
+    ``splits.npz``, ``metrics.csv``, ``config.json``, and ``adapted.json`` when finished).
+
+    - Structures: the fine-tuning run's training split (the indices fine-tuning uses, after
+      ``max_train``), or with ``adapt_on="all"`` every record of the store; validation on the
+      fine-tuning run's validation split. Only descriptor labels are read, never targets.
+    - Labels: CKPT's label sets, scaled with CKPT's own scaler (not the store's statistics);
+      the whole model is kept, head included; a fresh optimiser and schedule
+      (:func:`_adapt_config`).
+    - Resumable as any run; a finished adaptation (``adapted.json``) is not run again.
+
+    Returns:
+        The ``adapted`` record (``from``, ``zoo_name``, ``sha256``, ``labels``, ``on``,
+        ``structures``, ``epochs``, ``seconds``, ``best_epoch``, ``val_loss``); fine-tuning
+        starts from ``RUN_DIR/adapt/best.pt``, the best epoch.
+    """
+    from trainer.zoo import resolve, sha256_of
+
+    device = _device(cfg.device)
+    rank, _ = _init_distributed(device)
+    prepare_run_dir(cfg, rank == 0)  # the fine-tuning run's directory, the adaptation's with it
+    source = resolve(cfg.init)
+    pre = load_checkpoint(source)
+    labels = _pretrained_labels(pre, str(cfg.init), cfg.store)
+    n = len(open_store(cfg.store))
+    finetune_splits = _splits(cfg, n)  # the fine-tuning run computes the same ones
+    train_idx = finetune_splits["train"] if cfg.adapt_on == "train" else np.arange(n)
+    splits = {
+        "train": np.asarray(train_idx, np.int64),
+        "val": np.asarray(finetune_splits["val"], np.int64),
+        "test": np.zeros(0, np.int64),  # nothing to test: the fine-tuning's test comes later
+    }
+    static = {
+        "from": str(cfg.init),
+        "zoo_name": (pre.get("zoo") or {}).get("name"),
+        "sha256": sha256_of(source),
+        "labels": labels,
+        "on": cfg.adapt_on,
+        "structures": int(len(splits["train"])),
+        "epochs": cfg.adapt_epochs,
+    }
+    adapt_cfg = _adapt_config(cfg, pre, labels)
+    adapt_dir = Path(adapt_cfg.run_dir)
+    prepare_run_dir(adapt_cfg, rank == 0)
+    done = adapt_dir / "adapted.json"
+    if adapt_cfg.resume and done.exists():
+        record = json.loads(done.read_text())
+        if record.get("epochs") == cfg.adapt_epochs:
+            return record
+    scaler = LabelScaler.from_dict(pre["scaler"])
+    _train(
+        adapt_cfg,
+        _Phase(
+            splits=splits,
+            scaler=scaler,
+            init=str(source),
+            keep_head=True,
+            test=False,
+            adapted=static,
+        ),
+    )
+    record = _adapted_record(static, adapt_dir)
+    if rank == 0:
+        done.write_text(json.dumps(record, indent=1))
+        print(
+            f"adapted on {record['structures']} structures ({cfg.adapt_on}): best epoch "
+            f"{record['best_epoch']}/{record['epochs']}, val loss {record['val_loss']:.4f}, "
+            f"{record['seconds']:.1f}s"
+        )
+    return record
+
+
+# ------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) a pre-training or fine-tuning run. Returns the final metrics."""
+    """Run (or resume) a pre-training or fine-tuning run. Returns the final metrics.
+
+    Fine-tuning from ``cfg.init`` with ``cfg.adapt_epochs`` > 0 first adapts the pre-trained
+    model to the store's structures (:func:`adapt`), then fine-tunes from the adaptation's
+    best epoch; its checkpoints and ``result.json`` record ``adapted``.
+    """
+    if cfg.mode == "finetune" and cfg.init and cfg.adapt_epochs > 0:
+        adapted = adapt(cfg)
+        best = Path(cfg.run_dir) / ADAPT_DIR / "best.pt"
+        return _train(cfg, _Phase(init=str(best), adapted=adapted))
+    return _train(cfg)
+
+
+def _train(cfg: TrainConfig, phase: _Phase | None = None) -> dict:
+    """One run of :func:`train`, with what ``phase`` fixes from outside ``cfg``."""
+    phase = phase or _Phase()
     device = _device(cfg.device)
     rank, world = _init_distributed(device)
     main = rank == 0
@@ -240,7 +465,7 @@ def train(cfg: TrainConfig) -> dict:
     splits = (
         {k: np.asarray(v) for k, v in ckpt["splits"].items()}
         if ckpt
-        else _splits(cfg, len(dataset))
+        else phase.splits or _splits(cfg, len(dataset))
     )
     empty = [k for k in ("train", "val") if len(splits[k]) == 0]
     if empty:  # never a best.pt chosen on 0 structures
@@ -252,7 +477,14 @@ def train(cfg: TrainConfig) -> dict:
             f"{cfg.store}: the {' and '.join(empty)} split of its {len(dataset)} structures is "
             f"empty ({sizes}; {how}); give it a larger fraction or use a larger store"
         )
-    if task == "node":
+    if phase.scaler is not None:  # the adaptation: the pre-trained checkpoint's own scaling
+        scaler = phase.scaler
+        if len(scaler.shift) != dataset.label_dim:
+            raise TrainingError(
+                f"{phase.init}: its label scaling has {len(scaler.shift)} features, the "
+                f"store's {', '.join(cfg.labels)} {dataset.label_dim}"
+            )
+    elif task == "node":
         if len(cfg.labels) == 1:
             stats = manifest["descriptors"][cfg.labels[0]]["stats"]
         else:
@@ -273,8 +505,9 @@ def train(cfg: TrainConfig) -> dict:
     # -- model, optimiser, schedule ------------------------------------------------------------
     model = build_model(cfg, dataset.label_dim).to(device)
     transferred: list[str] = []
-    if cfg.init and not resume:
-        init = load_checkpoint(cfg.init)
+    init_path = phase.init or cfg.init
+    if init_path and not resume:
+        init = load_checkpoint(init_path)
         ours = model_args(cfg, dataset.label_dim)
         differ = [
             k
@@ -283,12 +516,20 @@ def train(cfg: TrainConfig) -> dict:
         ]
         if differ:
             raise TrainingError(
-                f"{cfg.init}: its model differs from this run's in "
+                f"{init_path}: its model differs from this run's in "
                 + ", ".join(f"{k} ({init['model_args'][k]} vs {ours[k]})" for k in differ)
             )
-        transferred = transfer_weights(model, init["model"])
-        if main:
-            print(f"init: {len(transferred)} tensors copied from {cfg.init}")
+        if phase.keep_head:  # continued pre-training: every tensor, nothing re-initialised
+            transferred = _load_whole(model, init["model"], init_path)
+            if main:
+                print(
+                    f"adapt: all {len(transferred)} tensors of {init_path}; pre-training "
+                    f"continues on {len(splits['train'])} structures of {cfg.store}"
+                )
+        else:
+            transferred = transfer_weights(model, init["model"])
+            if main:
+                print(f"init: {len(transferred)} tensors copied from {init_path}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
@@ -336,6 +577,7 @@ def train(cfg: TrainConfig) -> dict:
             "rng": rng_state(),
             "config": cfg.to_dict(),
             "splits": {k: torch.from_numpy(np.asarray(v, np.int64)) for k, v in splits.items()},
+            **({"adapted": phase.adapted} if phase.adapted else {}),
         }
 
     # -- epochs --------------------------------------------------------------------------------
@@ -410,8 +652,9 @@ def train(cfg: TrainConfig) -> dict:
         "best_val_loss": best_val,
         "device": device_name(device),
         "bf16_autocast": _uses_bf16(cfg.amp, device),
+        **({"adapted": phase.adapted} if phase.adapted else {}),
     }
-    if main and best_path.exists():
+    if main and best_path.exists() and phase.test:
         model.load_state_dict(load_checkpoint(best_path)["model"])
         result.update(
             evaluate_split(

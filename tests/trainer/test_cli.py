@@ -75,6 +75,9 @@ def test_config_options_show_their_default_unit_and_choices(mode):
         assert f.metadata.get("help"), f.name  # every field carries its help
         if f.name in OWN:
             continue
+        if mode not in f.metadata.get("modes", (mode,)):  # a flag of other commands only
+            assert f.name not in options, f.name
+            continue
         option = options[f.name]
         assert option.help.startswith(f.metadata["help"])
         assert "[default: " in option.help, f.name
