@@ -29,9 +29,10 @@ from tests.trainer.test_train import TINY, fp_train, tiny
 from trainer import train as train_module
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.cli import main
+from trainer.config import prepare_run_dir
 from trainer.data import StoreDataset
 from trainer.sweep import _command, expand_plan
-from trainer.train import train
+from trainer.train import TrainingError, train
 from trainer.zoo import strip_checkpoint
 
 
@@ -196,6 +197,24 @@ def test_a_missing_label_set_names_the_fp_build_add_command(stores, pretrained, 
     code = main(["finetune", "--store", str(stores["perov"]), "-t", "heat_all", "--run-dir",
                  str(run), "--adapt-epochs", "2"])  # fmt: skip
     assert code == 2 and "--adapt-epochs needs --init" in capsys.readouterr().err
+
+
+def test_a_fine_tuning_checkpoint_is_refused_and_overwrite_removes_the_adaptation(
+    stores, pretrained, tmp_path
+):
+    ckpt = load_checkpoint(pretrained)
+    ckpt["model_args"] = {**ckpt["model_args"], "mode": "finetune"}
+    finetuned = tmp_path / "finetuned.pt"
+    save_checkpoint(ckpt, finetuned)
+    with pytest.raises(TrainingError, match="a fine-tuning checkpoint"):
+        train(_finetune(stores, finetuned, tmp_path / "r", adapt_epochs=1))
+    # --overwrite deletes the run's files, its adaptation with them, and nothing else
+    run = tmp_path / "old"
+    (run / "adapt").mkdir(parents=True)
+    for name in ("last.pt", "adapt/last.pt", "adapt/adapted.json", "notes.txt"):
+        (run / name).write_text("x")
+    prepare_run_dir(_finetune(stores, pretrained, run, adapt_epochs=1, overwrite=True))
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
 
 
 def test_adapt_epochs_0_is_bit_identical_to_no_flag(stores, pretrained, tmp_path):
