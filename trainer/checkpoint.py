@@ -46,10 +46,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.backbones import BACKBONES, backbone_config
-from trainer.config import MODEL_DEFAULTS, TrainConfig
+from trainer.config import MODEL_DEFAULTS, MODELS, TrainConfig
 from trainer.errors import TrainingError
-from trainer.model import GraphRegressor, NodeRegressor
+from trainer.model import ETConfig, GraphRegressor, NodeRegressor
 
 __all__ = [
     "ARCHITECTURE_KEYS",
@@ -99,14 +98,25 @@ _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
 # ------------------------------------------------------------------------------------------
 # The model a checkpoint describes
 # ------------------------------------------------------------------------------------------
+def _config_class(name: str) -> type:
+    """The config dataclass of backbone ``name`` (``trainer.backbones.BACKBONES``; the ET's
+    without importing that module, which imports PyTorch Geometric)."""
+    if name not in MODELS:
+        raise TrainingError(f"unknown model {name!r} (this code builds {', '.join(MODELS)})")
+    if name == "et":
+        return ETConfig
+    from trainer.backbones import BACKBONES
+
+    return BACKBONES[name][0]
+
+
 def model_args(cfg, out_dim: int) -> dict:
     """Every hyperparameter of the model ``cfg`` (a TrainConfig) builds with ``out_dim``
     outputs, as plain values (the checkpoint's ``model_args``): the backbone ``cfg.model``
     with its config dataclass's fields (the model fields of ``cfg`` that backbone has; the
     rest at the dataclass's defaults)."""
     name = getattr(cfg, "model", "et")
-    backbone = backbone_config(
-        name,
+    backbone = _config_class(name)(
         hidden_channels=cfg.hidden_channels,
         cutoff_upper=float(cfg.cutoff),
         head_channels=cfg.head_channels,
@@ -127,12 +137,10 @@ def build_model_from_args(args: dict) -> torch.nn.Module:
     """A freshly initialised model as ``args`` (a checkpoint's ``model_args``) describe it:
     backbone ``args["model"]`` (``"et"`` when absent) under :class:`NodeRegressor` for
     pre-training, :class:`GraphRegressor` for fine-tuning."""
-    name = args.get("model", "et")
-    if name not in BACKBONES:
-        raise TrainingError(f"unknown model {name!r} (this code builds {', '.join(BACKBONES)})")
-    names = {f.name for f in dataclasses.fields(BACKBONES[name][0])} - {"cutoff_upper"}
-    backbone = backbone_config(
-        name, cutoff_upper=float(args["cutoff"]), **{k: v for k, v in args.items() if k in names}
+    config_cls = _config_class(args.get("model", "et"))
+    names = {f.name for f in dataclasses.fields(config_cls)} - {"cutoff_upper"}
+    backbone = config_cls(
+        cutoff_upper=float(args["cutoff"]), **{k: v for k, v in args.items() if k in names}
     )
     head = NodeRegressor if args["mode"] == "pretrain" else GraphRegressor
     return head(backbone, int(args["out_dim"]))

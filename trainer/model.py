@@ -283,6 +283,17 @@ class MLPHead(nn.Module):
         return self.out(self.act(self.lin2(self.act(self.lin1(x)))))
 
 
+def representation(cfg) -> nn.Module:
+    """The backbone a config dataclass describes (its type picks it:
+    ``trainer.backbones.backbone_from_config``). An ETConfig is built here, so the ET never
+    imports ``trainer.backbones`` and PyTorch Geometric (seconds at every start-up)."""
+    if type(cfg) is ETConfig:
+        return EquivariantTransformer(cfg)
+    from trainer.backbones import backbone_from_config  # (it imports this module)
+
+    return backbone_from_config(cfg)
+
+
 class NodeRegressor(nn.Module):
     """Pre-training model: a backbone + per-atom head; output (N, out_dim) (e.g. descriptor
     features). ``cfg`` is a backbone's config dataclass (:class:`ETConfig`, or
@@ -290,9 +301,7 @@ class NodeRegressor(nn.Module):
 
     def __init__(self, cfg: ETConfig, out_dim: int):
         super().__init__()
-        from trainer.backbones import backbone_from_config  # (trainer.backbones imports this)
-
-        self.representation = backbone_from_config(cfg)
+        self.representation = representation(cfg)
         self.head = MLPHead(cfg.hidden_channels, cfg.head_channels, out_dim)
 
     def forward(self, z, edge_index, edge_vec, batch=None, num_graphs=None) -> Tensor:
@@ -306,9 +315,7 @@ class GraphRegressor(nn.Module):
 
     def __init__(self, cfg: ETConfig, out_dim: int = 1):
         super().__init__()
-        from trainer.backbones import backbone_from_config  # (trainer.backbones imports this)
-
-        self.representation = backbone_from_config(cfg)
+        self.representation = representation(cfg)
         self.head = MLPHead(cfg.hidden_channels, cfg.head_channels, out_dim)
 
     def embed(self, z, edge_index, edge_vec, batch, num_graphs: int) -> Tensor:
