@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -312,3 +314,21 @@ def test_et_checkpoints_predict_as_an_independently_built_et(path, store, tmp_pa
     # the same configuration writes the same model_args today
     cfg = TrainConfig(**ckpt["config"])
     assert model_args(cfg, ckpt["model_args"]["out_dim"]) == ckpt["model_args"]
+
+
+def test_the_et_path_never_imports_pytorch_geometric():
+    """Training, evaluating and loading an ET need no PyG (its import costs seconds at every
+    fp-train start); only SchNet and PaiNN import it, when they are built."""
+    code = (
+        "import sys, trainer.train, trainer.inference, trainer.predict, trainer.zoo\n"
+        "from trainer.checkpoint import model_from_checkpoint\n"
+        "from trainer.train import build_model\n"
+        "from trainer.config import TrainConfig\n"
+        "model_from_checkpoint('trainer/pretrained/et-small-mp20-gmpset1.pt')\n"
+        "build_model(TrainConfig(hidden_channels=8, num_heads=2, num_layers=1), 3)\n"
+        "print('torch_geometric' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.split() == ["False"]
