@@ -15,7 +15,7 @@ import numpy as np
 
 from builder.neighbors import NeighbourList, neighbour_list
 from builder.stats import FeatureStats
-from schemas.record import descriptor_digest, encode_record
+from schemas.record import descriptor_digest, edge_vectors, encode_record
 
 __all__ = [
     "CODECS",
@@ -159,6 +159,5 @@ def neighbour_list_from_record(record: dict, cutoff: float) -> NeighbourList:
     positions (the stored float32 distances are not precise enough for labels)."""
     edge_index = np.asarray(record["edge_index"], dtype=np.int64)
     shift = np.asarray(record["edge_shift"], dtype=np.int64)
-    j, i = edge_index
-    vec = record["pos"][j] + shift @ record["cell"] - record["pos"][i]
+    vec = edge_vectors(record["pos"], record["cell"], edge_index, shift)
     return NeighbourList(edge_index, shift, np.sqrt(np.einsum("ij,ij->i", vec, vec)), cutoff)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from pymatgen.optimization.neighbors import find_points_in_spheres
 
+from schemas.record import edge_vectors
+
 __all__ = ["NeighbourList", "neighbour_list"]
 
 
@@ -48,8 +50,7 @@ class NeighbourList:
 
     def edge_vectors(self, pos: np.ndarray, cell: np.ndarray) -> np.ndarray:
         """(E, 3) float64 vectors r_j + S·L − r_i, Å."""
-        j, i = self.edge_index
-        return pos[j] + self.edge_shift @ cell - pos[i]
+        return edge_vectors(pos, cell, self.edge_index, self.edge_shift)
 
     def within(self, radius: float) -> NeighbourList:
         """The sub-list of edges with distance < radius (order kept: still nearest first)."""

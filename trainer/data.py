@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from schemas import Store, StoreError, open_store
+from schemas.record import edge_vectors
 from schemas.splits import kfold_splits, random_split  # re-exported: trainer.data API
 from trainer.errors import TrainingError
 
@@ -263,8 +264,7 @@ class StoreDataset(torch.utils.data.Dataset):
         rec = self._read(index)
         edge_index = np.asarray(rec["edge_index"], dtype=np.int64)
         shift = np.asarray(rec["edge_shift"], dtype=np.float64)
-        j, i = edge_index
-        vec = rec["pos"][j] + shift @ rec["cell"] - rec["pos"][i]
+        vec = edge_vectors(rec["pos"], rec["cell"], edge_index, shift)
         dist = np.sqrt(np.einsum("ij,ij->i", vec, vec))
         keep = nearest_k(edge_index, dist, self.max_neighbors, self.cutoff)
         y = self._labels(rec)

@@ -42,6 +42,7 @@ from torch import Tensor
 from torch_geometric.data import Data, Dataset
 
 from schemas import StoreError
+from schemas.record import edge_vectors as record_edge_vectors
 from trainer.data import StoreDataset, nearest_k
 
 __all__ = ["PygStoreDataset", "edge_vectors"]
@@ -122,9 +123,8 @@ class PygStoreDataset(Dataset):
         rec = self._graphs.store.get(idx, descriptors=self.descriptors)
         edge_index = np.asarray(rec["edge_index"], dtype=np.int64)
         shift = np.asarray(rec["edge_shift"], dtype=np.float64)
-        j, i = edge_index
         # float64 vectors and the trainer's selection on their lengths (as StoreDataset does)
-        vec = rec["pos"][j] + shift @ rec["cell"] - rec["pos"][i]
+        vec = record_edge_vectors(rec["pos"], rec["cell"], edge_index, shift)
         dist = np.sqrt(np.einsum("ij,ij->i", vec, vec))
         keep = nearest_k(edge_index, dist, self.max_neighbors, self.cutoff)
         as_float = lambda a: torch.tensor(np.asarray(a, np.float64), dtype=self.dtype)  # noqa: E731
