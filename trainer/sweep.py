@@ -49,6 +49,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from schemas.locations import data_home
 from trainer.config import TrainConfig
 
 __all__ = ["Run", "expand_plan", "load_plan", "run_sweep"]
@@ -74,12 +75,9 @@ class Run:
 
 
 def _expand(path: str) -> str:
-    os.environ.setdefault(
-        "FP_DATA",
-        os.path.join(
-            os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fingerprint-pretrain"
-        ),
-    )
+    """``path`` with ``~`` and ``${VAR}`` expanded; ``FP_DATA`` defaults to
+    :func:`schemas.locations.data_home`."""
+    os.environ.setdefault("FP_DATA", str(data_home()))
     return os.path.expandvars(os.path.expanduser(path))
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import builder
 from builder.build import BuildError
 from builder.datasets.registry import RemoteFile
+from schemas.locations import data_home  # re-exported: builder.datasets.download API
 
 __all__ = [
     "ChecksumError",
@@ -61,15 +62,6 @@ class DownloadError(BuildError):
 
 class ChecksumError(DownloadError):
     """A file whose content is not the published one (it is never used)."""
-
-
-def data_home() -> Path:
-    """Root of downloads, prepared inputs and stores: ``$FP_DATA``, else
-    ``$XDG_CACHE_HOME/fingerprint-pretrain``, else ``~/.cache/fingerprint-pretrain``."""
-    if os.environ.get("FP_DATA"):
-        return Path(os.environ["FP_DATA"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "fingerprint-pretrain"
 
 
 # --------------------------------------------------------------------------------------------
