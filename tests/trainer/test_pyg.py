@@ -171,3 +171,18 @@ def test_module_example_trains_a_pyg_model(store, one_thread):
             losses.append(loss.item())
     assert vec.shape == (batch.num_nodes, 3, 16)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_the_readme_pyg_example_runs(store, one_thread):
+    """The README's PyG block as written, on this module's store (its set is wacsfset2)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(
+        b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "PygStoreDataset" in b
+    )
+    code = block.replace('"mp.lmdb"', repr(str(store))).replace("wacsfset1", "wacsfset2")
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["vec"].shape[1:] == (3, 64) and scope["loss"].item() > 0
