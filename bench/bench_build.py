@@ -5,10 +5,15 @@
 2. Neighbour-list engines on the same structures: pymatgen find_points_in_spheres (ours, with
    sorting), ASE, matscipy, vesin; pairs checked equal.
 3. CIF parsing alone (the bound of a graph-only build).
-4. Reader random access, records/s, LMDB vs Zarr, one process.
+4. Reader random access, records/s, LMDB vs Zarr, one process, graph-only stores and a store
+   with two label sets (wacsfset1 raw, eadset1 compressed); with ``--baseline REV`` also the
+   reader of an earlier revision (its ``schemas`` package, extracted with ``git archive``) on
+   the same stores in the same run, interleaved, e.g. to measure what the records' integrity
+   checks cost.
 
 Run: ``python bench/bench_build.py`` (``make bench``). Writes ``bench/results/build.json``
-and ``bench/results/build.md``.
+and ``bench/results/build.md``. ``--reader-only`` runs part 4 alone (building the stores it
+reads) and replaces only the reader section of ``build.json``.
 """
 
 from __future__ import annotations
@@ -215,25 +220,146 @@ def bench_engines(structures, cutoff: float = 8.0) -> dict:
     return out
 
 
-def bench_reader(store: Path, work: Path, n_reads: int = 20000) -> dict:
+# Times random reads in a fresh process (the reader's own imports only): the ``schemas``
+# package is whichever PYTHONPATH puts first, the current one or a baseline revision's. The
+# rate is records per second of the process's CPU time: on a machine shared with other jobs,
+# wall-clock rates of the same code vary by +-50 % between runs (both are recorded).
+READ_RUNNER = """
+import json, sys, time
+import numpy as np
+from schemas import open_store
+path, reads, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = open_store(path)
+idx = np.random.default_rng(0).integers(0, len(s), size=reads)
+for i in range(len(s)):  # warm: every page and chunk in the page cache, every handle open
+    s[i]
+best = wall = 0.0
+for _ in range(repeats):
+    t, c = time.perf_counter(), time.process_time()
+    for i in idx:
+        s[int(i)]
+    best = max(best, reads / (time.process_time() - c))
+    wall = max(wall, reads / (time.perf_counter() - t))
+print(json.dumps({"records_per_s": best, "wall_records_per_s": wall, "reads": reads}))
+"""
+
+
+def time_reads(path: Path, reads: int, pythonpath: Path, repeats: int = 2) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(pythonpath)}
+    proc = subprocess.run(
+        [sys.executable, "-c", READ_RUNNER, str(path), str(reads), str(repeats)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def extract_baseline(rev: str, work: Path) -> Path:
+    """The ``schemas`` package of git revision ``rev``, extracted under ``work``."""
+    out = work / f"baseline-{rev}"
+    out.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "schemas"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out
+
+
+def bench_reader(
+    store: Path, work: Path, baseline: Path | None = None, n_reads: int = 20000, rounds: int = 5
+) -> dict:
+    """Random-access records/s of ``store`` and its Zarr twin; with ``baseline``, also of the
+    baseline's reader, alternating current and baseline ``rounds`` times (best kept)."""
     from builder.export import export_zarr
     from schemas import open_store
 
     zarr_path = work / (store.stem + ".zarr")
     shutil.rmtree(zarr_path, ignore_errors=True)
     export_zarr(open_store(store), zarr_path, progress=False)
-    out = {}
-    for label, path, reads in (("lmdb", store, n_reads), ("zarr", zarr_path, 2000)):
-        s = open_store(path)
-        rng = np.random.default_rng(0)
-        idx = rng.integers(0, len(s), size=reads)
-        s[0]
-        t = time.perf_counter()
-        for i in idx:
-            s[int(i)]
-        elapsed = time.perf_counter() - t
-        out[label] = {"records_per_s": reads / elapsed, "reads": reads}
+    readers = {"current": REPO} | ({"baseline": baseline} if baseline else {})
+    out: dict = {label: {} for label in readers}
+    out["crc32"] = crc_cost(store)
+    for backend, path, reads in (("lmdb", store, n_reads), ("zarr", zarr_path, n_reads // 10)):
+        for _ in range(rounds):
+            for label, pythonpath in readers.items():
+                got = time_reads(path, reads, pythonpath)
+                old = out[label].get(backend)
+                if old is None or got["records_per_s"] > old["records_per_s"]:
+                    out[label][backend] = got
     return out
+
+
+def crc_cost(store: Path) -> dict:
+    """CPU time of ``zlib.crc32`` over every record's bytes (graph + label blobs), per record:
+    the integrity check's own cost, best of 3 passes."""
+    import zlib
+
+    from schemas.lmdb_store import open_env_readonly
+
+    txn = open_env_readonly(os.path.realpath(store))  # this process's handle (export opened it)
+    values = [bytes(v) for k, v in txn.cursor() if k[:2] in (b"g/", b"d/")]
+    n_records = json.loads((store / "manifest.json").read_text())["counts"]["records"]
+    best = float("inf")
+    for _ in range(3):
+        t = time.process_time()
+        for value in values:
+            zlib.crc32(value)
+        best = min(best, time.process_time() - t)
+    total = sum(len(v) for v in values)
+    return {
+        "us_per_record": best / n_records * 1e6,
+        "bytes_per_record": total / n_records,
+        "blobs": len(values),
+        "gb_per_s": total / best / 1e9,
+    }
+
+
+def build_reader_store(name: str, work: Path, descriptors: list[str]) -> Path:
+    """A store of dataset ``name`` for the reader benchmark (graph only, or with labels)."""
+    from builder.build import BuildOptions, build_store
+
+    src, args = SETS[name]
+    suffix = "-".join(["graphs", *descriptors])
+    out = work / f"{name}-{suffix}.lmdb"
+    shutil.rmtree(out, ignore_errors=True)
+    build_store(
+        BuildOptions(
+            inputs=[str(src)],
+            out=str(out),
+            targets=[args[i + 1] for i, a in enumerate(args) if a == "-t"],
+            id_column=args[args.index("--id-column") + 1] if "--id-column" in args else None,
+            descriptors=descriptors,
+            progress=False,
+        )
+    )
+    return out
+
+
+def run_reader(work: Path, baseline_rev: str | None, stores: dict[str, Path] | None) -> dict:
+    """Part 4 on graph-only stores of every dataset (``stores``, else built) and on
+    mp_20_subset with two label sets."""
+    baseline = extract_baseline(baseline_rev, work) if baseline_rev else None
+    cases = {}  # label -> (store, LMDB reads)
+    for name in SETS:
+        cases[name] = ((stores or {}).get(name) or build_reader_store(name, work, []), 20000)
+    labelled = build_reader_store("mp_20_subset", work, ["wacsfset1", "eadset1"])
+    cases["mp_20_subset + wacsfset1, eadset1"] = (labelled, 4000)
+    results = {}
+    for label, (store, reads) in cases.items():
+        results[label] = bench_reader(store, work, baseline, n_reads=reads)
+        print(f"reader {label}: {results[label]}", flush=True)
+    return {
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "baseline": baseline_rev,
+        "stores": results,
+    }
 
 
 def cpu_name() -> str:
@@ -250,9 +376,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(RESULTS / "build.json"))
     ap.add_argument("--engine-structures", type=int, default=600)
+    ap.add_argument(
+        "--reader-only",
+        action="store_true",
+        help="run only the reader benchmark; replace only the reader section of --out",
+    )
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also time the reader of git revision REV (its schemas package) on the same stores",
+    )
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fp-bench-"))
+    if args.reader_only:
+        results = json.loads(Path(args.out).read_text())
+        try:
+            results["reader"] = run_reader(work, args.baseline, None)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        write_results(results, Path(args.out))
+        return
     results = {
         "machine": {
             "cpu": cpu_name(),
@@ -290,17 +434,19 @@ def main() -> None:
                 ),
                 flush=True,
             )
-        for name in SETS:
-            store = work / f"{name}-j1.lmdb"
-            results["reader"][name] = bench_reader(store, work)
-            print(f"reader {name}: {results['reader'][name]}", flush=True)
+        stores = {name: work / f"{name}-j1.lmdb" for name in SETS}
+        results["reader"] = run_reader(work, args.baseline, stores)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for b in results["builds"]:
         b.pop("store")
-    Path(args.out).write_text(json.dumps(results, indent=1))
-    Path(args.out).with_suffix(".md").write_text(markdown(results))
-    print(f"wrote {args.out}")
+    write_results(results, Path(args.out))
+
+
+def write_results(results: dict, out: Path) -> None:
+    out.write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(markdown(results))
+    print(f"wrote {out}")
 
 
 def markdown(r: dict) -> str:
@@ -358,18 +504,59 @@ def markdown(r: dict) -> str:
                     f"| {ds} | {name} | {v['structures_per_s']:.0f} | "
                     f"{v['pair_count_mismatches']} |"
                 )
-    lines += [
-        "",
-        "## Reader: random access, one process",
-        "",
-        "| dataset | LMDB records/s | Zarr records/s |",
-        "|---|---|---|",
-    ]
-    for ds, v in r["reader"].items():
-        lines.append(
-            f"| {ds} | {v['lmdb']['records_per_s']:,.0f} | {v['zarr']['records_per_s']:,.0f} |"
-        )
+    lines += reader_markdown(r["reader"])
     return "\n".join(lines) + "\n"
+
+
+def reader_markdown(reader: dict) -> list[str]:
+    """The reader section (older results without a baseline have the plain layout)."""
+    lines = ["", "## Reader: random access, one process", ""]
+    if "stores" not in reader:  # results written before the baseline comparison
+        lines += ["| dataset | LMDB records/s | Zarr records/s |", "|---|---|---|"]
+        for ds, v in reader.items():
+            lines.append(
+                f"| {ds} | {v['lmdb']['records_per_s']:,.0f} | {v['zarr']['records_per_s']:,.0f} |"
+            )
+        return lines
+    m = reader["machine"]
+    rev = reader.get("baseline")
+    lines += [
+        f"{reader['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}. "
+        f"`python bench/bench_build.py --reader-only"
+        + (f" --baseline {rev}`" if rev else "`")
+        + ". Records per second of the reading process's CPU time (wall-clock rates on this "
+        "shared machine vary by up to ±50 % between runs; both are in build.json), best of 5 "
+        "rounds, each a fresh process that reads every record once to warm up, then 20,000 "
+        "random LMDB reads (4,000 with labels) twice, and a tenth of that from Zarr"
+        + (
+            f"; current and baseline readers alternate on the same stores (baseline = the "
+            f"`schemas` package of {rev})."
+            if rev
+            else "."
+        )
+        + " CRC-32: CPU time of `zlib.crc32` over one record's bytes (graph record and label "
+        "blobs), the integrity check's own cost.",
+        "",
+    ]
+    head = "| store | LMDB records/s |" + (" baseline | ratio |" if rev else "")
+    head += " Zarr records/s |" + (" baseline | ratio |" if rev else "")
+    head += " CRC-32 µs/record (bytes) |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, v in reader["stores"].items():
+        cells = []
+        for backend in ("lmdb", "zarr"):
+            a = v["current"][backend]["records_per_s"]
+            cells.append(f"{a:,.0f}")
+            if rev:
+                b = v["baseline"][backend]["records_per_s"]
+                cells += [f"{b:,.0f}", f"{a / b:.2f}"]
+        crc = v.get("crc32")
+        if crc:
+            cells.append(f"{crc['us_per_record']:.1f} ({crc['bytes_per_record']:,.0f})")
+        else:
+            cells.append("")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":
