@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from builder.stats import FeatureStats
-from schemas import RecordError, StoreError, open_store, read_manifest
+from schemas import MANIFEST_NAME, RecordError, StoreError, open_store, read_manifest
 from schemas.record import validate_graph_record
 from schemas.store import Store, compute_hashes
 
@@ -161,7 +161,12 @@ def verify_store(store: str | Path, progress: bool = True) -> tuple[bool, list[s
 
     Returns:
         ``(ok, report lines)``; the last line is the verdict.
+
+    Raises:
+        StoreError: ``store`` is not a store at all (no such directory, no manifest).
     """
+    if not (Path(store) / MANIFEST_NAME).is_file():
+        read_manifest(store)  # not a store at all: its StoreError says so (no report)
     try:
         s = open_store(store)
         checks = _Checks(s)
