@@ -124,9 +124,15 @@ def _objects_to_files(objects: list[tuple[int, Any]], folder: Path) -> list[str]
     """pymatgen Structures -> one pymatgen JSON file; ASE Atoms -> one extxyz file."""
     import ase.io
 
-    structures = [(k, o) for k, o in objects if hasattr(o, "lattice") and hasattr(o, "sites")]
-    atoms = [(k, o) for k, o in objects if hasattr(o, "get_positions") and hasattr(o, "cell")]
-    unknown = [type(o).__name__ for k, o in objects if (k, o) not in structures + atoms]
+    def is_structure(o) -> bool:
+        return hasattr(o, "lattice") and hasattr(o, "sites")
+
+    def is_atoms(o) -> bool:
+        return hasattr(o, "get_positions") and hasattr(o, "cell")
+
+    structures = [(k, o) for k, o in objects if is_structure(o)]
+    atoms = [(k, o) for k, o in objects if is_atoms(o) and not is_structure(o)]
+    unknown = [type(o).__name__ for _, o in objects if not (is_structure(o) or is_atoms(o))]
     if unknown:
         raise TypeError(
             f"cannot predict on {', '.join(sorted(set(unknown)))}: give paths, stores, pymatgen "
