@@ -34,8 +34,20 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from trainer.checkpoint import (
+    ARCHITECTURE_KEYS,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from trainer.errors import TrainingError
+
+# The architecture a card lists: the checkpoint's model flags (the backbone name has its own
+# line, self-loops are an ET detail) and the output width.
+CARD_MODEL_KEYS = (
+    *(k for k in ARCHITECTURE_KEYS if k not in ("model", "self_loops")),
+    "out_dim",
+)
 
 __all__ = [
     "BUDGET_BYTES",
@@ -256,22 +268,7 @@ def _card(ckpt: dict, model, run_dir: Path, licence: str, effects, source: str, 
         "best_val_loss": float(ckpt.get("best_val", min(val) if val else float("nan"))),
         "model": {
             "model": args.get("model", "et"),  # format-2 checkpoints before backbones: ET
-            **{
-                k: args[k]
-                for k in (
-                    "hidden_channels",
-                    "num_layers",
-                    "num_rbf",
-                    "num_heads",
-                    "num_filters",
-                    "radial_basis",
-                    "head_channels",
-                    "cutoff",
-                    "max_neighbors",
-                    "out_dim",
-                )
-                if k in args
-            },
+            **{k: args[k] for k in CARD_MODEL_KEYS if k in args},
             "parameters": int(sum(p.numel() for p in model.parameters())),
         },
         "training": {
