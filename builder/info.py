@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from builder.sizes import disk_bytes, human_bytes
 from builder.stats import FeatureStats
 from schemas import MANIFEST_NAME, RecordError, StoreError, open_store, read_manifest
 from schemas.record import validate_graph_record
@@ -14,27 +15,13 @@ from schemas.store import Store, compute_hashes
 __all__ = ["describe", "verify_store"]
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def _disk_bytes(path: Path) -> int:
-    """Bytes actually allocated on disk (LMDB files are sparse)."""
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return sum(f.stat().st_blocks * 512 for f in files)
-
-
 def describe(store: str | Path) -> str:
     """A human summary of a store's manifest and its size on disk."""
     store = Path(store)
     m = read_manifest(store)
     c = m["counts"]
     atoms = max(c["atoms"], 1)
-    disk = _disk_bytes(store)
+    disk = disk_bytes(store)
     lines = [
         f"store        {store}  ({m['backend']}, schema {m['schema_version']}, "
         f"builder {m['builder_version']}, created {m['created']})",
@@ -49,13 +36,14 @@ def describe(store: str | Path) -> str:
     ]
     for src in m["sources"]:
         lines.append(
-            f"source       {src['path']} ({src['format']}, {_human(src['bytes'])}, "
+            f"source       {src['path']} ({src['format']}, {human_bytes(src['bytes'])}, "
             f"sha256 {src['sha256'][:16]}…)"
         )
-    lines.append(f"size on disk {_human(disk)}  ({disk / atoms:,.0f} bytes/atom)")
+    lines.append(f"size on disk {human_bytes(disk)}  ({disk / atoms:,.0f} bytes/atom)")
     if "graph_bytes" in c:
         lines.append(
-            f"  graphs     {_human(c['graph_bytes'])}  ({c['graph_bytes'] / atoms:,.0f} bytes/atom)"
+            f"  graphs     {human_bytes(c['graph_bytes'])}  "
+            f"({c['graph_bytes'] / atoms:,.0f} bytes/atom)"
         )
     for name, d in m.get("descriptors", {}).items():
         err = d.get("cast_error", {})
@@ -66,8 +54,8 @@ def describe(store: str | Path) -> str:
         )
         lines.append(
             f"  {name:<10} {d['family']:<6} dim {d['dim']:>5}  {d['dtype']}/{d['codec']}  "
-            f"{_human(d.get('stored_bytes', 0))}  ({d.get('bytes_per_atom', 0):,.0f} bytes/atom"
-            f"{lossy})"
+            f"{human_bytes(d.get('stored_bytes', 0))}  "
+            f"({d.get('bytes_per_atom', 0):,.0f} bytes/atom{lossy})"
         )
     if not m.get("descriptors"):
         lines.append("  labels     none (add with: fp-build add STORE --descriptor NAME)")

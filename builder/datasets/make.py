@@ -39,6 +39,7 @@ from builder.datasets.download import Fetched, Fetcher, data_home
 from builder.datasets.registry import DATASETS, Dataset, Source, get
 from builder.descriptors.registry import storage_codecs
 from builder.readers import InputError
+from builder.sizes import disk_bytes, human_bytes
 from schemas.manifest import StoreError, write_json_atomic
 from schemas.splits import MATBENCH_SEED, PAPER_SEEDS, kfold_splits, random_split
 
@@ -428,10 +429,6 @@ def write_splits(
     return folder
 
 
-def _disk_bytes(path: Path) -> int:
-    return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
-
-
 # --------------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------------
@@ -500,7 +497,7 @@ def fetch_dataset(
         "descriptors": list(manifest.get("descriptors", {})),
         "build_seconds": result["build_seconds"],
         "add_seconds": _sum(previous.get("add_seconds"), result["add_seconds"]),
-        "disk_bytes": _disk_bytes(store),
+        "disk_bytes": disk_bytes(store),
         "splits": str(splits) if splits else None,
         "verified": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         if opts.verify
@@ -520,7 +517,7 @@ def fetch_dataset(
         done[source.store] = row
     opts.log(
         f"  {row['status']}: {store} ({row['records']:,} records, "
-        f"{_human(row['disk_bytes'])}, target {row['target']})"
+        f"{human_bytes(row['disk_bytes'])}, target {row['target']})"
     )
     return row
 
@@ -563,16 +560,6 @@ def _sum(a: float | None, b: float | None) -> float | None:
     return None if a is None and b is None else (a or 0.0) + (b or 0.0)
 
 
-def _human(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 def summary_table(rows: list[dict]) -> str:
     """The closing table of ``make-datasets``."""
     lines = [
@@ -588,7 +575,7 @@ def summary_table(rows: list[dict]) -> str:
             f"{r['dataset']:<12} {r['status']:<11} {r['source']:<9} "
             f"{Path(r['store']).name:<18} {r.get('records', 0):>8,} "
             f"{(f'{secs:.0f}' if secs is not None else '-'):>8} "
-            f"{_human(r.get('disk_bytes')):>10}  {r.get('target') or '-'}"
+            f"{human_bytes(r.get('disk_bytes')):>10}  {r.get('target') or '-'}"
             + ("  (stand-in subset)" if r.get("subset") else "")
         )
     missing = [r for r in rows if r["status"] == "missing"]
