@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import lmdb
 import numpy as np
@@ -156,22 +157,63 @@ def _check_label_elements(names: Sequence[str], z: np.ndarray) -> None:
         )
 
 
+@dataclass(frozen=True)
+class EncodedRecord:
+    """One structure that became a record, encoded in a worker, ready to write.
+
+    Attributes:
+        graph_bytes: the encoded graph record (``schemas.record.encode_record``).
+        digest: ``schemas.record.record_digest`` of the graph record.
+        n_atoms: atoms N of the structure.
+        n_edges: directed edges E of its neighbour list.
+        labels: label set name -> (encoded label record, its digest).
+        elements: the record's distinct atomic numbers, ascending.
+    """
+
+    graph_bytes: bytes
+    digest: bytes
+    n_atoms: int
+    n_edges: int
+    labels: dict[str, tuple[bytes, bytes]]
+    elements: list[int]
+
+
+@dataclass(frozen=True)
+class RejectedItem:
+    """An input item that did not become a record.
+
+    Attributes:
+        item: the item, payload dropped (``None``) so the result stays small.
+        reason: one line saying why.
+    """
+
+    item: RawItem
+    reason: str
+
+
+class ChunkResult(NamedTuple):
+    """What :func:`process_chunk` returns for one chunk of items.
+
+    Attributes:
+        results: per item, in input order, an :class:`EncodedRecord` or a :class:`RejectedItem`.
+        stats: label set name -> statistics of the chunk's stored values.
+        cast_errors: label set name -> error of casting the chunk's values to the storage dtype.
+    """
+
+    results: list[EncodedRecord | RejectedItem]
+    stats: dict[str, FeatureStats]
+    cast_errors: dict[str, CastError]
+
+
 def process_chunk(
     items: list[RawItem],
     cutoff: float,
     allow_missing: bool,
     labels: LabelConfig,
     target_names: Sequence[str] = (),
-) -> tuple[list[tuple], dict[str, FeatureStats], dict[str, CastError]]:
-    """Parse, check and encode a chunk of items (runs in a worker process).
-
-    Returns:
-        ``(results, stats, cast_errors)``: per item either ``("ok", graph_bytes, digest,
-        n_atoms, n_edges, {set: (blob, digest)}, elements)`` (``elements``: the record's
-        distinct atomic numbers) or ``("rejected", item (payload dropped), reason)``; the
-        chunk's per-set feature statistics and cast errors.
-    """
-    results: list[tuple] = []
+) -> ChunkResult:
+    """Parse, check and encode a chunk of items (runs in a worker process)."""
+    results: list[EncodedRecord | RejectedItem] = []
     acc = LabelAccumulator(labels)
     for item in items:
         try:
@@ -185,25 +227,23 @@ def process_chunk(
                 labels.names, record["z"], record["pos"], record["cell"], record["pbc"], nl
             )
         except Rejected as why:
-            results.append(("rejected", replace(item, payload=None), str(why)))
+            results.append(RejectedItem(replace(item, payload=None), str(why)))
             continue
         except Exception as err:  # a bug or an input no check foresaw: keep the build going
             reason = f"internal error: {type(err).__name__}: {err}"
-            results.append(("rejected", replace(item, payload=None), reason))
+            results.append(RejectedItem(replace(item, payload=None), reason))
             continue
-        graph_bytes = encode_record(record["id"], {k: record[k] for k in GRAPH_FIELDS})
         results.append(
-            (
-                "ok",
-                graph_bytes,
-                record_digest(record),
-                len(record["z"]),
-                len(record["edge_dist"]),
-                acc.add(record["id"], values),
-                np.unique(record["z"]).tolist(),
+            EncodedRecord(
+                graph_bytes=encode_record(record["id"], {k: record[k] for k in GRAPH_FIELDS}),
+                digest=record_digest(record),
+                n_atoms=len(record["z"]),
+                n_edges=len(record["edge_dist"]),
+                labels=acc.add(record["id"], values),
+                elements=np.unique(record["z"]).tolist(),
             )
         )
-    return (results, *acc.finish())
+    return ChunkResult(results, *acc.finish())
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,82 +496,42 @@ def _write_records(
     jobs: int,
     target_names: Sequence[str] = (),
 ) -> dict | None:
+    """Write the records of every input item not yet covered by ``progress``, one LMDB
+    transaction per chunk (records, rejections, label statistics and the progress together).
+
+    Returns:
+        the final progress (``complete``: true), or ``None`` when stopped after
+        ``opts.stop_after_chunks`` commits.
+    """
     labels = opts.label_config()
-    stats: dict[str, FeatureStats] = {}
-    for name in labels.names:
-        previous = unpack_stats(writer.get(stats_key(name)))
-        if previous is not None:
-            stats[name] = previous
+    stats = _stored_stats(writer, labels.names)
     errors = {name: CastError(**e) for name, e in progress.setdefault("cast_error", {}).items()}
-    total = sum(t for *_, t in opened) if all(t is not None for *_, t in opened) else None
-    items = itertools.chain.from_iterable(items for _, _, items, _ in opened)
-    items = itertools.islice(items, progress["inputs_done"], None)
-    tasks = (
-        (chunk, opts.cutoff, opts.allow_missing_targets, labels, tuple(target_names))
-        for chunk in chunks(items, opts.chunk_size)
-    )
+    total, tasks = _chunk_tasks(opts, opened, progress["inputs_done"], labels, target_names)
     bar = progress_bar(
         total, progress["inputs_done"], f"build {Path(opts.out).name}", opts.progress
     )
     commits = 0
-    stored = progress.setdefault("stored_bytes", {})
+    progress.setdefault("stored_bytes", {})
     # Z -> [records holding it, first such record]: lets `add` refuse a set that cannot be
     # computed for some element before doing any work
     # (only kept when tracked from the first record on: partial stores of older versions lack it)
-    elements = progress.get("elements")
-    if elements is None and progress["records"] == 0:
-        elements = progress["elements"] = {}
+    if progress.get("elements") is None and progress["records"] == 0:
+        progress["elements"] = {}
     try:
-        for results, chunk_stats, chunk_errors in run_parallel(
-            process_chunk, tasks, jobs, opts.backend, opts.scheduler
-        ):
+        for chunk in run_parallel(process_chunk, tasks, jobs, opts.backend, opts.scheduler):
             kv: list[tuple[bytes, bytes]] = []
-            for res in results:
-                if res[0] == "rejected":
-                    _, item, reason = res
-                    if opts.strict:
-                        raise BuildError(f"{item.where}: {reason}")
-                    entry = json.dumps(
-                        [item.source, item.row_kind, item.row, item.record_id, reason]
-                    ).encode()
-                    kv.append((REJECTED_PREFIX + b"%010d" % progress["rejected"], entry))
-                    progress["rejected"] += 1
-                    continue
-                _, graph_bytes, digest, n_atoms, n_edges, blobs, present = res
-                index = progress["records"]
-                for z in present if elements is not None else ():
-                    elements.setdefault(str(z), [0, index])[0] += 1
-                kv.append((graph_key(index), graph_bytes))
-                stored["graphs"] = stored.get("graphs", 0) + len(graph_bytes)
-                kv.append(
-                    (
-                        RECORD_INFO_PREFIX + b"%010d" % index,
-                        digest + struct.pack("<II", n_atoms, n_edges),
-                    )
-                )
-                for name, (blob, label_digest) in blobs.items():
-                    kv.append((descriptor_key(name, index), blob))
-                    stored[name] = stored.get(name, 0) + len(blob)
-                    kv.append((label_digest_prefix(name) + b"%010d" % index, label_digest))
-                progress["records"] += 1
-            for name, s in chunk_stats.items():
-                stats[name] = stats[name].merge(s) if name in stats else s
-                kv.append((stats_key(name), pack_stats(stats[name])))
-            for name, e in chunk_errors.items():
-                errors[name] = errors.get(name, CastError()).merge(e)
-                try:
-                    errors[name].check(name, labels.dtype)
-                except ValueError as err:
-                    raise BuildError(
-                        f"{err} (delete {writer.path} and rebuild with --dtype float32, or add "
-                        f"the set later with fp-build add --dtype float32)"
-                    ) from None
+            for result in chunk.results:
+                if isinstance(result, RejectedItem):
+                    kv.append(_rejected_entry(result, progress, opts.strict))
+                else:
+                    kv.extend(_record_entries(result, progress))
+            kv.extend(_merge_labels(chunk, stats, errors, labels.dtype, writer.path))
             progress["cast_error"] = {name: e.to_dict() for name, e in errors.items()}
-            progress["inputs_done"] += len(results)
+            progress["inputs_done"] += len(chunk.results)
             kv.append((PROGRESS_KEY, json.dumps(progress).encode()))
             writer.write(kv)
             if bar is not None:
-                bar.update(len(results))
+                bar.update(len(chunk.results))
                 bar.set_postfix(rejected=progress["rejected"], refresh=False)
             commits += 1
             if opts.stop_after_chunks is not None and commits >= opts.stop_after_chunks:
@@ -542,6 +542,95 @@ def _write_records(
     progress["complete"] = True
     writer.write([(PROGRESS_KEY, json.dumps(progress).encode())])
     return progress
+
+
+def _stored_stats(writer: LmdbWriter, names: Sequence[str]) -> dict[str, FeatureStats]:
+    """Label statistics an interrupted build already committed, per set that has them."""
+    stats: dict[str, FeatureStats] = {}
+    for name in names:
+        previous = unpack_stats(writer.get(stats_key(name)))
+        if previous is not None:
+            stats[name] = previous
+    return stats
+
+
+def _chunk_tasks(
+    opts: BuildOptions,
+    opened,
+    inputs_done: int,
+    labels: LabelConfig,
+    target_names: Sequence[str],
+):
+    """``(total, tasks)``: the number of input items (``None`` if a reader cannot tell) and the
+    :func:`process_chunk` argument tuples for the items after the first ``inputs_done``."""
+    total = sum(t for *_, t in opened) if all(t is not None for *_, t in opened) else None
+    items = itertools.chain.from_iterable(items for _, _, items, _ in opened)
+    items = itertools.islice(items, inputs_done, None)
+    tasks = (
+        (chunk, opts.cutoff, opts.allow_missing_targets, labels, tuple(target_names))
+        for chunk in chunks(items, opts.chunk_size)
+    )
+    return total, tasks
+
+
+def _rejected_entry(rejected: RejectedItem, progress: dict, strict: bool) -> tuple[bytes, bytes]:
+    """The ``rejected.csv`` row of an item, as a key-value pair (counted in ``progress``);
+    :class:`BuildError` instead under ``--strict``."""
+    item = rejected.item
+    if strict:
+        raise BuildError(f"{item.where}: {rejected.reason}")
+    entry = json.dumps([item.source, item.row_kind, item.row, item.record_id, rejected.reason])
+    key = REJECTED_PREFIX + b"%010d" % progress["rejected"]
+    progress["rejected"] += 1
+    return key, entry.encode()
+
+
+def _record_entries(record: EncodedRecord, progress: dict) -> list[tuple[bytes, bytes]]:
+    """Key-value pairs of the next record (graph, digest and sizes, label sets); counts it in
+    ``progress`` (records, stored bytes per part, elements)."""
+    index = progress["records"]
+    stored = progress["stored_bytes"]
+    elements = progress.get("elements")
+    for z in record.elements if elements is not None else ():
+        elements.setdefault(str(z), [0, index])[0] += 1
+    sizes = struct.pack("<II", record.n_atoms, record.n_edges)
+    kv = [
+        (graph_key(index), record.graph_bytes),
+        (RECORD_INFO_PREFIX + b"%010d" % index, record.digest + sizes),
+    ]
+    stored["graphs"] = stored.get("graphs", 0) + len(record.graph_bytes)
+    for name, (blob, label_digest) in record.labels.items():
+        kv.append((descriptor_key(name, index), blob))
+        stored[name] = stored.get(name, 0) + len(blob)
+        kv.append((label_digest_prefix(name) + b"%010d" % index, label_digest))
+    progress["records"] += 1
+    return kv
+
+
+def _merge_labels(
+    chunk: ChunkResult,
+    stats: dict[str, FeatureStats],
+    errors: dict[str, CastError],
+    dtype: str,
+    store: Path,
+) -> list[tuple[bytes, bytes]]:
+    """Merge a chunk's label statistics and cast errors into the build's (in place); the
+    statistics' key-value pairs. :class:`BuildError` when a set's values no longer fit
+    ``dtype``."""
+    kv = []
+    for name, s in chunk.stats.items():
+        stats[name] = stats[name].merge(s) if name in stats else s
+        kv.append((stats_key(name), pack_stats(stats[name])))
+    for name, e in chunk.cast_errors.items():
+        errors[name] = errors.get(name, CastError()).merge(e)
+        try:
+            errors[name].check(name, dtype)
+        except ValueError as err:
+            raise BuildError(
+                f"{err} (delete {store} and rebuild with --dtype float32, or add "
+                f"the set later with fp-build add --dtype float32)"
+            ) from None
+    return kv
 
 
 def _finalise(

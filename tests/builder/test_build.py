@@ -300,3 +300,30 @@ def test_overwrite_in_the_same_process_reads_the_new_store(tmp_path):
     assert open_store(out)[0]["edge_dist"].max() >= 6.0  # read: this process holds a handle
     build(out, PEROV_SAMPLE, id_column="castelli_id", cutoff=5.0, overwrite=True)
     assert open_store(out)[0]["edge_dist"].max() < 5.0
+
+
+def test_process_chunk_names_each_result():
+    """A worker's result per item: an encoded record with its sizes and elements, or the item
+    (payload dropped) with the reason; checked against a brute-force neighbour count."""
+    from builder.build import EncodedRecord, RejectedItem, process_chunk
+    from builder.labels import LabelConfig
+    from builder.readers import RawItem
+    from schemas.record import decode_record
+
+    cell = np.eye(3) * 5.64
+    pos = np.array([[0.0, 0.0, 0.0], [2.82, 2.82, 2.82]])
+    good = {"numbers": [11, 17], "positions": pos.tolist(), "cell": cell.tolist(), "pbc": [1] * 3}
+    items = [
+        RawItem("in.json", 1, "nacl", (1.0,), "arrays", good, "item"),
+        RawItem("in.json", 2, "bad", (1.0,), "invalid", "no cell given", "item"),
+    ]
+    chunk = process_chunk(items, 5.0, False, LabelConfig(("wacsfset2",)), ("band_gap",))
+    record, rejected = chunk.results
+    assert isinstance(record, EncodedRecord) and isinstance(rejected, RejectedItem)
+    assert (record.n_atoms, record.elements) == (2, [11, 17])
+    assert record.n_edges == len(brute_force(pos, cell, [True] * 3, 5.0))
+    assert decode_record(record.graph_bytes)["id"] == "nacl"
+    assert list(record.labels) == ["wacsfset2"] == list(chunk.cast_errors)
+    assert chunk.stats["wacsfset2"].count == 2  # the two atoms of the one record
+    assert rejected.item.record_id == "bad" and rejected.item.payload is None
+    assert rejected.reason == "no cell given"
