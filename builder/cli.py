@@ -408,16 +408,79 @@ def list_datasets(from_dirs, out, cache, verbose) -> None:
 @click.argument("names", nargs=-1, required=True)
 @click.option("--source", default=None, help="Which source of the registry entry to use.")
 @click.option("--download-only", is_flag=True, help="Get and check the files; build nothing.")
+@click.option(
+    "--labels",
+    multiple=True,
+    help="Published stores: label sets to download besides the graphs (repeatable or "
+    "comma-separated; default: all; 'none': graphs only).",
+)
+@click.option(
+    "--store",
+    "store_path",
+    default=None,
+    help="Where to put the store fetched from one URL [--out folder / its name].",
+)
+@click.option(
+    "--build-on-fail",
+    is_flag=True,
+    help="Build a registry dataset from its raw data when its published store cannot be had.",
+)
 @_dataset_options
-def fetch_command(names, source, download_only, **options) -> None:
-    """Download (or find locally), verify, build and split the dataset(s) NAMES of the
-    registry (fp-build datasets lists them)."""
+def fetch_command(names, source, download_only, labels, store_path, build_on_fail, **options):
+    """Get the dataset(s) NAMES of the registry (fp-build datasets lists them): download (or
+    find locally), verify, build and split; a dataset with a published store is downloaded
+    instead. A NAME that is a URL (http://, https://, file://) or a folder holding a
+    manifest.json is a published store (fp-build pack): its manifest, the graphs and the
+    --labels sets are downloaded (resumed, retried, each part's sha256 checked before use)
+    into --store or --out/<its name>; fetching again with more --labels adds just those."""
     from builder.datasets.make import fetch_dataset, summary_table
+    from builder.publish import fetch_store, is_store_source
 
     opts = _make_options(**options)
-    rows = [fetch_dataset(n, opts, source, download_only=download_only) for n in names]
-    if not download_only:
+    sets = [s for item in labels for s in item.split(",") if s]
+    opts.labels = None if not sets else [] if sets == ["none"] else sets
+    opts.build_on_fail = build_on_fail
+    urls = [n for n in names if is_store_source(n)]
+    if store_path and len(urls) != 1:
+        raise click.UsageError("--store needs exactly one URL (or folder) among NAMES")
+    rows = []
+    for name in names:
+        if name not in urls:
+            rows.append(fetch_dataset(name, opts, source, download_only=download_only))
+            continue
+        result = fetch_store(
+            name,
+            store=store_path,
+            out_dir=opts.out,
+            labels=opts.labels,
+            verify=opts.verify,
+            overwrite=opts.overwrite,
+            progress=opts.progress,
+            log=click.echo,
+        )
+        got = sum(result.fetched.values())
+        click.echo(
+            f"fetched {result.store} from {result.url}: {len(result.fetched)} parts "
+            f"({got:,} bytes) downloaded, {len(result.kept)} already here, "
+            f"{result.seconds:.1f} s"
+            + (f"; label sets not fetched: {result.absent}" if result.absent else "")
+        )
+    if rows and not download_only:
         click.echo(summary_table(rows))
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--out", "-o", required=True, help="Folder to write (created; e.g. upload/mp).")
+@click.option("--overwrite", is_flag=True, help="Replace the files of a non-empty --out.")
+def pack(store, out, overwrite) -> None:
+    """Write what a data repository (Zenodo, a web server, an object store) needs to serve
+    STORE: manifest.json, its part files (hard-linked or copied), SHA256SUMS and README.txt.
+    Every part is checked against the manifest first (size, sha256); a store with damaged or
+    absent parts is refused. Fetch the result with fp-build fetch URL."""
+    from builder.publish import pack_store
+
+    pack_store(store, out, overwrite=overwrite, log=click.echo)
 
 
 @cli.command("make-datasets")

@@ -269,7 +269,7 @@ class Fetcher:
                 f"{self.figshare_api}; not downloading a file that cannot be checked"
             )
         total = spec.size or expected.get("size")
-        self._transfer(url, part, total)
+        self._transfer(url, part, total, cap=spec.size)
         ok, what, digests = verify_file(part, spec, expected)
         if ok is False:
             bad = self._quarantine(part, final)
@@ -280,8 +280,11 @@ class Fetcher:
         os.replace(part, final)
         return self._accept(spec, final, "download", what, digests, ok)
 
-    def _transfer(self, url: str, part: Path, total: int | None) -> None:
-        """Download ``url`` into ``part``, resuming what is there; retries with backoff."""
+    def _transfer(self, url: str, part: Path, total: int | None, cap: int | None = None) -> None:
+        """Download ``url`` into ``part``, resuming what is there; retries with backoff.
+
+        ``cap``: the file's published size; a server that sends more is cut off one byte past
+        it (verification then refuses the file), so a bad server cannot fill the disk."""
         last = "no attempt"
         for attempt in range(self.retries + 1):
             if attempt:
@@ -309,8 +312,10 @@ class Fetcher:
                     else:  # 200: a fresh transfer (the server may have ignored Range)
                         mode, have = "wb", 0
                         total = size if size is not None else total
-                    self._stream(response, part, mode, have, total, url)
+                    self._stream(response, part, mode, have, total, url, cap)
                 written = part.stat().st_size
+                if cap is not None and written > cap:  # more than published: verification says so
+                    return
                 if total is not None and written < total:
                     last = f"connection closed at {written:,} of {total:,} bytes"
                     continue
@@ -326,7 +331,9 @@ class Fetcher:
                 last = f"{type(err).__name__}: {reason}"
         raise DownloadError(f"{url}: failed after {self.retries + 1} attempts ({last})")
 
-    def _stream(self, response, part: Path, mode: str, have: int, total, url: str) -> None:
+    def _stream(
+        self, response, part: Path, mode: str, have: int, total, url: str, cap=None
+    ) -> None:
         from tqdm import tqdm
 
         with (
@@ -346,7 +353,12 @@ class Fetcher:
                 chunk = response.read(1 << 16)
                 if not chunk:
                     break
+                if cap is not None and have + len(chunk) > cap:
+                    # one byte too many: verification refuses it
+                    fh.write(chunk[: max(0, cap + 1 - have)])
+                    break
                 fh.write(chunk)
+                have += len(chunk)
                 bar.update(len(chunk))
 
     # ---------------------------------------------------------------- helpers

@@ -77,6 +77,10 @@ class MakeOptions:
         overwrite: rebuild a store that was built from another source or is damaged.
         progress: progress bars.
         log: where messages go.
+        labels: label sets to download from a published store (``Source.prebuilt``); None:
+            those of ``descriptors`` (all that were published for the default ``all``).
+        build_on_fail: build from the raw data when a published store cannot be fetched
+            (default: the failure is the dataset's error, never hidden behind a long build).
     """
 
     out: Path | None = None
@@ -91,6 +95,8 @@ class MakeOptions:
     retries: int = 4
     backoff: float = 1.0
     log: Callable[[str], None] = print
+    labels: list[str] | None = None
+    build_on_fail: bool = False
 
     def __post_init__(self) -> None:
         self.out = Path(self.out) if self.out else data_home() / "stores"
@@ -449,6 +455,12 @@ def fetch_dataset(
     rows (a store shared by several datasets is built once)."""
     dataset = get(name)
     opts.log(f"{name}:")
+    if not download_only:
+        from builder.publish import fetch_prebuilt  # a published store instead of a build
+
+        row = fetch_prebuilt(dataset, opts, source_name, done)
+        if row is not None:
+            return row
     resolved = resolve(dataset, opts, source_name)
     source = resolved.source
     for f in resolved.files:

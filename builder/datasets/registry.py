@@ -118,6 +118,10 @@ class Source:
         count: number of structures in this copy, where known.
         note: what this copy is.
         verified: what was checked about this copy, and how; "unverified: ..." otherwise.
+        prebuilt: URL of a published store of parts built from this copy (the folder that
+            serves its ``manifest.json``, written by ``fp-build pack``): ``fp-build fetch``
+            and ``make datasets`` download it instead of building (not ``--offline``). None
+            (every entry today): no store is published.
     """
 
     name: str
@@ -133,6 +137,7 @@ class Source:
     count: int | None = None
     note: str = ""
     verified: str = "unverified"
+    prebuilt: str | None = None
 
 
 @dataclass(frozen=True)
