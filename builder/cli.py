@@ -44,12 +44,52 @@ def _positive_finite(ctx, param, value: float) -> float:
 JOBS_HELP = "Worker processes (-1 = all cores)."
 
 
-def _resolve_names(names: tuple[str, ...]) -> list[str]:
-    if not names:
-        return []
-    from builder.descriptors.registry import resolve
+def _with_options(*options):
+    """One decorator applying click ``options`` (or groups of them) in the order given, which
+    is their order in ``--help``."""
 
-    return [s.name for s in resolve(list(names))]
+    def apply(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return apply
+
+
+_jobs_option = click.option(
+    "--jobs", "-j", default=-1, show_default=True, callback=_jobs, help=JOBS_HELP
+)
+_quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+#: ``--dtype`` and ``--codec``: how ``build`` and ``add`` store label sets.
+_label_storage_options = _with_options(
+    click.option(
+        "--dtype",
+        type=click.Choice(["float32", "float16"]),
+        default="float32",
+        show_default=True,
+        help="Storage dtype of the label sets (float16 refused where values exceed its range).",
+    ),
+    click.option(
+        "--codec",
+        type=click.Choice(CODEC_CHOICES),
+        default="auto",
+        show_default=True,
+        help="Label compression; auto = byte shuffle + zlib for sets of >= 256 features.",
+    ),
+)
+
+#: ``--backend`` and ``--scheduler``: where ``build`` and ``add`` run their workers.
+_worker_options = _with_options(
+    click.option(
+        "--backend",
+        type=click.Choice(["loky", "dask"]),
+        default="loky",
+        show_default=True,
+        help="joblib backend.",
+    ),
+    click.option("--scheduler", default=None, help="Dask scheduler address (default: local)."),
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -58,131 +98,97 @@ def cli() -> None:
     """Build versioned stores of periodic graphs and structural-fingerprint labels."""
 
 
+#: The options of ``fp-build build``, in ``--help`` order.
+_build_options = _with_options(
+    click.option("--out", "-o", required=True, help="Store directory to create (e.g. mp.lmdb)."),
+    click.option(
+        "--cutoff",
+        default=8.0,
+        show_default=True,
+        callback=_positive_finite,
+        help="Neighbour cutoff, Å (> 0).",
+    ),
+    _jobs_option,
+    click.option("--target", "-t", "targets", multiple=True, help="Target column (repeatable)."),
+    click.option("--target-unit", "units", multiple=True, help="COLUMN=UNIT for the manifest."),
+    click.option("--id-column", default=None, help="Id column (default: material_id or id)."),
+    click.option("--cif-column", default="cif", show_default=True, help="CIF column of a CSV."),
+    click.option(
+        "--targets-csv",
+        default=None,
+        type=click.Path(dir_okay=False),
+        help="CSV of targets for folders/files of structures (CIF, POSCAR): an id column "
+        "(--id-column; ids are file names without extension) and the --target columns.",
+    ),
+    click.option("--format", "fmt", default=None, help="Input format (default: from the name)."),
+    click.option(
+        "--descriptor",
+        "-d",
+        "descriptors",
+        multiple=True,
+        help="Label set to compute while building (repeatable, or 'all').",
+    ),
+    _label_storage_options,
+    click.option("--strict", is_flag=True, help="Stop at the first bad structure."),
+    click.option(
+        "--allow-missing-targets",
+        is_flag=True,
+        help="Keep structures with missing targets (stored as NaN).",
+    ),
+    _worker_options,
+    click.option(
+        "--chunk-size",
+        type=click.IntRange(min=1),
+        default=32,
+        show_default=True,
+        help="Structures per task (≥ 1).",
+    ),
+    click.option("--overwrite", is_flag=True, help="Replace an existing store."),
+    _quiet_option,
+)
+
+
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", "-o", required=True, help="Store directory to create (e.g. mp.lmdb).")
-@click.option(
-    "--cutoff",
-    default=8.0,
-    show_default=True,
-    callback=_positive_finite,
-    help="Neighbour cutoff, Å (> 0).",
-)
-@click.option("--jobs", "-j", default=-1, show_default=True, callback=_jobs, help=JOBS_HELP)
-@click.option("--target", "-t", "targets", multiple=True, help="Target column (repeatable).")
-@click.option("--target-unit", "units", multiple=True, help="COLUMN=UNIT for the manifest.")
-@click.option("--id-column", default=None, help="Id column (default: material_id or id).")
-@click.option("--cif-column", default="cif", show_default=True, help="CIF column of a CSV.")
-@click.option(
-    "--targets-csv",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="CSV of targets for folders/files of structures (CIF, POSCAR): an id column "
-    "(--id-column; ids are file names without extension) and the --target columns.",
-)
-@click.option("--format", "fmt", default=None, help="Input format (default: from the name).")
-@click.option(
-    "--descriptor",
-    "-d",
-    "descriptors",
-    multiple=True,
-    help="Label set to compute while building (repeatable, or 'all').",
-)
-@click.option(
-    "--dtype",
-    "dtype",
-    type=click.Choice(["float32", "float16"]),
-    default="float32",
-    show_default=True,
-    help="Storage dtype of label sets.",
-)
-@click.option(
-    "--codec",
-    type=click.Choice(CODEC_CHOICES),
-    default="auto",
-    show_default=True,
-    help="Label compression; auto = zlib for sets of >= 256 features.",
-)
-@click.option("--strict", is_flag=True, help="Stop at the first bad structure.")
-@click.option(
-    "--allow-missing-targets",
-    is_flag=True,
-    help="Keep structures with missing targets (stored as NaN).",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["loky", "dask"]),
-    default="loky",
-    show_default=True,
-    help="joblib backend.",
-)
-@click.option("--scheduler", default=None, help="Dask scheduler address (default: local).")
-@click.option(
-    "--chunk-size",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Structures per task (≥ 1).",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def build(
-    inputs,
-    out,
-    cutoff,
-    jobs,
-    targets,
-    units,
-    id_column,
-    cif_column,
-    targets_csv,
-    fmt,
-    descriptors,
-    dtype,
-    codec,
-    strict,
-    allow_missing_targets,
-    backend,
-    scheduler,
-    chunk_size,
-    overwrite,
-    quiet,
-) -> None:
+@_build_options
+def build(inputs: tuple[str, ...], **values) -> None:
     """Build a store from INPUTS (CSV with CIFs, CGCNN folder, extxyz, ASE db, pymatgen or
     MatBench JSON, MatDeepLearn JSON, folders or files of CIF/POSCAR; quoted glob patterns are
     expanded). Re-running the same command resumes an interrupted build."""
-    from builder.build import BuildOptions, build_store, summarize
-    from builder.descriptors.registry import storage_codecs
-    from builder.readers import expand_inputs
+    from builder.build import build_store, summarize
 
-    names = _resolve_names(descriptors)
-    opts = BuildOptions(
-        inputs=expand_inputs(inputs),
-        targets_csv=targets_csv,
-        out=out,
-        cutoff=cutoff,
-        jobs=jobs,
-        targets=list(targets),
-        target_units=_parse_units(units),
-        id_column=id_column,
-        cif_column=cif_column,
-        fmt=fmt,
-        strict=strict,
-        allow_missing_targets=allow_missing_targets,
-        descriptors=names,
-        descriptor_dtype=dtype,
-        descriptor_codec=storage_codecs(names, codec),
-        backend=backend,
-        scheduler=scheduler,
-        chunk_size=chunk_size,
-        overwrite=overwrite,
-        progress=not quiet,
-    )
+    opts = _to_build_options(inputs, values)
     manifest = build_store(opts)
-    click.echo(f"built {out}")
+    click.echo(f"built {opts.out}")
     click.echo(summarize(manifest))
     if manifest["counts"]["rejected"]:
-        click.echo(f"rejected structures and reasons: {Path(out) / 'rejected.csv'}")
+        click.echo(f"rejected structures and reasons: {Path(opts.out) / 'rejected.csv'}")
+
+
+def _to_build_options(inputs: tuple[str, ...], values: dict):
+    """``fp-build build``'s INPUTS and option values -> :class:`builder.build.BuildOptions`.
+
+    The options whose click names are not :class:`~builder.build.BuildOptions` fields, or
+    whose values need converting, are taken out of ``values`` first; every other option
+    (``out``, ``cutoff``, ``jobs``, ``id_column``, ``strict``, ...) is a field of the same
+    name.
+    """
+    from builder.build import BuildOptions
+    from builder.descriptors.registry import resolve_names, storage_codecs
+    from builder.readers import expand_inputs
+
+    values = dict(values)
+    names = resolve_names(values.pop("descriptors"))
+    return BuildOptions(
+        inputs=expand_inputs(inputs),
+        targets=list(values.pop("targets")),
+        target_units=_parse_units(values.pop("units")),
+        descriptors=names,
+        descriptor_dtype=values.pop("dtype"),
+        descriptor_codec=storage_codecs(names, values.pop("codec")),
+        progress=not values.pop("quiet"),
+        **values,
+    )
 
 
 @cli.command()
@@ -196,36 +202,16 @@ def build(
     help="Label set to add (repeatable, or 'all').",
 )
 @click.option("--force", is_flag=True, help="Recompute sets already present.")
-@click.option("--jobs", "-j", default=-1, show_default=True, callback=_jobs, help=JOBS_HELP)
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "float16"]),
-    default="float32",
-    show_default=True,
-    help="Storage dtype of the added sets (float16 refused where values exceed its range).",
-)
-@click.option(
-    "--codec",
-    type=click.Choice(CODEC_CHOICES),
-    default="auto",
-    show_default=True,
-    help="Label compression; auto = byte shuffle + zlib for sets of >= 256 features.",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["loky", "dask"]),
-    default="loky",
-    show_default=True,
-    help="joblib backend.",
-)
-@click.option("--scheduler", default=None, help="Dask scheduler address (default: local).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_jobs_option
+@_label_storage_options
+@_worker_options
+@_quiet_option
 def add(store, descriptors, force, jobs, dtype, codec, backend, scheduler, quiet) -> None:
     """Add label sets to an existing STORE without touching its graphs (resumable)."""
     from builder.add import add_descriptors
-    from builder.descriptors.registry import storage_codecs
+    from builder.descriptors.registry import resolve_names, storage_codecs
 
-    names = _resolve_names(descriptors)
+    names = resolve_names(descriptors)
     manifest = add_descriptors(
         store,
         names,
@@ -339,11 +325,9 @@ def _dataset_options(function):
         ),
         click.option("--overwrite", is_flag=True, help="Rebuild a store of another source."),
         click.option("--no-verify", is_flag=True, help="Skip re-hashing finished stores."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+        _quiet_option,
     ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+    return _with_options(*options)(function)
 
 
 def _make_options(from_dirs, offline, out, cache, jobs, descriptors, overwrite, no_verify, quiet):

@@ -37,7 +37,7 @@ import numpy as np
 from builder.build import BuildError, BuildOptions, build_store
 from builder.datasets.download import Fetched, Fetcher, data_home
 from builder.datasets.registry import DATASETS, Dataset, Source, get
-from builder.descriptors.registry import storage_codecs
+from builder.descriptors.registry import resolve_names, storage_codecs
 from builder.readers import InputError
 from builder.sizes import disk_bytes, human_bytes
 from schemas.manifest import StoreError, write_json_atomic
@@ -239,9 +239,8 @@ def build_input(resolved: Resolved, opts: MakeOptions) -> tuple[Path, dict]:
 
 
 def _descriptor_names(opts: MakeOptions) -> list[str]:
-    from builder.descriptors.registry import resolve as resolve_sets
-
-    return [s.name for s in resolve_sets(opts.descriptors)] if opts.descriptors else []
+    """Registry names of the label sets every store gets."""
+    return resolve_names(opts.descriptors)
 
 
 def ensure_store(source: Source, input_path: Path, opts: MakeOptions) -> dict:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from builder.build import BuildError
+from builder.datasets.extxyz import write_extxyz
 
 __all__ = ["ALLOWED_GLOBALS", "RestrictedUnpickler", "UnsafePickleError", "convert_mpf", "load"]
 
@@ -175,8 +176,6 @@ def convert_mpf(
         counts for the sidecar: ``records``, ``frames`` (trajectory frames read),
         ``duplicates``, ``skipped``.
     """
-    from builder.datasets.prepare import write_extxyz
-
     counts = {"frames": 0, "duplicates": 0, "skipped": 0}
     written = write_extxyz(_frames(list(blocks), counts, log), out, progress)
     log(

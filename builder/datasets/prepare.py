@@ -14,45 +14,17 @@ and ``--target`` keys).
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from builder.build import BuildError
+from builder.datasets.extxyz import Frame, write_extxyz
 
 __all__ = ["Frame", "PREPARERS", "prepare", "write_extxyz"]
-
-# (material id, atomic numbers (N,), Cartesian positions (N, 3) Å, cell rows (3, 3) Å, pbc,
-#  info: id and target values)
-Frame = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[bool, bool, bool], dict]
-
-
-def write_extxyz(frames: Iterable[Frame], out: Path, progress: bool = True) -> int:
-    """Write frames to a gzipped extxyz file atomically (``out.tmp`` then rename).
-
-    Returns the number of frames written.
-    """
-    import ase
-    import ase.io
-    from tqdm import tqdm
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    count = 0
-    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
-        for numbers, positions, cell, pbc, info in tqdm(
-            frames, desc=f"write {out.name}", unit="struct", disable=not progress
-        ):
-            atoms = ase.Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
-            atoms.info.update(info)
-            ase.io.write(fh, atoms, format="extxyz")
-            count += 1
-    os.replace(tmp, out)
-    return count
 
 
 def _sidecar(out: Path) -> Path:

@@ -47,6 +47,7 @@ __all__ = [
     "UnknownDescriptorError",
     "get",
     "resolve",
+    "resolve_names",
     "storage_codecs",
 ]
 
@@ -109,17 +110,6 @@ class DescriptorSpec:
         """(N, dim) float64 features of every atom; ``nl`` must be complete within ``radius``
         (a wider list is fine, the family cuts it)."""
         return self.module.featurize(z, pos, cell, pbc, nl, **self.params)
-
-    def to_dict(self) -> dict:
-        """Manifest entry: name, family, params, dim, radius, feature_names (JSON-ready)."""
-        return {
-            "name": self.name,
-            "family": self.family,
-            "params": self.params,
-            "dim": self.dim,
-            "radius": self.radius,
-            "feature_names": list(self.feature_names),
-        }
 
 
 class UnknownDescriptorError(KeyError):
@@ -207,6 +197,11 @@ def resolve(names: str | Iterable[str]) -> list[DescriptorSpec]:
             else:
                 wanted.add(get(name).name)
     return [spec for name, spec in REGISTRY.items() if name in wanted]
+
+
+def resolve_names(names: str | Iterable[str]) -> list[str]:
+    """Registry names of a selection (see :func:`resolve`), in registry order."""
+    return [spec.name for spec in resolve(names)]
 
 
 def storage_codecs(names: list[str], codec: str = "auto") -> dict[str, str]:

@@ -148,3 +148,55 @@ def test_every_fp_build_option_explains_itself():
     assert not missing, missing
     text = CliRunner().invoke(cli, ["add", "--help"]).output
     assert "[default: float32]" in text and "float16" in text and "zlib" in text
+
+
+def test_build_options_reach_the_builder_unchanged(monkeypatch, tmp_path):
+    """Every fp-build build option lands in the BuildOptions field it names (written out here
+    by hand), and the defaults are BuildOptions' own."""
+    from click.testing import CliRunner
+
+    import builder.build
+    from builder.build import BuildOptions
+    from builder.cli import cli
+
+    seen = []
+
+    def fake_build_store(opts):
+        seen.append(opts)
+        return {"counts": {"rejected": 0}}
+
+    monkeypatch.setattr(builder.build, "build_store", fake_build_store)
+    monkeypatch.setattr(builder.build, "summarize", lambda manifest: "")
+    out = str(tmp_path / "x.lmdb")
+    argv = ["build", str(MP_SAMPLE), "-o", out, "--cutoff", "6.5", "-j", "3", "-t", "band_gap"]
+    argv += ["-t", "e", "--target-unit", "band_gap=eV", "--id-column", "mid", "--cif-column"]
+    argv += ["structure", "--targets-csv", "t.csv", "--format", "csv-cif", "-d", "eadset1,gmp"]
+    argv += ["--dtype", "float16", "--codec", "zlib", "--strict", "--allow-missing-targets"]
+    argv += ["--backend", "dask", "--scheduler", "tcp://h:1", "--chunk-size", "5", "-q"]
+    argv += ["--overwrite"]
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 0, result.output
+    assert seen[-1] == BuildOptions(
+        inputs=[str(MP_SAMPLE)],
+        out=out,
+        cutoff=6.5,
+        jobs=3,
+        targets=["band_gap", "e"],
+        target_units={"band_gap": "eV"},
+        id_column="mid",
+        cif_column="structure",
+        targets_csv="t.csv",
+        fmt="csv-cif",
+        strict=True,
+        allow_missing_targets=True,
+        descriptors=["gmpset1", "gmpset2", "gmpset3", "eadset1"],
+        descriptor_dtype="float16",
+        descriptor_codec={n: "zlib" for n in ["gmpset1", "gmpset2", "gmpset3", "eadset1"]},
+        backend="dask",
+        scheduler="tcp://h:1",
+        chunk_size=5,
+        overwrite=True,
+        progress=False,
+    )
+    assert CliRunner().invoke(cli, ["build", str(MP_SAMPLE), "-o", out]).exit_code == 0
+    assert seen[-1] == BuildOptions(inputs=[str(MP_SAMPLE)], out=out)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from builder.descriptors import registry
-from builder.descriptors.registry import REGISTRY, DescriptorSpec, get, resolve
+from builder.descriptors.registry import REGISTRY, DescriptorSpec, get, resolve, resolve_names
 from builder.neighbors import neighbour_list
 from tests.builder.descriptors.conftest import small_real_structure
 from tests.conftest import REPO
@@ -45,9 +45,6 @@ def test_dims_names_and_radius(name):
     z, pos, cell, pbc = small_real_structure()
     values = spec.compute(z, pos, cell, pbc, neighbour_list(pos, cell, pbc, spec.radius))
     assert values.shape == (len(z), spec.dim) and values.dtype == np.float64
-    entry = spec.to_dict()
-    assert json.loads(json.dumps(entry)) == entry
-    assert entry["feature_names"] == list(spec.feature_names)
 
 
 def test_table3_parameters():
@@ -100,6 +97,13 @@ def test_resolve():
     assert resolve([]) == []
     with pytest.raises(KeyError, match="known"):
         resolve(["wacsfset1", "nope"])
+
+
+def test_resolve_names():
+    assert resolve_names(("eadset2", "wacsf")) == ["wacsfset1", "wacsfset2", "wacsfset3", "eadset2"]
+    assert resolve_names(()) == [] == resolve_names([])
+    with pytest.raises(KeyError, match="known"):
+        resolve_names(("nope",))
 
 
 def test_spec_is_frozen_and_hashable():
