@@ -292,6 +292,14 @@ def base_url(arg: str) -> str:
     return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path, parsed.query, ""))
 
 
+def file_url(base: str, name: str) -> str:
+    """The URL of file ``name`` in the folder ``base`` (a query such as ``?download=1`` is kept
+    after the file name)."""
+    parsed = urllib.parse.urlsplit(base)
+    path = parsed.path + urllib.parse.quote(name)
+    return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, path, parsed.query, ""))
+
+
 def store_name(url: str) -> str:
     """The local store name of a published one: the last component of its folder's URL, with
     ``.lmdb`` (``https://host/x/jdft2d.lmdb/`` and ``.../jdft2d/`` -> ``jdft2d.lmdb``).
@@ -341,7 +349,7 @@ def read_remote_manifest(
         DownloadError: it cannot be had (HTTP errors, retries exhausted, too large).
         StoreError: it is not an acceptable manifest.
     """
-    where = url + MANIFEST_NAME
+    where = file_url(url, MANIFEST_NAME)
     data = _get(where, MAX_MANIFEST_BYTES, timeout, retries, backoff, log)
     with tempfile.TemporaryDirectory(prefix="fp-manifest-") as tmp:
         (Path(tmp) / MANIFEST_NAME).write_bytes(data)
@@ -499,7 +507,7 @@ def fetch_store(
             log(f"  {store / entry['file']}: does not match its manifest entry; fetching it again")
         spec = RemoteFile(
             entry["file"],
-            (url + urllib.parse.quote(entry["file"]),),
+            (file_url(url, entry["file"]),),
             entry["sha256"],
             size=entry["bytes"],
         )
