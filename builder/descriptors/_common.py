@@ -56,7 +56,7 @@ the loop over blocks is the only Python loop over atoms.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -67,6 +67,7 @@ from schemas.record import edge_vectors as record_edge_vectors
 
 __all__ = [
     "GaussianPlan",
+    "blocked_moments",
     "centre_blocks",
     "check_radius",
     "cosine_cutoff",
@@ -398,6 +399,40 @@ def gaussian_moments(
         flat = sums.transpose(1, 3, 0, 2, 4).reshape(n_rows, n_out, g, n_blocks * length)
         out[:, :, _index(f.indices), :] = flat[..., : plan.n_rs]
     return out
+
+
+def blocked_moments(
+    plan: GaussianPlan,
+    edge_values: np.ndarray,
+    counts: np.ndarray,
+    starts: np.ndarray,
+    n_weights: int,
+    weights_of: Callable[[np.ndarray], np.ndarray],
+    reduce: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`gaussian_moments` of every centre, a block of centres (:func:`centre_blocks`) at a
+    time, each block's edges gathered into its padded (centre, slot) table
+    (:func:`padded_index`).
+
+    Args:
+        plan: from :func:`gaussian_plan`.
+        edge_values: (V, E + 1) float64 per-edge values, row 0 the distance d, Å, and a last
+            column of zeros (what padding slots get).
+        counts, starts: (N,) from :func:`edge_starts`.
+        n_weights: W, the weights per edge ``weights_of`` returns.
+        weights_of: (V, C · S) padded values of a block -> (W, C · S) weights (0 in padding).
+        reduce: optional (Q, W) matrix R, as in :func:`gaussian_moments`.
+
+    Returns:
+        (N, W or Q, n_etas, n_rs), the blocks' :func:`gaussian_moments` in centre order.
+    """
+    n_edges = edge_values.shape[1] - 1
+    blocks = []
+    for first, last in centre_blocks(counts, plan.work_per_edge(n_weights)):
+        index = padded_index(counts[first:last], starts[first:last], n_edges)
+        padded = np.take(edge_values, index, axis=1)  # (V, C·S)
+        blocks.append(gaussian_moments(plan, padded[0], weights_of(padded), last - first, reduce))
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 def _index(indices: tuple[int, ...]) -> slice | list[int]:

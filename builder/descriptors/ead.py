@@ -68,15 +68,13 @@ import numpy as np
 
 from builder.descriptors import ead_kernel
 from builder.descriptors._common import (
-    centre_blocks,
+    blocked_moments,
     check_radius,
     cosine_cutoff,
     edge_starts,
     edge_vectors,
     format_value,
-    gaussian_moments,
     gaussian_plan,
-    padded_index,
 )
 from builder.neighbors import NeighbourList
 
@@ -266,16 +264,15 @@ def featurize(
     counts, starts = edge_starts(centre, n_atoms)
     numpy_method = "auto" if method in ("auto", "numpy") else method
     plan = gaussian_plan(etas, rs, rc, n_mono, squared=True, method=numpy_method)
-    blocks = []
-    for first, last in centre_blocks(counts, plan.work_per_edge(n_mono)):
-        index = padded_index(counts[first:last], starts[first:last], n_edges)
-        padded = np.take(edge_values, index, axis=1)  # (5, C·S)
-        # weights[n] = Z_j f_c x^lx y^ly z^lz (raw monomials; their normalisation is in
-        # ``reduce``), each from the monomial with one power less.
+
+    def monomial_weights(padded: np.ndarray) -> np.ndarray:
+        """(n_mono, C·S) Z_j f_c x^lx y^ly z^lz of padded [d, Z_j f_c, x, y, z] (raw monomials;
+        their normalisation is in ``reduce``), each from the monomial with one power less."""
         weights = np.empty((n_mono, padded.shape[1]))
         weights[0] = padded[1]
         for m, (source, axis) in enumerate(recursion, start=1):
             np.multiply(weights[source], padded[2 + axis], out=weights[m])
-        blocks.append(gaussian_moments(plan, padded[0], weights, last - first, reduce))
-    out = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        return weights
+
+    out = blocked_moments(plan, edge_values, counts, starts, n_mono, monomial_weights, reduce)
     return out.reshape(n_atoms, n_features)

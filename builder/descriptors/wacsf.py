@@ -41,14 +41,13 @@ from functools import lru_cache
 import numpy as np
 
 from builder.descriptors._common import (
+    blocked_moments,
     centre_blocks,
     check_radius,
     cosine_cutoff,
     edge_starts,
     format_value,
-    gaussian_moments,
     gaussian_plan,
-    padded_index,
 )
 from builder.neighbors import NeighbourList
 
@@ -144,12 +143,7 @@ def featurize(
     edge_values = np.zeros((2, n_edges + 1))
     edge_values[0, :n_edges] = nl.edge_dist
     edge_values[1, :n_edges] = weight
-    blocks = []
-    for first, last in centre_blocks(counts, plan.work_per_edge(1)):
-        index = padded_index(counts[first:last], starts[first:last], n_edges)
-        padded = np.take(edge_values, index, axis=1)  # (2, C·S)
-        blocks.append(gaussian_moments(plan, padded[0], padded[1:], last - first))
-    out = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    out = blocked_moments(plan, edge_values, counts, starts, 1, lambda padded: padded[1:])
     return out.reshape(n_atoms, n_features)
 
 
