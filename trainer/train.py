@@ -1,9 +1,12 @@
 """The training loop: pre-training on descriptor labels, fine-tuning on properties.
 
-One function, :func:`train`, reads top to bottom: set-up (device, distributed, seeds), data
-(store, splits, label scaling), model (from scratch or ``init``), optimiser and schedule, an
-epoch loop with validation, checkpoints every epoch and on the best validation loss, and a
-final test pass writing predictions. Launch on several GPUs (or CPU processes) with::
+:func:`train` runs one run as named steps, in the order they run (:func:`_train`): set-up
+(:func:`_start`: device, distributed, run directory, seeds), data (:func:`_setup_data`: store,
+splits, label scaling), model (:func:`_setup_model`: from scratch or ``init``), optimiser and
+schedule (:func:`_setup_optimiser`), resume (:func:`_resume`), the epoch loop with validation,
+checkpoints every epoch and on the best validation loss (:func:`_epoch_loop`), and a final test
+pass writing predictions and ``result.json`` (:func:`_test`). Launch on several GPUs (or CPU
+processes) with::
 
     torchrun --nproc_per_node N -m trainer.cli pretrain --store mp.lmdb --descriptor eadset1
 
@@ -22,8 +25,9 @@ import platform
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -436,241 +440,432 @@ def train(cfg: TrainConfig) -> dict:
     return _train(cfg)
 
 
+@dataclass
+class _Run:
+    """Where one run executes and what it resumes (set up by :func:`_start`).
+
+    Attributes:
+        cfg: the run's configuration; ``phase``: what is fixed from outside it.
+        device, rank, world: the device and the process's place among ``world`` processes.
+        resumed: the run's ``last.pt`` when it resumes one, else None.
+    """
+
+    cfg: TrainConfig
+    phase: _Phase
+    device: torch.device
+    rank: int
+    world: int
+    resumed: dict | None
+
+    @property
+    def main(self) -> bool:
+        """The process that writes files and prints (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run_dir)
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.pt"
+
+
+class _Data(NamedTuple):
+    """The run's data (:func:`_setup_data`): the dataset (its ``scaler`` set), the prediction
+    level (``"node"``: descriptor labels per atom, pre-training; ``"graph"``: targets per
+    structure, fine-tuning), the {"train", "val", "test"} record indices and the label
+    scaling."""
+
+    dataset: StoreDataset
+    level: str
+    splits: dict[str, np.ndarray]
+    scaler: LabelScaler
+
+    @property
+    def manifest(self) -> dict:
+        return self.dataset.store.manifest
+
+
+class _Optimiser(NamedTuple):
+    """AdamW and its plateau schedule (:func:`_setup_optimiser`)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+
+
+@dataclass
+class _Progress:
+    """How far the run is (:func:`_resume`; the epoch loop appends to it).
+
+    Attributes:
+        start_epoch: the first epoch still to run (0-based).
+        best_val: the lowest validation loss so far (standardised label units).
+        history: one row per finished epoch (``metrics.csv``).
+    """
+
+    start_epoch: int = 0
+    best_val: float = math.inf
+    history: list[dict] = field(default_factory=list)
+
+
 def _train(cfg: TrainConfig, phase: _Phase | None = None) -> dict:
-    """One run of :func:`train`, with what ``phase`` fixes from outside ``cfg``."""
-    phase = phase or _Phase()
+    """One run of :func:`train`, with what ``phase`` fixes from outside ``cfg``: the steps in
+    the order they run (the order of the random numbers they draw)."""
+    run = _start(cfg, phase or _Phase())
+    data = _setup_data(run)
+    model = _setup_model(run, data)
+    opt = _setup_optimiser(cfg, model)
+    progress = _resume(run, model, opt)
+    _epoch_loop(run, data, model, opt, progress)
+    return _test(run, data, model, progress)
+
+
+def _start(cfg: TrainConfig, phase: _Phase) -> _Run:
+    """Device, processes, the run directory (a run there: refused unless resume with the same
+    configuration, or overwrite), the checkpoint resumed, and the seeds."""
     device = _device(cfg.device)
     rank, world = _init_distributed(device)
-    main = rank == 0
-    prepare_run_dir(cfg, main)  # a run there: refused unless resume (same config) or overwrite
-    run_dir = Path(cfg.run_dir)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    resume = cfg.resume and last_path.exists()
-    ckpt = load_checkpoint(last_path) if resume else None
-    if ckpt is not None and ckpt["config"]["store"] != cfg.store:
-        raise TrainingError(f"{last_path} belongs to a run on {ckpt['config']['store']}")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(cfg, rank == 0)
+    last_path = Path(cfg.run_dir) / "last.pt"
+    resumed = load_checkpoint(last_path) if cfg.resume and last_path.exists() else None
+    if resumed is not None and resumed["config"]["store"] != cfg.store:
+        raise TrainingError(f"{last_path} belongs to a run on {resumed['config']['store']}")
+    if rank == 0:
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     _seed_everything(cfg.seed)
+    return _Run(cfg, phase, device, rank, world, resumed)
 
-    # -- data ------------------------------------------------------------------------------
-    task = "node" if cfg.mode == "pretrain" else "graph"
-    dataset = StoreDataset(cfg.store, task, cfg.labels, cfg.max_neighbors, cfg.cutoff)
+
+# -- data ------------------------------------------------------------------------------------
+def _setup_data(run: _Run) -> _Data:
+    """The store's dataset, its splits and label scaling; a new run writes ``splits.npz`` and
+    ``config.json``. A resumed run must be on the store it began with (same graphs and label
+    hashes) and keeps its split."""
+    cfg, resumed = run.cfg, run.resumed
+    level = "node" if cfg.mode == "pretrain" else "graph"
+    dataset = StoreDataset(cfg.store, level, cfg.labels, cfg.max_neighbors, cfg.cutoff)
     manifest = dataset.store.manifest
-    if ckpt is not None:
-        here = describe_store(manifest, cfg.store, task, ckpt["labels"])
-        check_same_store(last_path, ckpt["store"], here)
-    survey = dataset.survey()  # one pass: targets (graph tasks) and the elements present
+    if resumed is not None:
+        here = describe_store(manifest, cfg.store, level, resumed["labels"])
+        check_same_store(run.last_path, resumed["store"], here)
+    survey = dataset.survey()  # one pass: targets (graph level) and the elements present
     dataset.check_atomic_numbers(model_args(cfg, dataset.label_dim)["max_z"], survey)
-    splits = (
-        {k: np.asarray(v) for k, v in ckpt["splits"].items()}
-        if ckpt
-        else phase.splits or _splits(cfg, len(dataset))
-    )
+    splits = _run_splits(run, len(dataset))
+    scaler = _label_scaler(run, dataset, level, survey.targets, splits["train"])
+    dataset.scaler = scaler
+    if run.main and resumed is None:
+        np.savez(run.run_dir / "splits.npz", **splits)
+        (run.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    return _Data(dataset, level, splits, scaler)
+
+
+def _run_splits(run: _Run, n: int) -> dict[str, np.ndarray]:
+    """The resumed run's split, else the phase's, else the configuration's (of ``n`` records).
+
+    Raises:
+        TrainingError: an empty training or validation split (never a best.pt chosen on 0
+            structures).
+    """
+    cfg = run.cfg
+    if run.resumed:
+        splits = {k: np.asarray(v) for k, v in run.resumed["splits"].items()}
+    else:
+        splits = run.phase.splits or _splits(cfg, n)
     empty = [k for k in ("train", "val") if len(splits[k]) == 0]
-    if empty:  # never a best.pt chosen on 0 structures
+    if empty:
         sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
         how = f"split {cfg.split}"
         if cfg.fold is not None:
             how = f"fold {cfg.fold}, val_fraction {cfg.val_fraction}"
         raise TrainingError(
-            f"{cfg.store}: the {' and '.join(empty)} split of its {len(dataset)} structures is "
+            f"{cfg.store}: the {' and '.join(empty)} split of its {n} structures is "
             f"empty ({sizes}; {how}); give it a larger fraction or use a larger store"
         )
-    if phase.scaler is not None:  # the adaptation: the pre-trained checkpoint's own scaling
-        scaler = phase.scaler
-        if len(scaler.shift) != dataset.label_dim:
+    return splits
+
+
+def _label_scaler(
+    run: _Run, dataset: StoreDataset, level: str, targets: np.ndarray, train: np.ndarray
+) -> LabelScaler:
+    """The label scaling: the phase's (the adaptation: the pre-trained checkpoint's own); for
+    descriptor labels the store manifest's statistics (``label_scaling``); for targets
+    (``targets`` (records, labels), ``train`` the training records) standardisation on the
+    training split (``target_scaling``) or none."""
+    cfg, fixed = run.cfg, run.phase.scaler
+    if fixed is not None:
+        if len(fixed.shift) != dataset.label_dim:
             raise TrainingError(
-                f"{phase.init}: its label scaling has {len(scaler.shift)} features, the "
+                f"{run.phase.init}: its label scaling has {len(fixed.shift)} features, the "
                 f"store's {', '.join(cfg.labels)} {dataset.label_dim}"
             )
-    elif task == "node":
+        return fixed
+    if level == "node":
+        sets = dataset.store.manifest["descriptors"]
         if len(cfg.labels) == 1:
-            stats = manifest["descriptors"][cfg.labels[0]]["stats"]
+            stats = sets[cfg.labels[0]]["stats"]
         else:
-            stats = {
-                k: sum((manifest["descriptors"][n]["stats"][k] for n in cfg.labels), [])
-                for k in ("mean", "std")
-            }
-        scaler = LabelScaler.from_stats(stats, cfg.label_scaling)
-    elif cfg.target_scaling == "standard":
-        scaler = LabelScaler.fit(survey.targets[splits["train"]])
-    else:
-        scaler = LabelScaler.identity(dataset.label_dim)
-    dataset.scaler = scaler
-    if main and not resume:
-        np.savez(run_dir / "splits.npz", **splits)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+            stats = {k: sum((sets[n]["stats"][k] for n in cfg.labels), []) for k in ("mean", "std")}
+        return LabelScaler.from_stats(stats, cfg.label_scaling)
+    if cfg.target_scaling == "standard":
+        return LabelScaler.fit(targets[train])
+    return LabelScaler.identity(dataset.label_dim)
 
-    # -- model, optimiser, schedule ------------------------------------------------------------
-    model = build_model(cfg, dataset.label_dim).to(device)
-    transferred: list[str] = []
-    init_path = phase.init or cfg.init
-    if init_path and not resume:
-        init = load_checkpoint(init_path)
-        ours = model_args(cfg, dataset.label_dim)
-        differ = [
-            k
-            for k, v in init["model_args"].items()
-            if k in ours and k not in ("mode", "out_dim", "max_neighbors") and ours[k] != v
-        ]
-        if differ:
-            raise TrainingError(
-                f"{init_path}: its model differs from this run's in "
-                + ", ".join(f"{k} ({init['model_args'][k]} vs {ours[k]})" for k in differ)
+
+# -- model, optimiser, schedule ----------------------------------------------------------------
+def _setup_model(run: _Run, data: _Data) -> torch.nn.Module:
+    """The model ``cfg`` describes, on the run's device, with the weights of its ``init`` (the
+    phase's, else ``cfg.init``) when it starts a new run from one."""
+    cfg = run.cfg
+    model = build_model(cfg, data.dataset.label_dim).to(run.device)
+    init_path = run.phase.init or cfg.init
+    if init_path and run.resumed is None:
+        _load_init(run, model, init_path, data)
+    return model
+
+
+def _load_init(run: _Run, model: torch.nn.Module, init_path: str, data: _Data) -> None:
+    """Load checkpoint ``init_path`` into ``model``: every tensor (``keep_head``: continued
+    pre-training) or :func:`transfer_weights` (the head's last layer re-initialised).
+
+    Raises:
+        TrainingError: its model differs from this run's (the differing keys named).
+    """
+    cfg, main = run.cfg, run.main
+    init = load_checkpoint(init_path)
+    ours = model_args(cfg, data.dataset.label_dim)
+    differ = [
+        k
+        for k, v in init["model_args"].items()
+        if k in ours and k not in ("mode", "out_dim", "max_neighbors") and ours[k] != v
+    ]
+    if differ:
+        raise TrainingError(
+            f"{init_path}: its model differs from this run's in "
+            + ", ".join(f"{k} ({init['model_args'][k]} vs {ours[k]})" for k in differ)
+        )
+    if run.phase.keep_head:  # continued pre-training: every tensor, nothing re-initialised
+        loaded = _load_whole(model, init["model"], init_path)
+        if main:
+            print(
+                f"adapt: all {len(loaded)} tensors of {init_path}; pre-training "
+                f"continues on {len(data.splits['train'])} structures of {cfg.store}"
             )
-        if phase.keep_head:  # continued pre-training: every tensor, nothing re-initialised
-            transferred = _load_whole(model, init["model"], init_path)
-            if main:
-                print(
-                    f"adapt: all {len(transferred)} tensors of {init_path}; pre-training "
-                    f"continues on {len(splits['train'])} structures of {cfg.store}"
-                )
-        else:
-            transferred = transfer_weights(model, init["model"])
-            if main:
-                print(f"init: {len(transferred)} tensors copied from {init_path}")
+    else:
+        copied = transfer_weights(model, init["model"])
+        if main:
+            print(f"init: {len(copied)} tensors copied from {init_path}")
+
+
+def _setup_optimiser(cfg: TrainConfig, model: torch.nn.Module) -> _Optimiser:
+    """AdamW (``lr``, ``weight_decay``) and ReduceLROnPlateau (``plateau_*``, ``min_lr``)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
     )
-    start_epoch, best_val, history = 0, math.inf, []
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, best_val, history = ckpt["epoch"] + 1, ckpt["best_val"], ckpt["history"]
-        restore_rng(ckpt["rng"])
+    return _Optimiser(optimizer, scheduler)
+
+
+def _resume(run: _Run, model: torch.nn.Module, opt: _Optimiser) -> _Progress:
+    """A resumed run's model, optimiser, schedule, RNG states and history (from its
+    ``last.pt``); a new run's empty progress."""
+    ckpt = run.resumed
+    if ckpt is None:
+        return _Progress()
+    model.load_state_dict(ckpt["model"])
+    opt.optimizer.load_state_dict(ckpt["optimizer"])
+    opt.scheduler.load_state_dict(ckpt["scheduler"])
+    restore_rng(ckpt["rng"])
+    return _Progress(ckpt["epoch"] + 1, ckpt["best_val"], ckpt["history"])
+
+
+# -- epochs ------------------------------------------------------------------------------------
+def _distributed(model: torch.nn.Module, run: _Run) -> torch.nn.Module:
+    """``model`` as the steps call it: under DDP with several processes, compiled if asked."""
     net = model
-    if world > 1:
+    if run.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model, device_ids=[run.device.index] if run.device.type == "cuda" else None
         )
-    if cfg.compile:
+    if run.cfg.compile:
         net = torch.compile(net, dynamic=True)
+    return net
+
+
+def _epoch_loop(
+    run: _Run, data: _Data, model: torch.nn.Module, opt: _Optimiser, progress: _Progress
+) -> None:
+    """Epochs ``progress.start_epoch`` … ``cfg.epochs`` − 1: train, validate, step the
+    schedule, append to ``progress`` and save (:func:`_save_epoch`)."""
+    cfg, device, world = run.cfg, run.device, run.world
+    net = _distributed(model, run)
     autocast = _autocast(cfg.amp, device)
-
-    train_sampler = EpochSampler(splits["train"], cfg.seed, True, rank, world)
-    train_loader = _loader(dataset, train_sampler, cfg, device)
-    val_loader = _loader(
-        dataset, EpochSampler(splits["val"], cfg.seed, False, rank, world), cfg, device
-    )
-    writer = _tensorboard(run_dir) if main else None
-
-    def checkpoint(epoch: int) -> dict:
-        """The run's state in checkpoint format 2 (trainer.checkpoint): tensors and plain
-        values only, with the model's architecture, what it predicts and the store's hashes."""
-        return {
-            "format": FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "model": model.state_dict(),
-            "model_args": model_args(cfg, dataset.label_dim),
-            "predicts": describe_predictions(manifest, task, cfg.labels),
-            "labels": list(cfg.labels),
-            "scaler": scaler.to_dict(),
-            "store": describe_store(manifest, cfg.store, task, cfg.labels),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "best_val": float(best_val),
-            "history": history,
-            "rng": rng_state(),
-            "config": cfg.to_dict(),
-            "splits": {k: torch.from_numpy(np.asarray(v, np.int64)) for k, v in splits.items()},
-            **({"adapted": phase.adapted} if phase.adapted else {}),
-        }
-
-    # -- epochs --------------------------------------------------------------------------------
-    step = sum(h["steps"] for h in history)
-    for epoch in range(start_epoch, cfg.epochs):
+    train_sampler = EpochSampler(data.splits["train"], cfg.seed, True, run.rank, world)
+    train_loader = _loader(data.dataset, train_sampler, cfg, device)
+    val_sampler = EpochSampler(data.splits["val"], cfg.seed, False, run.rank, world)
+    val_loader = _loader(data.dataset, val_sampler, cfg, device)
+    writer = _tensorboard(run.run_dir) if run.main else None
+    step = sum(h["steps"] for h in progress.history)
+    for epoch in range(progress.start_epoch, cfg.epochs):
         train_sampler.set_epoch(epoch)
-        net.train()
         started = time.perf_counter()
-        total, count, steps = 0.0, 0, 0
-        bar = _bar(train_loader, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and main)
-        for batch in bar:
-            batch = batch.to(device, non_blocking=True)
-            with autocast:
-                pred = _forward(net, batch)
-            loss = _l1(pred, batch.y)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {steps + 1}, "
-                    f"lr {optimizer.param_groups[0]['lr']:.2e}; stopping (last good checkpoint: "
-                    f"{last_path if last_path.exists() else 'none'})"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimizer.step()
-            total += loss.item() * batch.num_graphs
-            count += batch.num_graphs
-            steps += 1
-            step += 1
-            if writer is not None and step % cfg.log_every == 0:
-                writer.add_scalar("train/loss_step", loss.item(), step)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        train_loss = _reduce_mean(total, count, device, world)
-        val_loss, val_mae = _evaluate_loss(net, val_loader, device, autocast, scaler, world)
-        scheduler.step(val_loss)
-        improved = val_loss < best_val
-        best_val = min(best_val, val_loss)
+        train_loss, steps = _train_epoch(
+            run, net, model, opt.optimizer, train_loader, autocast, epoch, writer, step
+        )
+        step += steps
+        val_loss, val_mae = _evaluate_loss(net, val_loader, device, autocast, data.scaler, world)
+        opt.scheduler.step(val_loss)
+        improved = val_loss < progress.best_val
+        progress.best_val = min(progress.best_val, val_loss)
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
             "val_loss": val_loss,
             "val_mae": val_mae,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": opt.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
             "steps": steps,
         }
-        history.append(row)
-        if main:
-            state = checkpoint(epoch)
-            save_checkpoint(state, last_path)
-            if improved:
-                save_checkpoint(state, best_path)
-            if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-                save_checkpoint(state, run_dir / f"epoch{epoch + 1}.pt")  # kept (epoch ablation)
-            _write_csv(run_dir / "metrics.csv", history)
-            if writer is not None:
-                for key in ("train_loss", "val_loss", "val_mae", "lr"):
-                    writer.add_scalar(f"epoch/{key}", row[key], epoch + 1)
-                writer.flush()
-            print(  # one line per epoch, progress bars or not
-                f"epoch {epoch + 1}: train {train_loss:.4f}  val {val_loss:.4f}  "
-                f"val MAE {val_mae:.4g}  lr {row['lr']:.2e}  {row['seconds']:.1f}s",
-                flush=True,
-            )
+        progress.history.append(row)
+        if run.main:
+            state = _checkpoint_state(run, data, model, opt, progress, epoch)
+            _save_epoch(run, state, epoch, improved, writer)
     if world > 1:
         dist.barrier()
+    if writer is not None:
+        writer.close()
 
-    # -- test with the best weights --------------------------------------------------------------
-    result = {
-        "epochs": len(history),
-        "best_val_loss": best_val,
-        "device": device_name(device),
-        "bf16_autocast": _uses_bf16(cfg.amp, device),
-        **({"adapted": phase.adapted} if phase.adapted else {}),
+
+def _train_epoch(
+    run: _Run, net, model, optimizer, loader, autocast, epoch: int, writer, step: int
+) -> tuple[float, int]:
+    """One pass over the training split: L1 loss, backward, gradient-norm clip, AdamW step;
+    TensorBoard's per-step loss every ``log_every`` steps (``step``: the steps before this
+    epoch). Returns the mean training loss over all processes and this epoch's steps.
+
+    Raises:
+        TrainingError: a non-finite loss (naming the epoch, step, lr and the last checkpoint).
+    """
+    cfg = run.cfg
+    net.train()
+    total, count, steps = 0.0, 0, 0
+    bar = _bar(loader, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and run.main)
+    for batch in bar:
+        batch = batch.to(run.device, non_blocking=True)
+        with autocast:
+            pred = _forward(net, batch)
+        loss = _l1(pred, batch.y)
+        if not torch.isfinite(loss):
+            last = run.last_path
+            raise TrainingError(
+                f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {steps + 1}, "
+                f"lr {optimizer.param_groups[0]['lr']:.2e}; stopping (last good checkpoint: "
+                f"{last if last.exists() else 'none'})"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        optimizer.step()
+        total += loss.item() * batch.num_graphs
+        count += batch.num_graphs
+        steps += 1
+        if writer is not None and (step + steps) % cfg.log_every == 0:
+            writer.add_scalar("train/loss_step", loss.item(), step + steps)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    return _reduce_mean(total, count, run.device, run.world), steps
+
+
+def _checkpoint_state(
+    run: _Run,
+    data: _Data,
+    model: torch.nn.Module,
+    opt: _Optimiser,
+    progress: _Progress,
+    epoch: int,
+) -> dict:
+    """The run's state after ``epoch`` in checkpoint format 2 (trainer.checkpoint): tensors and
+    plain values only, with the model's architecture, what it predicts and the store's
+    hashes."""
+    cfg, adapted = run.cfg, run.phase.adapted
+    manifest = data.manifest
+    return {
+        "format": FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": model.state_dict(),
+        "model_args": model_args(cfg, data.dataset.label_dim),
+        "predicts": describe_predictions(manifest, data.level, cfg.labels),
+        "labels": list(cfg.labels),
+        "scaler": data.scaler.to_dict(),
+        "store": describe_store(manifest, cfg.store, data.level, cfg.labels),
+        "optimizer": opt.optimizer.state_dict(),
+        "scheduler": opt.scheduler.state_dict(),
+        "epoch": epoch,
+        "best_val": float(progress.best_val),
+        "history": progress.history,
+        "rng": rng_state(),
+        "config": cfg.to_dict(),
+        "splits": {k: torch.from_numpy(np.asarray(v, np.int64)) for k, v in data.splits.items()},
+        **({"adapted": adapted} if adapted else {}),
     }
-    if main and best_path.exists() and phase.test:
-        model.load_state_dict(load_checkpoint(best_path)["model"])
+
+
+def _save_epoch(run: _Run, state: dict, epoch: int, improved: bool, writer) -> None:
+    """The main process's files after ``epoch``: ``last.pt``, ``best.pt`` when it improved,
+    ``epochN.pt`` every ``save_every`` epochs, ``metrics.csv``, the epoch's TensorBoard
+    scalars and one printed line."""
+    cfg, history = run.cfg, state["history"]
+    save_checkpoint(state, run.last_path)
+    if improved:
+        save_checkpoint(state, run.best_path)
+    if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+        save_checkpoint(state, run.run_dir / f"epoch{epoch + 1}.pt")  # kept (epoch ablation)
+    _write_csv(run.run_dir / "metrics.csv", history)
+    row = history[-1]
+    if writer is not None:
+        for key in ("train_loss", "val_loss", "val_mae", "lr"):
+            writer.add_scalar(f"epoch/{key}", row[key], epoch + 1)
+        writer.flush()
+    print(  # one line per epoch, progress bars or not
+        f"epoch {epoch + 1}: train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
+        f"val MAE {row['val_mae']:.4g}  lr {row['lr']:.2e}  {row['seconds']:.1f}s",
+        flush=True,
+    )
+
+
+# -- test with the best weights ------------------------------------------------------------------
+def _test(run: _Run, data: _Data, model: torch.nn.Module, progress: _Progress) -> dict:
+    """The run's result: epochs, best validation loss, device, bf16 (and ``adapted``); with
+    ``phase.test``, the main process loads ``best.pt``, adds the test split's MAE, writes
+    ``test_predictions.csv`` (graph level) and ``result.json``."""
+    cfg, adapted = run.cfg, run.phase.adapted
+    result = {
+        "epochs": len(progress.history),
+        "best_val_loss": progress.best_val,
+        "device": device_name(run.device),
+        "bf16_autocast": _uses_bf16(cfg.amp, run.device),
+        **({"adapted": adapted} if adapted else {}),
+    }
+    if run.main and run.best_path.exists() and run.phase.test:
+        model.load_state_dict(load_checkpoint(run.best_path)["model"])
+        test = data.splits["test"]
         result.update(
             evaluate_split(
                 model,
-                dataset,
-                splits["test"],
+                data.dataset,
+                test,
                 cfg,
-                device,
-                scaler,
-                run_dir / "test_predictions.csv",
+                run.device,
+                data.scaler,
+                run.run_dir / "test_predictions.csv",
             )
         )
-        (run_dir / "result.json").write_text(json.dumps(result, indent=1))
-        print(f"test MAE {result['test_mae']:.6g} ({len(splits['test'])} structures)")
-    if writer is not None:
-        writer.close()
+        (run.run_dir / "result.json").write_text(json.dumps(result, indent=1))
+        print(f"test MAE {result['test_mae']:.6g} ({len(test)} structures)")
     return result
 
 
