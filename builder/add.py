@@ -1,21 +1,23 @@
 """``fp-build add``: add descriptor label sets to a finished LMDB store, graphs untouched.
 
-New sets are written under their own keys (``d/<set>/<index>``); the graphs are only read. A
-set becomes part of the store when the manifest lists it, which happens in one atomic rename
-after the last record is written: until then readers do not see it. Progress is committed
-with every batch, so an interrupted ``add`` (``kill -9`` included) resumes where it stopped
-when run again. Adding a set already present is a no-op unless ``force`` (which first drops the
-set from the manifest, so old and new labels are never mixed).
+A store of parts (:mod:`schemas.lmdb_store`) gets one new part per set, ``labels-<set>.mdb``;
+no file of the store is written in place. A set is computed into its own working environment,
+``STORE/.labels-<set>.partial/``, with its progress committed with every batch, so an
+interrupted ``add`` (``kill -9`` included) resumes where it stopped when run again; then its
+part is written under a temporary name, fsynced and renamed into place, and the set becomes
+part of the store when the manifest lists it (with the part's size and sha256), in one atomic
+rename: until then readers do not see it. Adding a set already present is a no-op unless
+``force`` (which first drops the set from the manifest, so old and new labels are never mixed).
+A single-file store (schema 1) is read-only: ``add`` refuses it, naming ``fp-build convert``.
 
 Safe alongside other users of the store:
 
 - one writer at a time: ``add`` holds the store's lock (:class:`builder.bookkeeping.StoreLock`)
   for its whole run, so a second ``add`` (or a ``build --overwrite`` of the same store) is
   refused at once, and the manifest's read-modify-write updates never lose a set;
-- readers that have the store open keep reading correct records: LMDB reuses the pages that a
-  commit frees only when no registered reader still sees them, and readers open stores without
-  registering (``lock=False``), so ``add`` itself keeps the snapshot it started from registered
-  for the whole run; no page any reader may be using is overwritten while it runs;
+- readers that have the store open keep reading correct records: ``graphs.mdb`` and the other
+  parts are only read, and a part replaced by ``--force`` is a new file (a reader keeps the
+  one it opened);
 - a set that cannot be computed for an element of the store (GMP: no model density for
   Z ≥ 95) is refused before any work, naming the set, the elements and a record;
 - a full disk ends the run with one line; rerunning after freeing space resumes.
@@ -24,6 +26,8 @@ Safe alongside other users of the store:
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 from builder.bookkeeping import (
-    PROGRESS_KEY,
     StoreLock,
     add_progress_key,
     descriptor_entry,
@@ -52,10 +55,19 @@ from builder.labels import (
 )
 from builder.lmdb_writer import LmdbWriter
 from builder.parallel import available_cores, progress_bar, run_parallel
+from builder.parts import clean_leftovers, label_prefix, write_part
 from builder.structure import element_label
-from schemas.lmdb_store import close_env, descriptor_key, graph_key
-from schemas.manifest import MANIFEST_NAME, combine_content_hash, read_manifest, write_json_atomic
-from schemas.record import decode_record
+from schemas.lmdb_store import LmdbStore, close_env, descriptor_key
+from schemas.manifest import (
+    GRAPHS_PART,
+    MANIFEST_NAME,
+    combine_content_hash,
+    part_file,
+    read_manifest,
+    schema_major,
+    write_json_atomic,
+)
+from schemas.store import open_store
 
 __all__ = ["add_descriptors"]
 
@@ -74,11 +86,16 @@ def label_chunk(
 
 
 def _record_chunks(
-    writer: LmdbWriter, start: int, stop: int, size: int
+    graphs: LmdbStore, start: int, stop: int, size: int
 ) -> Iterator[tuple[int, list[dict]]]:
     for first in range(start, stop, size):
         last = min(first + size, stop)
-        yield first, [decode_record(writer.get(graph_key(i))) for i in range(first, last)]
+        yield first, [graphs.get(i, descriptors=[]) for i in range(first, last)]
+
+
+def working_dir(store: Path, name: str) -> Path:
+    """Where ``add`` computes set ``name`` before its part is written (hidden)."""
+    return store / f".labels-{name}.partial"
 
 
 def add_descriptors(
@@ -113,52 +130,85 @@ def add_descriptors(
             raise BuildError(
                 f"{store}: sets are added to LMDB stores; add them there and re-export to Zarr"
             )
+        if schema_major(manifest["schema_version"], store) == 1:
+            raise BuildError(
+                f"{store} is a single-file store (schema {manifest['schema_version']}), "
+                f"read-only; convert it to parts first with `fp-build convert {store}`"
+            )
         present = manifest.get("descriptors", {})
-        todo = [s.name for s in specs if force or s.name not in present]
+        here = [name for name in present if (store / part_file(name)).exists()]
+        todo = [s.name for s in specs if force or s.name not in here]  # absent sets: again
         skipped = [s.name for s in specs if s.name not in todo]
+        _clean_finished(store, [name for name in here if name not in todo])
         if progress and skipped:
             print(f"already present (use --force to recompute): {', '.join(skipped)}")
         if not todo:
             return manifest
-        close_env(str(store.resolve()))  # this process's read handle must not outlive writes
-        writer = LmdbWriter(store)
-        try:
-            # Registered for the whole run, this snapshot stops LMDB from reusing any page
-            # that readers (lock=False, so invisible to LMDB) may still be reading.
-            pin = writer.env.begin()
-            _check_elements(writer, store, todo, int(manifest["counts"]["records"]))
-            if force and any(name in present for name in todo):
-                kept = {k: v for k, v in present.items() if k not in todo}
-                manifest = _with_descriptors(manifest, kept)
-                write_json_atomic(store / MANIFEST_NAME, manifest)
-            run = _Run(
-                available_cores() if jobs in (-1, 0) else jobs,
-                backend,
-                scheduler,
-                chunk_size,
-                progress,
-                stop_after_chunks,
-            )
-            for name in todo:
-                labels = LabelConfig((name,), dtype, tuple(sorted((codec or {}).items())))
-                entry = _add_set(writer, store, manifest, name, labels, force, run)
-                if entry is None:
-                    break  # stopped early on purpose (tests)
-                current = read_manifest(store)
-                descriptors = {**current.get("descriptors", {}), name: entry}
-                manifest = _with_descriptors(current, descriptors)
-                write_json_atomic(store / MANIFEST_NAME, manifest)
-            pin.abort()
-        except BaseException:
-            close_quietly(writer)
-            raise
-        writer.close()
+        graphs = open_store(store, descriptors=[])
+        _check_elements(graphs, store, todo, int(manifest["counts"]["records"]))
+        if force and any(name in present for name in todo):
+            kept = {k: v for k, v in present.items() if k not in todo}
+            manifest = _with_descriptors(manifest, kept)
+            write_json_atomic(store / MANIFEST_NAME, manifest)
+        run = _Run(
+            available_cores() if jobs in (-1, 0) else jobs,
+            backend,
+            scheduler,
+            chunk_size,
+            progress,
+            stop_after_chunks,
+        )
+        for name in todo:
+            labels = LabelConfig((name,), dtype, tuple(sorted((codec or {}).items())))
+            done = _add_part(graphs, store, manifest, name, labels, force, run)
+            if done is None:
+                break  # stopped early on purpose (tests)
+            entry, part = done
+            current = read_manifest(store)
+            descriptors = {**current.get("descriptors", {}), name: entry}
+            manifest = _with_descriptors(current, descriptors, {name: part})
+            write_json_atomic(store / MANIFEST_NAME, manifest)
+            close_env(os.path.realpath(store / part["file"]))  # a handle on a replaced file
+            shutil.rmtree(working_dir(store, name))
     return manifest
+
+
+def _clean_finished(store: Path, listed: list[str]) -> None:
+    """Remove what a killed ``add`` left behind: part files being written, and the working
+    environments of sets the manifest already lists (killed after its update)."""
+    clean_leftovers(store)
+    for name in listed:
+        shutil.rmtree(working_dir(store, name), ignore_errors=True)
+
+
+def _add_part(
+    graphs: LmdbStore,
+    store: Path,
+    manifest: dict,
+    name: str,
+    labels: LabelConfig,
+    force: bool,
+    run: _Run,
+) -> tuple[dict, dict] | None:
+    """Compute (or finish computing) one set in its working environment, then write its part.
+    Returns its manifest entry and part entry, or None when stopped early on purpose."""
+    writer = LmdbWriter(working_dir(store, name))
+    try:
+        entry = _add_set(writer, graphs, manifest, name, labels, force, run)
+        part = None
+        if entry is not None:
+            with writer.env.begin(buffers=False) as txn:
+                part = write_part(txn, [label_prefix(name)], store / part_file(name))
+    except BaseException:
+        close_quietly(writer)
+        raise
+    writer.close()
+    return None if entry is None else (entry, part)
 
 
 def _add_set(
     writer: LmdbWriter,
-    store: Path,
+    graphs: LmdbStore,
     manifest: dict,
     name: str,
     labels: LabelConfig,
@@ -175,7 +225,7 @@ def _add_set(
         writer.write(
             [(add_progress_key(name), json.dumps(state).encode()), (stats_key(name), None)]
         )
-    if not _add_one(writer, name, labels, state, n, float(manifest["cutoff"]), run):
+    if not _add_one(writer, graphs, name, labels, state, n, float(manifest["cutoff"]), run):
         return None
     return descriptor_entry(
         name,
@@ -188,33 +238,29 @@ def _add_set(
     )
 
 
-def store_elements(writer: LmdbWriter, n: int) -> dict[int, tuple[int, int]]:
-    """Atomic number -> (records holding it, first such record) over the whole store: from the
-    build's bookkeeping when it has them, else by reading every graph record."""
-    progress = writer.read_json(PROGRESS_KEY) or {}
-    known = progress.get("elements")
-    if known is not None and progress.get("records") == n:
-        return {int(z): (int(c), int(f)) for z, (c, f) in known.items()}
+def store_elements(graphs: LmdbStore, n: int) -> dict[int, tuple[int, int]]:
+    """Atomic number -> (records holding it, first such record) over the whole store, by
+    reading every graph record."""
     out: dict[int, tuple[int, int]] = {}
     for i in range(n):
-        for z in np.unique(decode_record(writer.get(graph_key(i)))["z"]).tolist():
+        for z in np.unique(graphs.get(i, descriptors=[])["z"]).tolist():
             count, first = out.get(z, (0, i))
             out[z] = (count + 1, first)
     return out
 
 
-def _check_elements(writer: LmdbWriter, store: Path, names: list[str], n: int) -> None:
+def _check_elements(graphs: LmdbStore, store: Path, names: list[str], n: int) -> None:
     """Refuse, before any work, sets that cannot be computed for an element of the store."""
     if not any(_has_element_limits(name) for name in names):
         return
-    elements = store_elements(writer, n)
+    elements = store_elements(graphs, n)
     missing = unsupported_elements(names, np.array(sorted(elements), dtype=np.int64))
     if not missing:
         return
     name, numbers = next(iter(missing.items()))
     records = sum(elements[z][0] for z in numbers)
     first = min(elements[z][1] for z in numbers)
-    record_id = decode_record(writer.get(graph_key(first)))["id"]
+    record_id = graphs.get(first, descriptors=[])["id"]
     also = f" (also {', '.join(list(missing)[1:])})" if len(missing) > 1 else ""
     raise BuildError(
         f"{store}: cannot add {name}{also}: no GMP density for element "
@@ -244,6 +290,7 @@ class _Run:
 
 def _add_one(
     writer: LmdbWriter,
+    graphs: LmdbStore,
     name: str,
     labels: LabelConfig,
     state: dict,
@@ -258,7 +305,7 @@ def _add_one(
     starts = []
 
     def tasks():
-        for first, records in _record_chunks(writer, state["done"], n, run.chunk_size):
+        for first, records in _record_chunks(graphs, state["done"], n, run.chunk_size):
             starts.append(first)
             yield records, cutoff, labels
 
@@ -298,11 +345,14 @@ def _add_one(
     return True
 
 
-def _with_descriptors(manifest: dict, descriptors: dict) -> dict:
-    """The manifest with a new descriptor table and the content hash that goes with it."""
+def _with_descriptors(manifest: dict, descriptors: dict, new_parts: dict | None = None) -> dict:
+    """The manifest with a new descriptor table, the parts that go with it (the kept sets'
+    and ``new_parts``) and its content hash."""
+    parts = {**manifest.get("parts", {}), **(new_parts or {})}
     return {
         **manifest,
         "descriptors": descriptors,
+        "parts": {k: v for k, v in parts.items() if k == GRAPHS_PART or k in descriptors},
         "content_hash": combine_content_hash(
             manifest["graphs_hash"], {k: v["hash"] for k, v in descriptors.items()}
         ),

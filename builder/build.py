@@ -67,16 +67,18 @@ from builder.graph import graph_record
 from builder.labels import CastError, LabelAccumulator, LabelConfig, compute_labels
 from builder.lmdb_writer import LmdbWriter
 from builder.parallel import available_cores, chunks, progress_bar, run_parallel
+from builder.parts import remove_working_env, split_working_env
 from builder.provenance import environment
 from builder.readers import RawItem, open_input
 from builder.stats import FeatureStats
 from builder.structure import Rejected, check_targets, element_label, to_arrays
-from schemas.lmdb_store import SIZES_KEY, close_env, descriptor_key, graph_key
+from schemas.lmdb_store import LEGACY_FILE, SIZES_KEY, close_env, descriptor_key, graph_key
 from schemas.manifest import (
     FORMAT_NAME,
     MANIFEST_NAME,
     SCHEMA_VERSION,
     combine_content_hash,
+    read_manifest,
     write_json_atomic,
 )
 from schemas.record import GRAPH_FIELDS, encode_record, record_digest
@@ -356,6 +358,8 @@ def _build_locked(opts: BuildOptions, partial: Path) -> dict | None:
         for p, fmt, _, _ in opened
     ]
     fingerprint = _fingerprint(opts, sources, target_names)
+    if (partial / MANIFEST_NAME).is_file() and not (partial / LEGACY_FILE).exists():
+        return read_manifest(partial)  # finished, killed just before it was put in place
 
     writer = LmdbWriter(partial, map_size=opts.map_size)
     try:
@@ -393,7 +397,9 @@ def _build_locked(opts: BuildOptions, partial: Path) -> dict | None:
 
 
 def _put_in_place(final: Path, partial: Path, old_lock: StoreLock | None) -> None:
-    """Rename the finished ``partial`` to ``final`` (``--overwrite``: swap, drop the old)."""
+    """Remove the working environment from the finished ``partial`` (its parts hold the
+    store), then rename it to ``final`` (``--overwrite``: swap, drop the old)."""
+    remove_working_env(partial)
     if not final.exists():
         partial.rename(final)
         return
@@ -663,6 +669,8 @@ def _finalise(
             n_atoms,
         )
     _write_rejected_csv(writer, partial)
+    with writer.env.begin(buffers=False) as txn:
+        parts = split_working_env(txn, partial, labels.names)
     manifest = {
         "format": FORMAT_NAME,
         "schema_version": SCHEMA_VERSION,
@@ -694,6 +702,7 @@ def _finalise(
             },
             "environment": environment(),
         },
+        "parts": parts,
     }
     write_json_atomic(partial / MANIFEST_NAME, manifest)
     return manifest

@@ -258,6 +258,22 @@ def verify(store, quiet) -> None:
 
 @cli.command()
 @click.argument("store")
+def convert(store) -> None:
+    """Convert a single-file STORE (schema 1, data.mdb) into a store of parts, in place
+    (records and content hash unchanged; safe to interrupt: rerun it)."""
+    from builder.parts import convert as convert_store
+
+    manifest, converted = convert_store(store)
+    if not converted:
+        click.echo(f"{store}: already a store of parts (schema {manifest['schema_version']})")
+        return
+    parts = ", ".join(entry["file"] for entry in manifest["parts"].values())
+    click.echo(f"{store}: converted to parts ({parts})")
+    click.echo(f"content hash {manifest['content_hash']}")
+
+
+@cli.command()
+@click.argument("store")
 @click.option(
     "--format",
     "fmt",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from builder.parallel import progress_bar
-from schemas.manifest import MANIFEST_NAME, write_json_atomic
+from schemas.manifest import MANIFEST_NAME, combine_content_hash, write_json_atomic
 from schemas.store import Store
 
 __all__ = ["export_zarr", "export_extxyz"]
@@ -36,8 +36,10 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 def export_zarr(store: Store, out: str | os.PathLike, progress: bool = True) -> Path:
     """Write ``store`` as a Zarr store at ``out`` (layout in :mod:`schemas.zarr_store`).
 
-    The manifest is copied with ``backend: "zarr"``; the content hash is unchanged because it
-    is defined over the records' logical content.
+    The manifest is copied with ``backend: "zarr"`` and without the LMDB ``parts``; the
+    content hash is unchanged because it is defined over the records' logical content (a store
+    of parts lacking some of its label sets exports those present, and its twin's manifest
+    lists only them).
     """
     import zarr
 
@@ -121,7 +123,7 @@ def export_zarr(store: Store, out: str | os.PathLike, progress: bool = True) -> 
     flush()
     array("atom_offsets", (n_rec + 1,), "int64", 1 << 20)[:] = atom_off
     array("edge_offsets", (n_rec + 1,), "int64", 1 << 20)[:] = edge_off
-    manifest = {**m, "backend": "zarr"}
+    manifest = _zarr_manifest(m, names)
     group.attrs["manifest"] = manifest
     rejected = store.path / "rejected.csv"
     if rejected.exists():
@@ -129,6 +131,20 @@ def export_zarr(store: Store, out: str | os.PathLike, progress: bool = True) -> 
     write_json_atomic(tmp / MANIFEST_NAME, manifest)
     tmp.rename(out)
     return out
+
+
+def _zarr_manifest(m: dict, names: list[str]) -> dict:
+    """The twin's manifest: the store's, ``backend: "zarr"``, without the LMDB ``parts``, and
+    listing only the label sets exported (those present; the content hash follows)."""
+    manifest = {k: v for k, v in m.items() if k != "parts"}
+    manifest["backend"] = "zarr"
+    descriptors = m.get("descriptors", {})
+    if list(descriptors) != list(names):
+        manifest["descriptors"] = {name: descriptors[name] for name in names}
+        manifest["content_hash"] = combine_content_hash(
+            m["graphs_hash"], {name: descriptors[name]["hash"] for name in names}
+        )
+    return manifest
 
 
 def _xyz_value(value) -> str:

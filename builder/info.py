@@ -9,6 +9,7 @@ import numpy as np
 from builder.sizes import disk_bytes, human_bytes
 from builder.stats import FeatureStats
 from schemas import MANIFEST_NAME, RecordError, StoreError, open_store, read_manifest
+from schemas.manifest import schema_major
 from schemas.record import validate_graph_record
 from schemas.store import Store, compute_hashes
 
@@ -59,7 +60,37 @@ def describe(store: str | Path) -> str:
         )
     if not m.get("descriptors"):
         lines.append("  labels     none (add with: fp-build add STORE --descriptor NAME)")
+    lines += _layout_lines(store, m)
     return "\n".join(lines)
+
+
+def _part_state(store: Path, entry: dict) -> tuple[str, int | None]:
+    """(``"present"`` | ``"absent"`` | ``"wrong size"``, bytes on disk or None) of a part."""
+    try:
+        size = (store / entry["file"]).stat().st_size
+    except FileNotFoundError:
+        return "absent", None
+    return ("present" if size == entry["bytes"] else "wrong size"), size
+
+
+def _layout_lines(store: Path, m: dict) -> list[str]:
+    """The store's files: its parts, each with its size and whether it is here."""
+    if m.get("backend") != "lmdb":
+        return []
+    if schema_major(m["schema_version"], store) == 1:
+        return [
+            "layout       single file data.mdb (schema 1, read-only; `fp-build convert "
+            f"{store}` makes it a store of parts)"
+        ]
+    lines = ["parts"]
+    for entry in m["parts"].values():
+        state, size = _part_state(store, entry)
+        note = f" ({size:,} bytes here: damaged or cut short)" if state == "wrong size" else ""
+        lines.append(
+            f"  {entry['file']:<26} {human_bytes(entry['bytes']):>10}  "
+            f"sha256 {entry['sha256'][:16]}…  {state}{note}"
+        )
+    return lines
 
 
 class _Checks:
@@ -152,16 +183,21 @@ def verify_store(store: str | Path, progress: bool = True) -> tuple[bool, list[s
 
     Raises:
         StoreError: ``store`` is not a store at all (no such directory, no manifest).
+
+    A store of parts also has each present part's size and sha256 compared with the manifest
+    (a mismatch is reported and fails the store); parts absent here are named, not failed.
     """
     if not (Path(store) / MANIFEST_NAME).is_file():
         read_manifest(store)  # not a store at all: its StoreError says so (no report)
+    lines: list[str] = []
+    parts_ok = True
     try:
-        s = open_store(store)
+        parts_ok, lines, readable = _verify_parts(Path(store), read_manifest(store))
+        s = open_store(store, descriptors=readable)
         checks = _Checks(s)
     except (StoreError, RecordError) as err:
-        return False, [f"{store}: CORRUPT — {err}"]
+        return False, lines + [f"{store}: CORRUPT — {err}"]
     m = s.manifest
-    lines = []
     if "manifest_digest" not in m:
         lines.append(
             f"{store}: note: the manifest predates manifest digests; an edit to it cannot be "
@@ -174,7 +210,7 @@ def verify_store(store: str | Path, progress: bool = True) -> tuple[bool, list[s
     lines += _checksum_notes(s, store)
     problems = checks.manifest_problems()
     lines += problems
-    ok = not problems
+    ok = parts_ok and not problems
     if got["graphs_hash"] != m["graphs_hash"]:
         ok = False
         lines.append(f"graphs: MISMATCH (manifest {m['graphs_hash']}, data {got['graphs_hash']})")
@@ -184,11 +220,53 @@ def verify_store(store: str | Path, progress: bool = True) -> tuple[bool, list[s
             lines.append(f"{name}: MISMATCH (manifest {m['descriptors'][name]['hash']}, data {h})")
     if got["content_hash"] != m["content_hash"]:
         ok = False
+    absent = s.absent_descriptors
+    checked = 0 if readable is None else len(readable) + 1
     lines.append(
         f"{store}: {'OK' if ok else 'CORRUPT'} — {len(s):,} records, content hash "
-        f"{got['content_hash']}" + ("" if ok else f" (manifest says {m['content_hash']})")
+        f"{got['content_hash']}"
+        + ("" if ok else f" (manifest says {m['content_hash']})")
+        + (f"; {checked} parts match their size and sha256" if checked else "")
+        + (f"; not checked, absent here: {', '.join(absent)}" if absent else "")
     )
     return ok, lines
+
+
+def _verify_parts(store: Path, m: dict) -> tuple[bool, list[str], list[str] | None]:
+    """Check every present part's size and sha256 against the manifest (a store of parts).
+
+    Returns:
+        ``(ok, report lines, the label sets whose records to read)``: a part with the wrong
+        size or checksum is reported and its records are not read (None: every set, for a
+        store without parts).
+    """
+    parts = m.get("parts")
+    if m.get("backend") != "lmdb" or not isinstance(parts, dict):
+        return True, [], None
+    from builder.parts import file_sha256
+
+    ok, lines, readable = True, [], []
+    for name, entry in parts.items():
+        state, size = _part_state(store, entry)
+        if state == "absent":
+            lines.append(f"{entry['file']}: absent here (not checked)")
+            continue
+        if state == "wrong size":
+            ok = False
+            lines.append(
+                f"{entry['file']}: MISMATCH — {size:,} bytes, the manifest lists "
+                f"{entry['bytes']:,} (damaged or cut short)"
+            )
+            continue
+        digest = file_sha256(store / entry["file"])
+        if digest != entry["sha256"]:
+            ok = False
+            lines.append(
+                f"{entry['file']}: sha256 MISMATCH (manifest {entry['sha256']}, file {digest})"
+            )
+        if name != "graphs":
+            readable.append(name)
+    return ok, lines, readable
 
 
 def _checksum_notes(s: Store, store: str | Path) -> list[str]:

@@ -1,6 +1,7 @@
 """LMDB's on-disk layout, checked without liblmdb before liblmdb reads the file.
 
-liblmdb memory-maps ``data.mdb`` and trusts it, and py-lmdb touches every page of a value
+liblmdb memory-maps a store's LMDB files (its parts ``graphs.mdb`` and ``labels-<set>.mdb``, or
+a single-file store's ``data.mdb``) and trusts them, and py-lmdb touches every page of a value
 before returning it: a truncated file, or a page whose node offsets or value sizes point past
 the end of the file, makes a read touch unmapped file pages and the process dies of
 ``SIGBUS`` (no exception, no message). :class:`LmdbTree` reads what liblmdb would trust with
@@ -20,7 +21,8 @@ ordinary ``pread`` calls (which cannot crash) and refuses the file with
   node offsets, keys and inline values inside the page, and every value stored in overflow
   pages within the file.
 
-Then every byte liblmdb reads for a lookup lies inside the file; damage inside values is left
+(:meth:`LmdbTree.check_all` checks every leaf, before a cursor walks the whole tree.) Then
+every byte liblmdb reads for a lookup lies inside the file; damage inside values is left
 to the records' checksums. A 1.5 M-key store has ~100 branch pages (checked at open, a few
 milliseconds) and ~10,000 leaves (each checked once per process, ~0.1 ms, when first used).
 """
@@ -112,10 +114,10 @@ def _check_leaf(page: bytes, pgno: int, page_size: int, last_page: int) -> None:
 
 
 class LmdbTree:
-    """One snapshot of a ``data.mdb``, checked as the module docstring says.
+    """One snapshot of an LMDB file, checked as the module docstring says.
 
     Args:
-        data_file: path of ``data.mdb``.
+        data_file: path of the file (a part, or ``data.mdb``).
         store: the store directory, named in errors.
 
     Attributes:
@@ -238,6 +240,15 @@ class LmdbTree:
                 f"{where or self.store}: {self.path.name} is damaged ({why})"
             ) from None
         self._checked.add(pgno)
+
+    def check_all(self, where: str | None = None) -> None:
+        """Check every leaf page (before a cursor walks the whole tree, e.g. to copy it).
+
+        Raises:
+            StoreError: a leaf is damaged.
+        """
+        for key in self._keys:
+            self.check_key(key, where)
 
     def close(self) -> None:
         if self._fd >= 0:

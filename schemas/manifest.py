@@ -22,9 +22,18 @@
   existed have none and are read as they are (``fp-build verify`` says so). Timestamps, paths,
   build options and the backend are outside the digest (an export changes the backend).
 
+- ``parts`` (LMDB stores of schema 2): ``{part: {"file", "bytes", "sha256"}}``, one part
+  ``graphs`` (file ``graphs.mdb``) and one per label set (file ``labels-<set>.mdb``), exactly
+  the sets of ``descriptors`` (see :mod:`schemas.lmdb_store`). Outside the digest (file
+  checksums, not what the records mean), but checked: a file that is not the plain name its
+  part must have (``../x``), a size that is not a non-negative integer or a sha256 that is not
+  64 hex digits refuse the manifest.
+
 A reader refuses a store whose *major* schema version it does not know; minor versions only add
 optional keys (the record checksums and ``manifest_digest`` are such additions: readers that
-predate them ignore them, so the schema version stayed 1.0).
+predate them ignore them, so the schema version stayed 1.0). Major 2 (:data:`SCHEMA_VERSION`)
+is the store of parts; major 1 (one ``data.mdb``) still reads, read-only. The content hash
+does not depend on the layout (:func:`combine_content_hash`), so converting a store keeps it.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +50,27 @@ __all__ = [
     "SCHEMA_VERSION",
     "SchemaVersionError",
     "StoreError",
+    "check_parts",
+    "part_file",
     "check_schema_version",
+    "schema_major",
     "combine_content_hash",
     "manifest_digest",
     "read_manifest",
     "write_json_atomic",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
+#: the schema major versions this code reads: 1 = one ``data.mdb`` (read-only), 2 = parts.
+READ_MAJORS = (1, 2)
+#: the major version inside content hashes: the records' meaning, unchanged since 1.0, so a
+#: converted store and its legacy original hash alike.
+_CONTENT_HASH_MAJOR = "1"
+#: ``parts`` entries: the graphs part's file, and the pattern of a label set's file.
+GRAPHS_PART = "graphs"
+GRAPHS_FILE = "graphs.mdb"
+LABEL_FILE = re.compile(r"labels-([A-Za-z0-9][A-Za-z0-9_.-]*)\.mdb")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 FORMAT_NAME = "fingerprint-pretrain-store"
 MANIFEST_NAME = "manifest.json"
 #: the manifest keys :func:`manifest_digest` covers.
@@ -71,22 +94,74 @@ class SchemaVersionError(StoreError):
     """A store written under a schema major version this code does not read."""
 
 
-def check_schema_version(found: str, where: str | os.PathLike = "store") -> None:
-    """Raise :class:`SchemaVersionError` unless ``found`` has the major version we read."""
-    reads = SCHEMA_VERSION.split(".")[0]
+def schema_major(found: Any, where: str | os.PathLike = "store") -> int:
+    """The major version of ``found`` (``"MAJOR.MINOR"``) if this code reads it.
+
+    Raises:
+        SchemaVersionError: unreadable, or a major version not in :data:`READ_MAJORS`.
+    """
+    reads = " or ".join(f"{m}.x" for m in READ_MAJORS)
     try:
-        major = str(found).split(".")[0]
-        int(major)
+        major = int(str(found).split(".")[0])
     except (ValueError, AttributeError):
         raise SchemaVersionError(
-            f"{where}: unreadable schema_version {found!r}; this code reads {reads}.x"
+            f"{where}: unreadable schema_version {found!r}; this code reads {reads}"
         ) from None
-    if major != reads:
+    if major not in READ_MAJORS:
         raise SchemaVersionError(
-            f"{where}: store has schema_version {found}, this code reads schema {reads}.x "
+            f"{where}: store has schema_version {found}, this code reads schema {reads} "
             f"(written by fingerprint-pretrain with a different store format; rebuild the store "
             f"or use a matching version of the software)"
         )
+    return major
+
+
+def check_schema_version(found: str, where: str | os.PathLike = "store") -> None:
+    """Raise :class:`SchemaVersionError` unless ``found`` has a major version we read."""
+    schema_major(found, where)
+
+
+def part_file(part: str) -> str:
+    """The file name of a part: ``graphs.mdb`` or ``labels-<set>.mdb``."""
+    return GRAPHS_FILE if part == GRAPHS_PART else f"labels-{part}.mdb"
+
+
+def check_parts(manifest: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse malformed ``parts`` (required in an LMDB store of schema 2).
+
+    Every entry must be ``{"file", "bytes", "sha256"}`` with ``file`` exactly the plain name of
+    its part (:func:`part_file`), ``bytes`` a non-negative integer and ``sha256`` 64 lowercase
+    hex digits; the parts must be ``graphs`` plus exactly the sets of ``descriptors``.
+
+    Raises:
+        StoreError: naming ``path`` and the bad entry.
+    """
+    parts = manifest.get("parts")
+    lmdb2 = manifest.get("backend") == "lmdb" and schema_major(manifest.get("schema_version")) == 2
+    if parts is None and not lmdb2:
+        return
+
+    def bad(what: str) -> StoreError:
+        return StoreError(f"{path}: malformed manifest (parts: {what})")
+
+    if not isinstance(parts, dict):
+        raise bad("must be an object naming each part's file, bytes and sha256")
+    if GRAPHS_PART in manifest.get("descriptors", {}):
+        raise bad(f"a label set may not be named {GRAPHS_PART!r}")
+    want = {GRAPHS_PART, *manifest.get("descriptors", {})}
+    if set(parts) != want:
+        extra, missing = sorted(set(parts) - want), sorted(want - set(parts))
+        raise bad(f"parts {extra} are not label sets of the store; missing {missing}")
+    for name, entry in parts.items():
+        if not isinstance(entry, dict):
+            raise bad(f"{name!r} must be an object")
+        file = entry.get("file")
+        if file != part_file(name) or not (name == GRAPHS_PART or LABEL_FILE.fullmatch(file)):
+            raise bad(f"{name!r} names file {file!r}, not the plain name {part_file(name)!r}")
+        if not (type(entry.get("bytes")) is int and entry["bytes"] >= 0):
+            raise bad(f"{name!r} bytes must be a non-negative integer")
+        if not (isinstance(entry.get("sha256"), str) and _SHA256.fullmatch(entry["sha256"])):
+            raise bad(f"{name!r} sha256 must be 64 hex digits")
 
 
 def read_manifest(store_path: str | os.PathLike) -> dict[str, Any]:
@@ -121,6 +196,7 @@ def read_manifest(store_path: str | os.PathLike) -> dict[str, Any]:
             f"its cutoff, counts, targets, descriptors and hashes); restore the original "
             f"manifest or rebuild the store"
         )
+    check_parts(manifest, path)
     return manifest
 
 
@@ -183,9 +259,10 @@ def combine_content_hash(graphs_hash: str, descriptor_hashes: dict[str, str]) ->
     ``graphs_hash`` is sha256 over the concatenated per-record digests
     (:func:`schemas.record.record_digest`, in record order); a descriptor set's hash is sha256
     over its per-record array digests. Timestamps, paths and backend do not enter the hash, so
-    an LMDB store, its Zarr twin, and a resumed build all hash alike.
+    an LMDB store, its Zarr twin, a resumed build, and a single-file store and its conversion
+    to parts all hash alike.
     """
-    h = hashlib.sha256(f"{FORMAT_NAME}|{SCHEMA_VERSION.split('.')[0]}|".encode())
+    h = hashlib.sha256(f"{FORMAT_NAME}|{_CONTENT_HASH_MAJOR}|".encode())
     h.update(graphs_hash.encode())
     for name in sorted(descriptor_hashes):
         h.update(f"|{name}:{descriptor_hashes[name]}".encode())

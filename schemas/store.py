@@ -11,6 +11,7 @@ shapes). Iteration yields records in store order.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -21,7 +22,10 @@ import numpy as np
 from schemas.manifest import StoreError, combine_content_hash, read_manifest
 from schemas.record import descriptor_digest, record_digest
 
-__all__ = ["Store", "open_store", "compute_hashes"]
+__all__ = ["ORIGIN_NAME", "Store", "open_store", "compute_hashes"]
+
+#: written by ``fp-build fetch URL`` beside the manifest: ``{"url": ..., "parts": {...}}``.
+ORIGIN_NAME = "origin.json"
 
 
 class Store:
@@ -30,7 +34,7 @@ class Store:
     Attributes:
         path: the store directory.
         manifest: the parsed ``manifest.json``.
-        descriptors: descriptor sets included in ``store[i]`` (default: all present).
+        descriptors: descriptor sets included in ``store[i]`` (default: all present here).
     """
 
     backend = "?"
@@ -38,19 +42,47 @@ class Store:
     def __init__(self, path: str | os.PathLike, manifest: dict, descriptors: Iterable[str] | None):
         self.path = Path(path)
         self.manifest = manifest
-        present = list(manifest.get("descriptors", {}))
+        present = self._present_sets()
         if descriptors is None:
             self.descriptors = present
         else:
             self.descriptors = list(descriptors)
-            missing = [d for d in self.descriptors if d not in present]
-            if missing:
-                raise StoreError(
-                    f"{self.path}: descriptor set(s) {missing} not in store "
-                    f"(present: {present or 'none'}); add them with "
-                    f"`fp-build add {self.path} --descriptor NAME`"
-                )
+            self._check_readable(self.descriptors)
         self._len = int(manifest["counts"]["records"])
+
+    def _present_sets(self) -> list[str]:
+        """The label sets readable here (a store of parts may lack some of its sets)."""
+        return list(self.manifest.get("descriptors", {}))
+
+    def _check_readable(self, names: Sequence[str]) -> None:
+        """Raise :class:`StoreError` unless every set of ``names`` is present here: a set the
+        store lacks names ``fp-build add``, one only at its origin names how to get it."""
+        listed = self.available_descriptors
+        missing = [name for name in names if name not in listed]
+        if missing:
+            present = self.descriptor_names
+            raise StoreError(
+                f"{self.path}: descriptor set(s) {missing} not in store "
+                f"(present: {present or 'none'}); add them with "
+                f"`fp-build add {self.path} --descriptor NAME`"
+            )
+        present = set(self.descriptor_names)
+        for name in names:
+            if name not in present:
+                raise StoreError(
+                    f"{self.path}: descriptor set {name!r} is not present here (its part "
+                    f"labels-{name}.mdb is absent); get it with {self._how_to_get(name)}"
+                )
+
+    def _how_to_get(self, name: str) -> str:
+        """The command that brings an absent set: fetch from the store's origin, else add."""
+        try:
+            url = json.loads((self.path / ORIGIN_NAME).read_text()).get("url")
+        except (OSError, ValueError, AttributeError):
+            url = None
+        if isinstance(url, str) and url:
+            return f"`fp-build fetch {url} --labels {name}`"
+        return f"`fp-build add {self.path} --descriptor {name}`"
 
     # -- metadata ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -63,8 +95,19 @@ class Store:
 
     @property
     def descriptor_names(self) -> list[str]:
-        """All descriptor sets present in the store."""
+        """The descriptor sets present here (readable)."""
+        return self._present_sets()
+
+    @property
+    def available_descriptors(self) -> list[str]:
+        """Every descriptor set the store has, present here or only at its origin."""
         return list(self.manifest.get("descriptors", {}))
+
+    @property
+    def absent_descriptors(self) -> list[str]:
+        """The sets listed in the manifest whose parts are not here."""
+        present = set(self.descriptor_names)
+        return [name for name in self.available_descriptors if name not in present]
 
     @property
     def content_hash(self) -> str:
@@ -110,10 +153,11 @@ def open_store(path: str | os.PathLike, descriptors: Iterable[str] | None = None
 
     Args:
         path: store directory (``*.lmdb`` or ``*.zarr``).
-        descriptors: descriptor sets to include in each record; ``None`` = all present.
+        descriptors: descriptor sets to include in each record; ``None`` = all present here.
 
     Raises:
-        StoreError: not a finished store; SchemaVersionError: unknown schema major version.
+        StoreError: not a finished store, or a requested set that is not present (the message
+            names it and how to get it); SchemaVersionError: unknown schema major version.
     """
     path = Path(path)
     if not path.exists():
@@ -145,7 +189,8 @@ def compute_hashes(
             included) before it is hashed, e.g. to check it against the contract.
 
     Returns:
-        ``{"graphs_hash", "descriptors": {name: hash}, "content_hash"}``.
+        ``{"graphs_hash", "descriptors": {name: hash}, "content_hash"}``: the descriptor
+        sets present here; the content hash counts an absent set by its manifest hash.
     """
     graph_h = hashlib.sha256()
     names = store.descriptor_names
@@ -164,8 +209,11 @@ def compute_hashes(
             desc_h[name].update(descriptor_digest(name, rec[name]))
     graphs_hash = "sha256:" + graph_h.hexdigest()
     descriptors = {name: "sha256:" + h.hexdigest() for name, h in desc_h.items()}
+    absent = {
+        name: store.manifest["descriptors"][name]["hash"] for name in store.absent_descriptors
+    }
     return {
         "graphs_hash": graphs_hash,
         "descriptors": descriptors,
-        "content_hash": combine_content_hash(graphs_hash, descriptors),
+        "content_hash": combine_content_hash(graphs_hash, {**absent, **descriptors}),
     }

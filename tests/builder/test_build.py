@@ -75,7 +75,7 @@ def test_manifest_counts_sources_and_units(mp_store):
         {"name": "formation_energy_per_atom", "unit": ""},
         {"name": "band_gap", "unit": "eV"},
     ]
-    assert m["cutoff"] == 8.0 and m["schema_version"] == "1.0"
+    assert m["cutoff"] == 8.0 and m["schema_version"] == "2.0"
     # the manifest's hash is what an independent recomputation over the records gives
     assert compute_hashes(store)["content_hash"] == m["content_hash"]
     assert not (mp_store / "lock.mdb").exists()
@@ -94,7 +94,7 @@ def test_same_content_whatever_the_workers_and_chunking(tmp_path, mp_store):
 def test_map_size_grows_automatically(tmp_path):
     m = build(tmp_path / "small.lmdb", MP_SAMPLE, map_size=1 << 16, chunk_size=4)
     assert m["counts"]["records"] == 40
-    assert (tmp_path / "small.lmdb" / "data.mdb").stat().st_size > 1 << 16
+    assert (tmp_path / "small.lmdb" / "graphs.mdb").stat().st_size > 1 << 16
 
 
 NACL_CIF = """data_NaCl

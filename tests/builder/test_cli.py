@@ -99,7 +99,7 @@ def test_info_reports_sizes_per_atom(store):
     out = fp_build("info", store, check=True).stdout
     assert "records      40" in out and "heat_all [eV]" in out
     assert "bytes/atom" in out and "graphs" in out
-    assert "schema 1.0" in out
+    assert "schema 2.0" in out and "graphs.mdb" in out and "present" in out
     full = fp_build("info", store, "--json", check=True).stdout
     assert '"content_hash"' in full
 
@@ -112,16 +112,17 @@ def test_verify_passes_and_detects_a_flipped_byte(store, tmp_path):
     assert "OK" in fp_build("verify", copy, "-q", check=True).stdout  # a copy is intact
     # flip one byte inside the positions of record 7, found by its exact bytes
     pos = open_store(store)[7]["pos"]
-    data = bytearray((copy / "data.mdb").read_bytes())
+    data = bytearray((copy / "graphs.mdb").read_bytes())
     at = data.find(pos.tobytes())
     assert at > 0
     data[at + 3] ^= 0x01
-    (copy / "data.mdb").write_bytes(bytes(data))
+    (copy / "graphs.mdb").write_bytes(bytes(data))
     with pytest.raises(RecordError, match="record 7: checksum mismatch"):
         open_store(copy)[7]  # the record's CRC-32: never silently wrong positions
     result = fp_build("verify", copy, "-q")
     assert result.returncode == 1
     assert "CORRUPT" in result.stdout and "record 7: checksum mismatch" in result.stdout
+    assert "graphs.mdb: sha256 MISMATCH" in result.stdout  # the part's checksum, too
 
 
 def test_export_both_formats(store, tmp_path):

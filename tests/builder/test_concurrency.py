@@ -17,6 +17,7 @@ import pytest
 
 from builder.add import add_descriptors
 from builder.bookkeeping import LOCK_NAME, StoreBusyError
+from builder.parts import file_sha256
 from schemas import open_store
 from schemas.store import compute_hashes
 from tests.builder.helpers import MP_SAMPLE, PEROV_SAMPLE, build, read_csv, write_csv
@@ -147,7 +148,9 @@ def test_reader_keeps_reading_correct_records_while_add_commits(tmp_path):
     build(out, src)
     store = open_store(out)
     reference = [store[i] for i in range(len(store))]  # also opens the long-lived read txn
-    data = out / "data.mdb"
+    # the add commits into its working environment; no file the reader reads is written
+    data = out / ".labels-wacsfset2.partial" / "data.mdb"
+    graphs_sha = file_sha256(out / "graphs.mdb")
     adder = python(
         "import sys\n"
         "from builder.add import add_descriptors\n"
@@ -157,7 +160,8 @@ def test_reader_keeps_reading_correct_records_while_add_commits(tmp_path):
     reads, wrong, errors, first_errors, commits_seen = 0, 0, 0, [], set()
     try:
         while adder.poll() is None:
-            commits_seen.add(data.stat().st_mtime_ns)
+            if data.exists():
+                commits_seen.add(data.stat().st_mtime_ns)
             for i in range(len(store)):
                 try:
                     rec = store[i]
@@ -180,6 +184,7 @@ def test_reader_keeps_reading_correct_records_while_add_commits(tmp_path):
     for i in (0, 119, 239):
         np.testing.assert_array_equal(store[i]["pos"], reference[i]["pos"])
     assert open_store(out).manifest["descriptors"].keys() == {"wacsfset2"}
+    assert file_sha256(out / "graphs.mdb") == graphs_sha
 
 
 def _children(pid: int) -> set[int]:

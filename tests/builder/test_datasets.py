@@ -282,7 +282,7 @@ def test_fetch_builds_verifies_splits_and_is_then_a_no_op(tiny):
     assert side["build_seconds"] > 0
 
     # re-running: nothing rebuilt, nothing rewritten
-    mtimes = {p: p.stat().st_mtime_ns for p in [store / "data.mdb", folder / "seed111.npz"]}
+    mtimes = {p: p.stat().st_mtime_ns for p in [store / "graphs.mdb", folder / "seed111.npz"]}
     again = fetch_dataset("tiny", opts)
     assert again["status"] == "up to date" and again["build_seconds"] == side["build_seconds"]
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from builder.info import verify_store
+from builder.parts import file_sha256
 from schemas import open_store
 from schemas.lmdb_store import graph_key
 from schemas.manifest import write_json_atomic
@@ -38,15 +39,21 @@ def copy_of(store: Path, tmp_path: Path) -> Path:
 
 
 def rewrite_values(store: Path, change) -> None:
-    """Replace every value of data.mdb by ``change(key, value)`` (None keeps it)."""
-    env = lmdb.open(str(store), subdir=True, max_dbs=0)
-    with env.begin(write=True) as txn:
-        for key, value in list(txn.cursor()):
-            new = change(bytes(key), bytes(value))
-            if new is not None:
-                txn.put(key, new)
-    env.close()
-    (store / "lock.mdb").unlink(missing_ok=True)
+    """Replace every value of every part file by ``change(key, value)`` (None keeps it); the
+    manifest's part sizes and sha256 follow (so only the record checks can tell)."""
+    manifest = json.loads((store / "manifest.json").read_text())
+    for entry in manifest["parts"].values():
+        path = store / entry["file"]
+        env = lmdb.open(str(path), subdir=False, max_dbs=0)
+        with env.begin(write=True) as txn:
+            for key, value in list(txn.cursor()):
+                new = change(bytes(key), bytes(value))
+                if new is not None:
+                    txn.put(key, new)
+        env.close()
+        path.with_name(path.name + "-lock").unlink(missing_ok=True)
+        entry.update(bytes=path.stat().st_size, sha256=file_sha256(path))
+    write_json_atomic(store / "manifest.json", manifest)
 
 
 def reseal(store: Path, edit) -> None:

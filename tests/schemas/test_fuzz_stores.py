@@ -4,7 +4,10 @@ the original record exactly or raise the project's named errors (StoreError / Re
 never another exception, a hang or a crash, and verify must never call a store with a wrong
 record OK.
 
-The damaged reads run in one child process per store kind, so a crash (SIGBUS, SIGSEGV) or a
+LMDB damage hits every part file (``graphs.mdb``, ``labels-<set>.mdb``); half the truncations
+also make the manifest list the new size (``parts`` is outside its digest), so the files' own
+checks are fuzzed, not only the size check. The damaged reads run in one child process per
+store kind, so a crash (SIGBUS, SIGSEGV) or a
 hang fails the test, with the trial that caused it, instead of killing pytest.
 ``FP_FUZZ_TRIALS`` and ``FP_FUZZ_SEED`` run it longer or differently (defaults: a few
 seconds).
@@ -30,8 +33,10 @@ from schemas import RecordError, StoreError, open_store
 pristine, work, kind, seed, trials = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], \
     int(sys.argv[4]), int(sys.argv[5])
 expected = list(open_store(pristine))
-if kind == "lmdb":
-    targets = ["data.mdb"]
+if kind == "lmdb":  # every part file of the store
+    parts = json.loads((pristine / "manifest.json").read_text())["parts"]
+    targets = sorted(entry["file"] for entry in parts.values())
+    assert len(targets) == 2, targets
 else:
     targets = sorted(str(p.relative_to(pristine)) for p in pristine.rglob("*")
                      if p.is_file() and p.name != "rejected.csv")
@@ -57,6 +62,15 @@ for trial in range(trials):
         data = data[:keep]
         damage = f"{target.relative_to(copy)}: truncated to {keep} bytes"
     target.write_bytes(bytes(data))
+    if kind == "lmdb" and "truncated" in damage and rng.random() < 0.5:
+        # the manifest lists the new size (its parts are outside the digest): the file's
+        # own checks must catch the truncation
+        manifest = json.loads((copy / "manifest.json").read_text())
+        for entry in manifest["parts"].values():
+            if entry["file"] == target.name:
+                entry["bytes"] = len(data)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        damage += " (manifest lists that size)"
     print(json.dumps({"start": trial, "damage": damage}), flush=True)
     reads = []
     try:

@@ -223,7 +223,7 @@ def test_refuses_a_store_of_an_unknown_schema(store, tmp_path):
     copy = tmp_path / "future.lmdb"
     shutil.copytree(store, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["schema_version"] = "2.0"
+    manifest["schema_version"] = "3.0"
     (copy / "manifest.json").write_text(json.dumps(manifest))
     result = fp_train(
         "finetune",
@@ -238,7 +238,7 @@ def test_refuses_a_store_of_an_unknown_schema(store, tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr.strip().startswith("fp-train: error:")
-    assert "schema_version 2.0" in result.stderr and "Traceback" not in result.stderr
+    assert "schema_version 3.0" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_architecture_mismatch_with_init_is_refused(pretrained, store, tmp_path):
