@@ -18,17 +18,12 @@ from builder.stats import FeatureStats
 from schemas.record import descriptor_digest, edge_vectors, encode_record
 
 __all__ = [
-    "CODECS",
-    "STORAGE_DTYPES",
     "CastError",
     "LabelAccumulator",
     "LabelConfig",
     "compute_labels",
     "neighbour_list_from_record",
 ]
-
-STORAGE_DTYPES = ("float32", "float16")
-CODECS = ("raw", "zlib", "shuffle-zlib")
 
 
 @dataclass(frozen=True)
@@ -38,7 +33,8 @@ class LabelConfig:
     Attributes:
         names: registry names (``eadset1`` ...).
         dtype: storage dtype, ``float32`` (default) or ``float16``.
-        codec: (set name, codec) pairs, codec one of :data:`CODECS`; unlisted sets are raw.
+        codec: (set name, codec) pairs, codec one of those of
+            :func:`schemas.record.encode_record`; unlisted sets are raw.
     """
 
     names: tuple[str, ...] = ()

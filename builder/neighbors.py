@@ -6,9 +6,16 @@ tiny (one atom, cell sides far below the cutoff) or large. An atom's own periodi
 neighbours; only the zero-shift self pair is excluded.
 
 Engine: pymatgen's Cython ``find_points_in_spheres`` (cell-list search over all images). It was
-chosen by measurement against ASE, matscipy and vesin on ``mp_20_subset``
-(``bench/bench_neighbors.py``; numbers in ``bench/results/``) and is tested against a
-brute-force image enumeration and ASE's ``neighbor_list`` (``tests/builder/test_neighbors.py``).
+chosen by measurement against ASE, matscipy and vesin on ``perov_5`` and ``mp_20_subset``
+(``bench/bench_build.py``; numbers in ``bench/results/build.md``, "Neighbour-list engines") and
+is tested against a brute-force image enumeration and ASE's ``neighbor_list``
+(``tests/builder/test_neighbors.py``).
+
+Spelling (``builder`` and ``schemas``): British "neighbour" in prose and in every name the
+project owns (:class:`NeighbourList`, :func:`neighbour_list`, ``NEIGHBOUR_POLICY``, the
+manifest's ``neighbour_policy``); American only in third-party names (ASE's ``neighbor_list``,
+``pymatgen.optimization.neighbors``) and in this module's import path ``builder.neighbors``,
+kept because tests, benchmarks and other packages import it by that name.
 
 Conventions (the store contract, see ``schemas``):
 ``edge_index[0]`` = neighbour j (source), ``edge_index[1]`` = centre i (target);

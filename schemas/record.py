@@ -48,8 +48,8 @@ arrays always give the same bytes, which the content hash relies on.
 digits, so its value sits at a fixed place: the last 10 bytes of the header are
 ``xxxxxxxx"}``. It is ``zlib.crc32`` of the whole record *without* those 8 hex digits (magic,
 header length, the rest of the header, padding and every buffer), and :func:`decode_record`
-checks it on every decode (one pass over the bytes at ~1 GB/s; measured in
-``bench/bench_build.py``). Records written before checksums existed (schema 1.0 stores built
+checks it on every decode (one pass over the bytes; its cost per record:
+``bench/results/build.md``). Records written before checksums existed (schema 1.0 stores built
 before the check was added) have a header of exactly ``{"id", "fields"}``: they still decode,
 without the check (:func:`has_checksum` tells them apart; ``fp-build verify`` reports them).
 Readers that predate the check ignore the key, so the format stays ``FPR1`` and the schema

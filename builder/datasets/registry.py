@@ -44,10 +44,6 @@ MDL_COMMIT = "2a7ffb329a04145542f2a726e215ac9f2069acf7"
 MDL_RAW = f"https://raw.githubusercontent.com/Fung-Lab/MatDeepLearn_dev/{MDL_COMMIT}/"
 MPF_ARTICLE = 19470599  # figshare: MPF.2021.2.8 (M3GNet training set)
 
-PAPER = (
-    "Jia, Govil, Ramprasad & Fung, Pre-training graph neural networks with structural "
-    "fingerprints for materials discovery"
-)
 MATBENCH_CITE = (
     "Dunn, Wang, Ganose, Dopp & Jain, npj Comput. Mater. 6, 138 (2020), "
     "doi:10.1038/s41524-020-00406-3 (MatBench v0.1)"

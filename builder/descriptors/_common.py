@@ -27,9 +27,9 @@ Two evaluation paths, both vectorised over centres and neighbours, chosen per η
 
   so ρ[w, b, t] = S_bt · T[w, b, t] with T[w, b, t] = Σ_j (weight_w A_b)(d_j) · P_t(d_j): one exp
   per (edge, block) and per (edge, step) instead of one per (edge, shift), and the sum over
-  neighbours is a matrix product per centre (rows = blocks × weights, columns = steps; ~60-80 %
-  of the core's dgemm rate). This is the recurrence exp(−η(d − Rs − δ)²) = exp(−η(d − Rs)²) ·
-  exp(2ηδ(d − Rs)) · exp(−ηδ²) unrolled over a block, restarted exactly at every block. In the
+  neighbours is a matrix product per centre (rows = blocks × weights, columns = steps). This
+  is the recurrence exp(−η(d − Rs − δ)²) = exp(−η(d − Rs)²) · exp(2ηδ(d − Rs)) · exp(−ηδ²)
+  unrolled over a block, restarted exactly at every block. In the
   squared mode the scale is applied after the reduction, Σ_w R ρ_w² = S² Σ_w R T_w², so the
   per-shift scaling touches Q instead of W rows. Block shape: minimises the elementwise work per
   edge, blocks × (1 exp + W products) + B exps, preferring block counts that divide the grid

@@ -36,8 +36,8 @@ NumPy path (``"numpy"``), which stays the reference and the fallback; ``"kernel"
 All agree to ~1e-12 relative (tests: ``test_ead.py`` runs the default, ``test_ead_kernel.py``
 the kernel per instruction set and the NumPy path). The kernel fuses everything below into one
 pass per centre (edge vectors and weights, block anchors and powers, the contraction into sums
-held in L1, the reduction) with the same factorised recurrence and safety argument; it reaches
-~60-80 % of a core's FMA peak on the contraction (rates: ``bench/results/descriptors.md``).
+held in L1, the reduction) with the same factorised recurrence and safety argument (its rates
+and the NumPy path's: ``bench/results/descriptors.md``).
 
 NumPy path. Per centre and η this is a small matrix product (monomials × neighbours) ·
 (neighbours × Rs). :func:`builder.descriptors._common.gaussian_moments` runs it with the
@@ -46,16 +46,11 @@ instead of per (edge, shift)) and batched BLAS products over centres; the raw mo
 x^lx y^ly z^lz are the weights and their 1/(lx! ly! lz!) sits in the final reduction of ρ² over
 monomial orders (one more small product), so no pass normalises them.
 
-Work per atom on mp_20_subset (132.5 neighbours within 8 Å, 449.6 within 12 Å; M = 10 / 4 / 4
-monomials): the contraction is 2·M·|η|·|Rs|·neighbours = 0.85 / 3.45 / 0.68 MFLOP for sets
-1 / 2 / 3, run as dgemm at ~45-60 GFLOP/s; around it ~9.8k / 59k / 15k exps and ~13k / 99k / 17k
-elementwise products per atom (block shapes 5 × 32 / mixed / 8 × 20). On the benchmark machine
-(one core of a shared 2-core VM; numpy exp ≈ 0.7 ns, a product ≈ 0.4-0.6 ns per element, dgemm
-60-75 GFLOP/s) that puts the floor near 40 µs/atom for set 1: the contraction alone at dgemm peak
-would allow ~80k atoms/s, the exp and product passes (L2-bandwidth bound) and ~40 numpy calls
-per structure take the rest; the compiled kernel removes both (~20-25 µs/atom for set 1, of
-which ~11 µs is the contraction at the FMA peak). Measured rates and PyXtal_FF ratios:
-``bench/results/descriptors.md``.
+Work per atom: the contraction is 2·M·|η|·|Rs|·neighbours flops (M = 10 / 4 / 4 monomials for
+sets 1 / 2 / 3), run as batched dgemm; around it the exp and elementwise passes over the padded
+edges (L2-bandwidth bound) and a few dozen NumPy calls per structure, both of which the compiled
+kernel removes. Work per atom, the effective rate against dgemm, the rates of both paths and the
+PyXtal_FF ratios: ``bench/results/descriptors.md``.
 """
 
 from __future__ import annotations

@@ -64,8 +64,8 @@ feature, a brute-force real-space grid integration to ~6e-14.
 
 Costs are dominated by ``exp`` over (edges × σ × Gaussians), memory passes over the padded edge
 layout and a batched matrix product (monomials × edges × σ); there is no Python loop over atoms
-or edges (loops run over blocks of centres, elements present, σ, Gaussians and orders). On one
-core this is 1.1-4.2× GMP-featurizer's speed (``bench/bench_gmp.py``).
+or edges (loops run over blocks of centres, elements present, σ, Gaussians and orders). Rates
+against GMP-featurizer's, one core: ``bench/results/gmp.md`` (``bench/bench_gmp.py``).
 """
 
 from __future__ import annotations

@@ -206,8 +206,8 @@ def resolve_names(names: str | Iterable[str]) -> list[str]:
 
 def storage_codecs(names: list[str], codec: str = "auto") -> dict[str, str]:
     """Storage codec per label set: ``codec`` for all, or for ``"auto"`` byte shuffle + zlib for
-    sets of at least :data:`AUTO_COMPRESS_MIN_DIM` features (measured 0.38-0.72 of raw on the
-    EAD sets) and raw bytes for the narrow ones."""
+    sets of at least :data:`AUTO_COMPRESS_MIN_DIM` features (the sizes they reach: README,
+    "Descriptor label sets") and raw bytes for the narrow ones."""
     if codec != "auto":
         return {name: codec for name in names}
     return {

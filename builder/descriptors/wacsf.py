@@ -28,9 +28,9 @@ Decisions and why:
   is ~1e-13 relative. The paper's grids are short and irregular (8, 5 and 14 shifts), where the
   factorised recurrence of :mod:`builder.descriptors._common` cannot apply or gains nothing
   (numpy's exp costs about two multiplications here). On a regular grid of ≥ 16 shifts "auto"
-  switches to it: measured on 150 mp_20 structures, one core, 3 η: 16 shifts 55k vs 47k atoms/s,
-  160 shifts 36k vs 5.8k. ``"direct"`` / ``"factorised"`` force the shared engine's paths (tests
-  and benchmarks; results agree to ~1e-13).
+  switches to it, where it is the faster one (``bench/results/wacsf_paths.md``). ``"direct"`` /
+  ``"factorised"`` force the shared engine's paths (tests and benchmarks; results agree to
+  ~1e-13).
 """
 
 from __future__ import annotations
