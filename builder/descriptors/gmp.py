@@ -74,6 +74,7 @@ import math
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
+from typing import NamedTuple
 
 import numpy as np
 
@@ -510,20 +511,43 @@ def _featurize_block(
     first_centre: int,
     edge_range: slice,
 ) -> np.ndarray:
-    """Features of consecutive centres 0..Nb−1 from their edges (sorted by centre, nearest first).
+    """Features of consecutive centres 0..Nb−1 from their edges (sorted by centre, nearest first):
+    the edges laid out in a padded table (:func:`_padded_layout`), the radial weights of every
+    column (:func:`_radial_weights`), then the moments and their invariants
+    (:func:`_moment_features`)."""
+    layout = _padded_layout(
+        edges.centre[edge_range] - first_centre,
+        edges.dist2[edge_range],
+        neighbour_rank,
+        len(z_centre),
+        len(elements),
+    )
+    weights = _radial_weights(plan, elements, layout)
+    return _moment_features(plan, z_centre, weights, layout, edges, edge_range)
 
-    Edges are scattered into a padded (centre, column) layout: one block of columns per neighbour
+
+class _Layout(NamedTuple):
+    """A block's edges in a padded (centre, column) table: one block of columns per neighbour
     element, each row of a block sorted nearest first and padded with d² = ∞ (weight 0) and
     d = 0 (monomials 0). Per-column minimum distances then tell how many leading columns of a
-    block can reach a Gaussian's truncation radius.
-    """
-    n_centres, n_elements = len(z_centre), len(elements)
-    n_sigma, max_order = len(plan.sigmas), plan.max_order
-    slots = plan.decay.shape[0]
-    layers = max(max_order, 0) + 1
-    centre = edges.centre[edge_range] - first_centre
-    dist2 = edges.dist2[edge_range]
+    block can reach a Gaussian's truncation radius."""
 
+    order: np.ndarray  # (E',) edges in (centre, element, distance) order
+    flat: np.ndarray  # (E',) flat (centre, column) position of edge order[k]
+    offset: np.ndarray  # (n_elements + 1,) first column of each element's block
+    width: np.ndarray  # (n_elements,) columns of each element's block
+    dist2: np.ndarray  # (Nb, columns) d², Å², ∞ in padding
+
+
+def _padded_layout(
+    centre: np.ndarray,
+    dist2: np.ndarray,
+    neighbour_rank: np.ndarray,
+    n_centres: int,
+    n_elements: int,
+) -> _Layout:
+    """The padded layout of a block's edges (``centre`` 0..Nb−1, ``dist2`` Å², ``neighbour_rank``
+    the neighbour's index in the structure's sorted elements)."""
     # Position of every edge in the padded layout (a radix sort on a small key keeps it cheap).
     key = centre * n_elements + neighbour_rank
     key_type = np.uint16 if n_centres * n_elements < 2**16 else np.int64
@@ -539,9 +563,17 @@ def _featurize_block(
     flat = row * columns + col
     padded_dist2 = np.full((n_centres, columns), np.inf)
     padded_dist2.ravel()[flat] = dist2[order]
+    return _Layout(order, flat, offset, width, padded_dist2)
 
-    # weights[n, c, slot, column] = Σ_g weight_g λ_gⁿ exp(−decay_g d²) of that edge (layout chosen
-    # so each (n, slot) is a unit-stride 2-D slab and weights[n] is a transposed BLAS operand).
+
+def _radial_weights(plan: _Plan, elements: np.ndarray, layout: _Layout) -> np.ndarray:
+    """weights[n, c, slot, column] = Σ_g weight_g λ_gⁿ exp(−decay_g d²) of that column's edge:
+    (layers, Nb, slots, columns), layout chosen so each (n, slot) is a unit-stride 2-D slab and
+    weights[n] is a transposed BLAS operand."""
+    offset, width, padded_dist2 = layout.offset, layout.width, layout.dist2
+    n_centres, columns = padded_dist2.shape
+    n_sigma, slots = len(plan.sigmas), plan.decay.shape[0]
+    layers = max(plan.max_order, 0) + 1
     weights = np.zeros((layers, n_centres, slots, columns))
     n_gauss_max = int(plan.counts[elements].max())
     # Work buffer for the per-(slot, Gaussian) path, reused by every element and slot: fresh
@@ -586,7 +618,22 @@ def _featurize_block(
             weights[:n_layers, :, s, offset[e] : offset[e] + slot_used] = (
                 mixing[s, :n_layers] @ terms.reshape(n_gauss, -1)
             ).reshape(n_layers, n_centres, slot_used)
+    return weights
 
+
+def _moment_features(
+    plan: _Plan,
+    z_centre: np.ndarray,
+    weights: np.ndarray,
+    layout: _Layout,
+    edges: _Edges,
+    edge_range: slice,
+) -> np.ndarray:
+    """(Nb, d) features of the block: the density and order-0 sums (with the centre's own
+    term), then per requested order n ≥ 1 the rotation invariants of the Maxwell–Cartesian
+    moments Σ_columns monomial · weight(n)."""
+    n_centres, columns = layout.dist2.shape
+    n_sigma, max_order = len(plan.sigmas), plan.max_order
     requested = set(plan.orders)
     features = []
     self_term = plan.self_term[:, z_centre].T  # (Nb, slots)
@@ -599,7 +646,7 @@ def _featurize_block(
         padded_vec = np.zeros((3, n_centres, columns))
         vectors = edges.vectors(edge_range)
         for axis in range(3):
-            padded_vec[axis].ravel()[flat] = vectors[axis].take(order)
+            padded_vec[axis].ravel()[layout.flat] = vectors[axis].take(layout.order)
         lower_monomials: dict[tuple[int, int, int], np.ndarray] = {}
         for n in range(1, max_order + 1):
             components = _components(n)
