@@ -12,7 +12,13 @@ touches them (:mod:`schemas.lmdb_file`); Zarr metadata is checked from its JSON 
 decodes anything and chunks carry a CRC-32C (:mod:`schemas.zarr_meta`,
 :mod:`schemas.zarr_store`); the manifest carries a digest of what the records mean
 (:mod:`schemas.manifest`). Stores written before these checks still read, without them: the
-additions are optional keys, so the schema version stays 1.0 and content hashes are unchanged.
+additions are optional keys, and content hashes are unchanged.
+
+An LMDB store is made of parts (schema 2.0, :mod:`schemas.lmdb_store`): ``graphs.mdb`` and one
+``labels-<set>.mdb`` per label set, each listed in the manifest with its size and sha256; a
+label set whose part is absent is listed (``store.available_descriptors``) but not readable
+(``store.descriptor_names``), and asking for it names how to get it. Single-file stores
+(schema 1.0, one ``data.mdb``) still read.
 """
 
 from schemas.manifest import (
