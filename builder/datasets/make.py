@@ -250,81 +250,112 @@ def ensure_store(source: Source, input_path: Path, opts: MakeOptions) -> dict:
         ``{"status", "manifest", "build_seconds", "add_seconds"}``; status is ``built``,
         ``completed`` (label sets added) or ``up to date``.
     """
-    from builder.add import add_descriptors
     from builder.build import file_sha256
-    from builder.info import verify_store
     from schemas import read_manifest
 
     store = opts.out / f"{source.store}.lmdb"
     names = _descriptor_names(opts)
     input_sha = file_sha256(input_path)
     status, build_seconds, add_seconds = "up to date", None, None
-    if store.exists():
-        manifest = read_manifest(store)
-        built_from = [s["sha256"] for s in manifest["sources"]]
-        targets = [t["name"] for t in manifest["targets"]]
-        if built_from != [input_sha] or targets != list(source.targets):
-            if not opts.overwrite:
-                raise BuildError(
-                    f"{store} was built from {[s['path'] for s in manifest['sources']]} "
-                    f"(sha256 {built_from[0][:12]}…, targets {targets}), not from "
-                    f"{input_path} (sha256 {input_sha[:12]}…, targets {list(source.targets)}); "
-                    f"pass --overwrite to rebuild it"
-                )
-            store_exists = False
-        else:
-            store_exists = True
-    else:
-        store_exists = False
-    if not store_exists:
-        opts.out.mkdir(parents=True, exist_ok=True)
-        if store.with_name(store.name + ".partial").exists():
-            opts.log(f"  resuming the interrupted build of {store}")
-        start = time.perf_counter()
-        build_store(
-            BuildOptions(
-                inputs=[str(input_path)],
-                out=str(store),
-                jobs=opts.jobs,
-                targets=list(source.targets),
-                target_units=dict(source.units),
-                id_column=source.id_column,
-                fmt=source.fmt,
-                descriptors=names,
-                descriptor_codec=storage_codecs(names),
-                overwrite=store.exists(),
-                progress=opts.progress,
-            )
-        )
-        build_seconds = time.perf_counter() - start
+    if not _built_from(store, source, input_path, input_sha, opts.overwrite):
+        build_seconds = _build(store, source, input_path, names, opts)
         status = "built"
     else:
-        missing = [n for n in names if n not in read_manifest(store).get("descriptors", {})]
-        if missing:
-            opts.log(f"  {store.name}: adding label sets {missing}")
-            start = time.perf_counter()
-            add_descriptors(
-                store,
-                missing,
-                jobs=opts.jobs,
-                codec=storage_codecs(missing),
-                progress=opts.progress,
-            )
-            add_seconds = time.perf_counter() - start
+        add_seconds = _add_missing_sets(store, names, opts)
+        if add_seconds is not None:
             status = "completed"
     if opts.verify:
-        ok, lines = verify_store(store, progress=False)
-        if not ok:
-            raise BuildError(
-                f"{store} fails verification ({'; '.join(lines)}); delete it or rerun with "
-                f"--overwrite"
-            )
+        _check_verifies(store)
     return {
         "status": status,
         "manifest": read_manifest(store),
         "build_seconds": build_seconds,
         "add_seconds": add_seconds,
     }
+
+
+def _built_from(
+    store: Path, source: Source, input_path: Path, input_sha: str, overwrite: bool
+) -> bool:
+    """Whether ``store`` exists, built from this input (sha256 ``input_sha``) with the source's
+    targets; a store built from something else is :class:`BuildError` unless ``overwrite``
+    (then False: it is rebuilt)."""
+    from schemas import read_manifest
+
+    if not store.exists():
+        return False
+    manifest = read_manifest(store)
+    built_from = [s["sha256"] for s in manifest["sources"]]
+    targets = [t["name"] for t in manifest["targets"]]
+    if built_from == [input_sha] and targets == list(source.targets):
+        return True
+    if not overwrite:
+        raise BuildError(
+            f"{store} was built from {[s['path'] for s in manifest['sources']]} "
+            f"(sha256 {built_from[0][:12]}…, targets {targets}), not from "
+            f"{input_path} (sha256 {input_sha[:12]}…, targets {list(source.targets)}); "
+            f"pass --overwrite to rebuild it"
+        )
+    return False
+
+
+def _build(
+    store: Path, source: Source, input_path: Path, names: list[str], opts: MakeOptions
+) -> float:
+    """Build (or resume building) ``store`` from ``input_path`` with the label sets ``names``;
+    the seconds it took."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    if store.with_name(store.name + ".partial").exists():
+        opts.log(f"  resuming the interrupted build of {store}")
+    start = time.perf_counter()
+    build_store(
+        BuildOptions(
+            inputs=[str(input_path)],
+            out=str(store),
+            jobs=opts.jobs,
+            targets=list(source.targets),
+            target_units=dict(source.units),
+            id_column=source.id_column,
+            fmt=source.fmt,
+            descriptors=names,
+            descriptor_codec=storage_codecs(names),
+            overwrite=store.exists(),
+            progress=opts.progress,
+        )
+    )
+    return time.perf_counter() - start
+
+
+def _add_missing_sets(store: Path, names: list[str], opts: MakeOptions) -> float | None:
+    """Add the label sets of ``names`` that ``store`` lacks; the seconds it took, or None when
+    it lacks none."""
+    from builder.add import add_descriptors
+    from schemas import read_manifest
+
+    missing = [n for n in names if n not in read_manifest(store).get("descriptors", {})]
+    if not missing:
+        return None
+    opts.log(f"  {store.name}: adding label sets {missing}")
+    start = time.perf_counter()
+    add_descriptors(
+        store,
+        missing,
+        jobs=opts.jobs,
+        codec=storage_codecs(missing),
+        progress=opts.progress,
+    )
+    return time.perf_counter() - start
+
+
+def _check_verifies(store: Path) -> None:
+    """:class:`BuildError` unless ``store``'s records hash to its manifest's content hash."""
+    from builder.info import verify_store
+
+    ok, lines = verify_store(store, progress=False)
+    if not ok:
+        raise BuildError(
+            f"{store} fails verification ({'; '.join(lines)}); delete it or rerun with --overwrite"
+        )
 
 
 def source_ids(input_path: Path, source: Source) -> list[str]:
@@ -478,17 +509,39 @@ def fetch_dataset(
     input_path, prepared = build_input(resolved, opts)
     result = ensure_store(source, input_path, opts)
     store = opts.out / f"{source.store}.lmdb"
-    # a shared store (the mp20 stand-in) gets the protocols of every task that uses it
-    protocols = tuple(
-        dict.fromkeys(protocol for d in _users(source) if d.role == "task" for protocol in d.splits)
-    )
-    splits = write_splits(store, source, input_path, protocols, log=opts.log)
-    manifest = result["manifest"]
+    splits = write_splits(store, source, input_path, _protocols(source), log=opts.log)
     side = _sidecar(opts.out, source.store)
     previous = json.loads(side.read_text()) if side.is_file() else {}
     if result["status"] != "built" and previous.get("source") == source.name:
         result["build_seconds"] = previous.get("build_seconds")  # the store's own build
-    record = {
+    record = _dataset_record(resolved, input_path, prepared, result, splits, previous, opts)
+    write_json_atomic(side, record)
+    return _finish_row(row, result["status"], record, source, done, opts)
+
+
+def _protocols(source: Source) -> tuple[str, ...]:
+    """Split protocols of ``source``'s store: a shared store (the mp20 stand-in) gets those of
+    every task that uses it."""
+    return tuple(
+        dict.fromkeys(protocol for d in _users(source) if d.role == "task" for protocol in d.splits)
+    )
+
+
+def _dataset_record(
+    resolved: Resolved,
+    input_path: Path,
+    prepared: dict,
+    result: dict,
+    splits: Path | None,
+    previous: dict,
+    opts: MakeOptions,
+) -> dict:
+    """The ``<store>.dataset.json`` of a store :func:`ensure_store` left ``result``
+    (``previous``: the file as it was, ``{}`` if absent)."""
+    source = resolved.source
+    store = opts.out / f"{source.store}.lmdb"
+    manifest = result["manifest"]
+    return {
         "store": store.name,
         "source": source.name,
         "subset": source.subset,
@@ -514,10 +567,17 @@ def fetch_dataset(
         if opts.verify
         else previous.get("verified"),
     }
-    write_json_atomic(side, record)
+
+
+def _finish_row(
+    row: dict, status: str, record: dict, source: Source, done: dict | None, opts: MakeOptions
+) -> dict:
+    """A dataset's result row: ``row`` with the status and the numbers of ``source``'s store
+    from its ``record``; remembered in ``done`` (by store) and logged."""
+    store = opts.out / f"{source.store}.lmdb"
     row = {
         **row,
-        "status": result["status"],
+        "status": status,
         "records": record["records"],
         "rejected": record["rejected"],
         "build_seconds": record["build_seconds"],
