@@ -46,9 +46,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.config import MODEL_DEFAULTS, MODELS, TrainConfig
+from trainer.config import ARCHITECTURE_KEYS, MODELS, TrainConfig
 from trainer.errors import TrainingError
-from trainer.model import ETConfig, GraphRegressor, NodeRegressor
+from trainer.hyperparameters import BACKBONE_CONFIGS, RENAMED, field_names
+from trainer.model import GraphRegressor, NodeRegressor
 
 __all__ = [
     "ARCHITECTURE_KEYS",
@@ -72,21 +73,6 @@ __all__ = [
 FORMAT = "fingerprint-pretrain-checkpoint"
 CHECKPOINT_VERSION = 2
 
-# TrainConfig fields that are model flags of fp-train (the model_args keys a user could give).
-ARCHITECTURE_KEYS = (
-    "model",
-    "hidden_channels",
-    "num_layers",
-    "num_rbf",
-    "num_heads",
-    "num_filters",
-    "radial_basis",
-    "head_channels",
-    "cutoff",
-    "self_loops",
-    "max_neighbors",
-)
-
 
 class ModelFlagConflict(TrainingError):
     """A model flag given for a run that takes its model from a checkpoint differs from it."""
@@ -99,15 +85,19 @@ _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
 # The model a checkpoint describes
 # ------------------------------------------------------------------------------------------
 def _config_class(name: str) -> type:
-    """The config dataclass of backbone ``name`` (``trainer.backbones.BACKBONES``; the ET's
-    without importing that module, which imports PyTorch Geometric)."""
-    if name not in MODELS:
+    """The config dataclass of backbone ``name`` (``trainer.hyperparameters``, which imports
+    neither torch nor PyTorch Geometric)."""
+    if name not in BACKBONE_CONFIGS:
         raise TrainingError(f"unknown model {name!r} (this code builds {', '.join(MODELS)})")
-    if name == "et":
-        return ETConfig
-    from trainer.backbones import BACKBONES
+    return BACKBONE_CONFIGS[name]
 
-    return BACKBONES[name][0]
+
+def _backbone_fields(config_cls: type, values: dict) -> dict:
+    """The fields of ``config_cls`` among ``values`` (TrainConfig / ``model_args`` names:
+    ``cutoff`` as ``cutoff_upper``), under the dataclass's names."""
+    own = field_names(config_cls)
+    named = {RENAMED.get(k, k): v for k, v in values.items()}
+    return {k: v for k, v in named.items() if k in own}
 
 
 def model_args(cfg, out_dim: int) -> dict:
@@ -116,12 +106,9 @@ def model_args(cfg, out_dim: int) -> dict:
     with its config dataclass's fields (the model fields of ``cfg`` that backbone has; the
     rest at the dataclass's defaults)."""
     name = getattr(cfg, "model", "et")
-    backbone = _config_class(name)(
-        hidden_channels=cfg.hidden_channels,
-        cutoff_upper=float(cfg.cutoff),
-        head_channels=cfg.head_channels,
-        **{k: getattr(cfg, k) for k in MODEL_DEFAULTS[name]},
-    )
+    config_cls = _config_class(name)
+    given = {k: getattr(cfg, k) for k in ARCHITECTURE_KEYS if hasattr(cfg, k)}
+    backbone = config_cls(**_backbone_fields(config_cls, {**given, "cutoff": float(cfg.cutoff)}))
     args = {
         "model": name,
         "mode": cfg.mode,
@@ -129,7 +116,7 @@ def model_args(cfg, out_dim: int) -> dict:
         "cutoff": backbone.cutoff_upper,
         "max_neighbors": int(cfg.max_neighbors),
     }
-    args.update({k: v for k, v in backbone.to_dict().items() if k != "cutoff_upper"})
+    args.update({k: v for k, v in backbone.to_dict().items() if k != RENAMED["cutoff"]})
     return args
 
 
@@ -138,10 +125,7 @@ def build_model_from_args(args: dict) -> torch.nn.Module:
     backbone ``args["model"]`` (``"et"`` when absent) under :class:`NodeRegressor` for
     pre-training, :class:`GraphRegressor` for fine-tuning."""
     config_cls = _config_class(args.get("model", "et"))
-    names = {f.name for f in dataclasses.fields(config_cls)} - {"cutoff_upper"}
-    backbone = config_cls(
-        cutoff_upper=float(args["cutoff"]), **{k: v for k, v in args.items() if k in names}
-    )
+    backbone = config_cls(**_backbone_fields(config_cls, {**args, "cutoff": float(args["cutoff"])}))
     head = NodeRegressor if args["mode"] == "pretrain" else GraphRegressor
     return head(backbone, int(args["out_dim"]))
 

@@ -27,8 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from trainer.hyperparameters import BACKBONE_CONFIGS, RENAMED, field_names
+
 __all__ = [
     "FOLDS",
+    "ARCHITECTURE_KEYS",
     "MODELS",
     "MODEL_DEFAULTS",
     "MODEL_FIELDS",
@@ -42,18 +45,41 @@ __all__ = [
 
 FOLDS = 5  # MatBench's protocol: 5-fold KFold (trainer.data.kfold_splits)
 
-# The backbones ``model`` may name (trainer.backbones.BACKBONES), and each one's own fields
-# with their defaults: those of its config dataclass (ETConfig, SchNetConfig, PaiNNConfig;
-# tests/trainer/test_model_choice.py checks that they agree). A field of MODEL_FIELDS left None
-# takes the chosen model's default; one the model does not have stays None, and a value given
-# for it is refused (ConfigError), never silently ignored.
-MODELS = ("et", "schnet", "painn")
-MODEL_DEFAULTS: dict[str, dict[str, object]] = {
-    "et": {"num_layers": 8, "num_rbf": 50, "num_heads": 8, "self_loops": False},
-    "schnet": {"num_layers": 6, "num_rbf": 50, "num_filters": 128},
-    "painn": {"num_layers": 3, "num_rbf": 20, "radial_basis": "gaussian"},
-}
-MODEL_FIELDS = tuple(dict.fromkeys(k for own in MODEL_DEFAULTS.values() for k in own))
+# The backbones ``model`` may name: trainer.hyperparameters.BACKBONE_CONFIGS.
+MODELS = tuple(BACKBONE_CONFIGS)
+
+# TrainConfig's model fields: fp-train's model flags, the architecture a checkpoint's
+# ``model_args`` records under the same names (checkpoint format 2; zoo cards list them in this
+# order). Each but ``model`` and ``max_neighbors`` is a field of the backbones' config
+# dataclasses (``cutoff`` under the name ``cutoff_upper``), which hold their defaults:
+# - left None by default (MODEL_FIELDS, derived below): the chosen model's default
+#   (MODEL_DEFAULTS); one the model does not have stays None, and a value given for it is
+#   refused (ConfigError), never silently ignored;
+# - with a default (hidden_channels, head_channels, cutoff): the one every backbone shares.
+ARCHITECTURE_KEYS = (
+    "model",
+    "hidden_channels",
+    "num_layers",
+    "num_rbf",
+    "num_heads",
+    "num_filters",
+    "radial_basis",
+    "head_channels",
+    "cutoff",
+    "self_loops",
+    "max_neighbors",
+)
+
+
+def _shared_default(name: str):
+    """The default every backbone's config dataclass gives field ``name`` (TrainConfig's
+    name); a field whose defaults differ between backbones must be one of MODEL_FIELDS."""
+    own = RENAMED.get(name, name)
+    defaults = {getattr(config_cls, own) for config_cls in BACKBONE_CONFIGS.values()}
+    if len(defaults) != 1:
+        raise AssertionError(f"backbones' defaults of {own} differ ({defaults}): leave it None")
+    return defaults.pop()
+
 
 # Fields a resumed run may change: how it runs, not what it computes (and ``epochs``, to
 # continue a run for longer; the data order is a function of seed and epoch).
@@ -159,13 +185,14 @@ class TrainConfig:
     batch_size: int = _f(8, "structures per optimiser step (>= 1)", "structures")
     lr: float = _f(1e-4, "AdamW learning rate (> 0)")
     weight_decay: float = _f(0.01, "AdamW weight decay (>= 0)")
-    model: Literal["et", "schnet", "painn"] = _f(
+    model: Literal[MODELS] = _f(
         "et",
         "representation model (backbone): et (TorchMD-Net's equivariant transformer), schnet "
         "(invariant), painn (equivariant); fine-tuning with --init takes it from the checkpoint",
     )
     hidden_channels: int = _f(
-        128, "model width: node feature channels (for et a multiple of num_heads)"
+        _shared_default("hidden_channels"),
+        "model width: node feature channels (for et a multiple of num_heads)",
     )
     num_layers: int | None = _f(None, "interaction layers (attention layers for et)")
     num_rbf: int | None = _f(None, "radial basis functions of the edge expansion")
@@ -175,11 +202,19 @@ class TrainConfig:
         None,
         "radial basis (painn only): gaussian (SchNetPack's default) or bessel (the PaiNN paper's)",
     )
-    head_channels: int = _f(128, "hidden width of the output head's MLP")
+    head_channels: int = _f(
+        _shared_default("head_channels"), "hidden width of the output head's MLP"
+    )
     max_neighbors: int = _f(
         32, "keep each atom's nearest K edges; 0 = all within the cutoff", "neighbours per atom"
     )
-    cutoff: float = _f(8.0, "model cutoff (> 0, at most the store's cutoff)", "Å")
+    cutoff: float = _f(
+        _shared_default("cutoff"),
+        "the model's radial cutoff: edges longer than it are dropped from the store's graphs "
+        "and the backbone's cosine cutoff vanishes there (> 0, at most the store's graph "
+        "cutoff, the radius the store's edges were built with)",
+        "Å",
+    )
     self_loops: bool | None = _f(
         None, "add torchmd-net's zero-length self edges (et only; the authors dropped them)"
     )
@@ -361,6 +396,21 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+# Model fields that default to the chosen backbone's value, and those values per backbone.
+MODEL_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(TrainConfig)
+    if f.name in ARCHITECTURE_KEYS and f.default is None
+)
+MODEL_DEFAULTS: dict[str, dict[str, object]] = {
+    name: {
+        k: getattr(config_cls, RENAMED.get(k, k))
+        for k in MODEL_FIELDS
+        if RENAMED.get(k, k) in field_names(config_cls)
+    }
+    for name, config_cls in BACKBONE_CONFIGS.items()
+}
 
 # Where fine-tuning's defaults differ from pre-training's (the paper's fine-tuning configs).
 FINETUNE_DEFAULTS = {"epochs": 100, "batch_size": 32, "split": [0.6, 0.2, 0.2]}

@@ -18,10 +18,11 @@ reproduces it); the paper's authors dropped them (the default here, as their cod
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
+
+from trainer.hyperparameters import ETConfig  # (defined there with the other backbones')
 
 __all__ = [
     "ETConfig",
@@ -31,43 +32,6 @@ __all__ = [
     "GraphRegressor",
     "load_torchmd_net_weights",
 ]
-
-
-@dataclass
-class ETConfig:
-    """Hyperparameters of the equivariant transformer (defaults: the paper's Table A.1).
-
-    Attributes:
-        hidden_channels: width of node features (and of the head's hidden layers).
-        num_layers: attention layers.
-        num_rbf: radial basis functions (ExpNormal).
-        trainable_rbf: train the RBF means and widths.
-        num_heads: attention heads (must divide ``hidden_channels``).
-        distance_influence: where the RBF filter enters attention: keys, values, both, none.
-        cutoff_lower, cutoff_upper: radial cutoffs, Å.
-        max_z: embedding table size (atomic numbers 0 … max_z − 1).
-        neighbor_embedding: the initial neighbour-type embedding step.
-        self_loops: add a zero-length (i, i) edge per atom, as torchmd-net does.
-        vector_cutoff: apply the cutoff to vector messages too (torchmd-net option).
-        head_channels: hidden width of the MLP heads (authors: 128).
-    """
-
-    hidden_channels: int = 128
-    num_layers: int = 8
-    num_rbf: int = 50
-    trainable_rbf: bool = True
-    num_heads: int = 8
-    distance_influence: str = "both"
-    cutoff_lower: float = 0.0
-    cutoff_upper: float = 8.0
-    max_z: int = 100
-    neighbor_embedding: bool = True
-    self_loops: bool = False
-    vector_cutoff: bool = False
-    head_channels: int = 128
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def cosine_cutoff(dist: Tensor, lower: float, upper: float) -> Tensor:

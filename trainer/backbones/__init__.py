@@ -16,12 +16,11 @@ name        model                                   reference it is tested again
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 from torch import nn
 
 from trainer.backbones.painn import PaiNN, PaiNNConfig
 from trainer.backbones.schnet import SchNet, SchNetConfig
+from trainer.hyperparameters import BACKBONE_CONFIGS, field_names
 from trainer.model import EquivariantTransformer, ETConfig
 
 __all__ = [
@@ -36,11 +35,11 @@ __all__ = [
     "build_backbone",
 ]
 
-# name -> (config dataclass, model class taking that config)
+_MODEL_CLASSES = {ETConfig: EquivariantTransformer, SchNetConfig: SchNet, PaiNNConfig: PaiNN}
+# name -> (config dataclass, model class taking that config); names and configs:
+# trainer.hyperparameters.BACKBONE_CONFIGS
 BACKBONES: dict[str, tuple[type, type[nn.Module]]] = {
-    "et": (ETConfig, EquivariantTransformer),
-    "schnet": (SchNetConfig, SchNet),
-    "painn": (PaiNNConfig, PaiNN),
+    name: (config_cls, _MODEL_CLASSES[config_cls]) for name, config_cls in BACKBONE_CONFIGS.items()
 }
 
 
@@ -53,7 +52,7 @@ def backbone_config(name: str, **hyperparameters):
     if name not in BACKBONES:
         raise ValueError(f"unknown model {name!r}: choose from {', '.join(BACKBONES)}")
     config_cls = BACKBONES[name][0]
-    allowed = [f.name for f in fields(config_cls)]
+    allowed = field_names(config_cls)
     unknown = sorted(set(hyperparameters) - set(allowed))
     if unknown:
         raise ValueError(

@@ -29,40 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
+from trainer.hyperparameters import PaiNNConfig  # (defined there with the other backbones')
+
 __all__ = ["PaiNN", "PaiNNConfig"]
-
-
-@dataclass
-class PaiNNConfig:
-    """Hyperparameters of PaiNN (defaults: the paper's QM9 model, with the store's 8 Å cutoff).
-
-    Attributes:
-        hidden_channels: width F of scalar and vector features (and of the head's input).
-        num_layers: message + update blocks.
-        num_rbf: radial basis functions R.
-        radial_basis: ``gaussian`` (SchNetPack's default) or ``bessel`` (the paper's sinc).
-        cutoff_upper: cosine cutoff radius, Å (edges at or beyond it contribute nothing).
-        max_z: embedding table size (atomic numbers 0 … max_z − 1).
-        epsilon: added under the square root of ‖V v‖ (its gradient at v = 0 stays finite).
-        head_channels: hidden width of the MLP heads that sit on this representation.
-    """
-
-    hidden_channels: int = 128
-    num_layers: int = 3
-    num_rbf: int = 20
-    radial_basis: str = "gaussian"
-    cutoff_upper: float = 8.0
-    max_z: int = 100
-    epsilon: float = 1e-8
-    head_channels: int = 128
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _sum_at(messages: Tensor, centre: Tensor, num_nodes: int) -> Tensor:

@@ -24,39 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
+from trainer.hyperparameters import SchNetConfig  # (defined there with the other backbones')
+
 __all__ = ["SchNet", "SchNetConfig"]
-
-
-@dataclass
-class SchNetConfig:
-    """Hyperparameters of SchNet (defaults: PyG's, with the store's 8 Å cutoff).
-
-    Attributes:
-        hidden_channels: width H of node features (and of the head's input).
-        num_filters: width F of the continuous filters.
-        num_layers: interaction blocks.
-        num_rbf: Gaussians G of the distance expansion (evenly spaced on [0, cutoff_upper]).
-        cutoff_upper: cosine cutoff radius, Å (edges at or beyond it contribute nothing).
-        max_z: embedding table size (atomic numbers 0 … max_z − 1; 0 is a zero padding row).
-        head_channels: hidden width of the MLP heads that sit on this representation.
-    """
-
-    hidden_channels: int = 128
-    num_filters: int = 128
-    num_layers: int = 6
-    num_rbf: int = 50
-    cutoff_upper: float = 8.0
-    max_z: int = 100
-    head_channels: int = 128
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class ShiftedSoftplus(nn.Module):
