@@ -263,10 +263,21 @@ def check_same_store(path: str | Path, saved: dict, current: dict) -> None:
 # ------------------------------------------------------------------------------------------
 def rng_state() -> dict:
     """The torch, NumPy (global) and Python ``random`` states as tensors and plain values."""
-    name, key, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
-    version, internal, gauss_next = random.getstate()
+    return _plain_rng(
+        torch.get_rng_state(),
+        np.random.get_state(),  # noqa: NPY002
+        random.getstate(),
+    )
+
+
+def _plain_rng(torch_state: torch.Tensor, numpy_state: tuple, python_state: tuple) -> dict:
+    """The three generators' states as a checkpoint holds them: ``numpy_state`` is
+    ``np.random.get_state()``'s tuple (its MT19937 key as an int64 tensor), ``python_state``
+    ``random.getstate()``'s (its tuple as a list)."""
+    name, key, pos, has_gauss, cached = numpy_state
+    version, internal, gauss_next = python_state
     return {
-        "torch": torch.get_rng_state(),
+        "torch": torch_state,
         "numpy": {
             "bit_generator": str(name),
             "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
@@ -502,8 +513,6 @@ def convert_checkpoint(
     if len(labels) == 1 and predicts["labels"][0]["dim"] is None:
         predicts["labels"][0]["dim"] = int(args["out_dim"]) if task == "node" else 1
     described = describe_store(manifest, saved_store.get("path", cfg.get("store")), task, labels)
-    name, key, pos, has_gauss, cached = old["rng"]["numpy"]
-    version, internal, gauss_next = old["rng"]["python"]
     new = {
         **old,
         "version": CHECKPOINT_VERSION,
@@ -514,17 +523,7 @@ def convert_checkpoint(
         "splits": {
             k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in old["splits"].items()
         },
-        "rng": {
-            "torch": old["rng"]["torch"],
-            "numpy": {
-                "bit_generator": str(name),
-                "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
-                "pos": int(pos),
-                "has_gauss": int(has_gauss),
-                "cached_gaussian": float(cached),
-            },
-            "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
-        },
+        "rng": _plain_rng(old["rng"]["torch"], old["rng"]["numpy"], old["rng"]["python"]),
     }
     target = Path(out) if out else src
     try:

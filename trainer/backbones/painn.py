@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from trainer.hyperparameters import PaiNNConfig  # (defined there with the other backbones')
+from trainer.model import cosine_cutoff
 
 __all__ = ["PaiNN", "PaiNNConfig"]
 
@@ -162,8 +163,7 @@ class PaiNN(nn.Module):
     def forward(self, z: Tensor, edge_index: Tensor, edge_vec: Tensor) -> tuple[Tensor, Tensor]:
         dist = torch.linalg.vector_norm(edge_vec, dim=1)
         unit_vec = edge_vec / dist.unsqueeze(1)
-        upper = self.cfg.cutoff_upper
-        cutoff = 0.5 * (torch.cos(dist * (math.pi / upper)) + 1.0) * (dist < upper)
+        cutoff = cosine_cutoff(dist, 0.0, self.cfg.cutoff_upper)  # f_c(d_ij), (E,)
         # every layer's filters in one product; layer t takes columns [3F t, 3F (t + 1))
         filters = self.filter_net(self.radial_basis(dist)) * cutoff.unsqueeze(1)
         filters = torch.split(filters, 3 * self.cfg.hidden_channels, dim=1)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
 from trainer.hyperparameters import SchNetConfig  # (defined there with the other backbones')
+from trainer.model import cosine_cutoff
 
 __all__ = ["SchNet", "SchNetConfig"]
 
@@ -143,8 +144,7 @@ class SchNet(nn.Module):
         dist = torch.linalg.vector_norm(edge_vec, dim=1)
         rbf = self.distance_expansion(dist)
         # the same for every layer: computed once
-        upper = self.cfg.cutoff_upper
-        cutoff = 0.5 * (torch.cos(dist * (math.pi / upper)) + 1.0) * (dist < upper)
+        cutoff = cosine_cutoff(dist, 0.0, self.cfg.cutoff_upper)  # f_c(d_ij), (E,)
         h = self.embedding(z)
         for interaction in self.interactions:
             h = h + interaction(h, edge_index, rbf, cutoff)
