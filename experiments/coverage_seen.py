@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from builder.datasets.download import data_home
-from trainer.report import paired_p
+from trainer.harness.results import paired_p
 
 SEEDS = (111, 222, 333, 444, 555)
 LABELS = ("eadset1", "gmpset1", "wacsfset1")

@@ -62,7 +62,7 @@ log "stores built"
 
 # 2. one pre-training run alone: seconds per epoch of the plan's model, pre-training settings,
 #    store and (last) label set, all read from the plan
-"$PY" -c "import sys, yaml; from trainer.sweep import load_plan, expand_plan
+"$PY" -c "import sys, yaml; from trainer.harness.sweep import load_plan, expand_plan
 pre = [r for r in expand_plan(load_plan(sys.argv[1]), '/tmp/unused') if r.mode == 'pretrain']
 yaml.safe_dump(pre[-1].config, open(sys.argv[2], 'w'))" \
     "$PLAN" /tmp/epoch-timing.yaml || { log "cannot read a pre-training run from $PLAN"; exit 4; }

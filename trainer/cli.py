@@ -3,10 +3,11 @@ checkpoints.
 
 Every :class:`~trainer.config.TrainConfig` field is a flag (``--batch-size``, ``--lr``,
 ``--max-neighbors`` ...; booleans as ``--amp/--no-amp``) with the paper's value as default, and
-a key of the YAML file given with ``--config`` (flags win over the file). Each flag's help,
-unit, default (that of the command's mode) and allowed values come from the field itself
-(:mod:`trainer.config`). Errors end with one line on stderr, ``fp-train: error: ...``; a bad
-value or a refused run directory exits with status 2, a failed run with 1.
+a key of the JSON or YAML file given with ``--config`` (flags win over the file; ``fp-train
+sweep`` writes one per run). Each flag's help, unit, default (that of the command's mode) and
+allowed values come from the field itself (:mod:`trainer.config`). Errors end with one line on
+stderr, ``fp-train: error: ...``; a bad value or a refused run directory exits with status 2,
+a failed run with 1.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from trainer.config import MODEL_DEFAULTS, ConfigError, TrainConfig, load_yaml
+from trainer.config import MODEL_DEFAULTS, ConfigError, TrainConfig, load_config_file
 
 # Fields set by each command's own arguments rather than generic flags.
 _OWN = {"mode", "store", "labels", "init"}
@@ -94,7 +95,8 @@ def _config_options(mode: str):
             "--config",
             "config_file",
             default=None,
-            help="YAML file of configuration keys (any option's name; flags win over it).",
+            help="JSON (.json) or YAML file of configuration keys (any option's name, e.g. "
+            "written by fp-train sweep; flags given win over it).",
         )(func)
 
     return decorate
@@ -116,7 +118,7 @@ def _flag(err: ConfigError) -> str:
 
 def _make_config(mode: str, config_file, labels, store, init, options) -> TrainConfig:
     cfg = TrainConfig.defaults(mode)
-    from_file = load_yaml(config_file) if config_file else {}
+    from_file = _config_file(config_file, mode) if config_file else {}
     try:
         cfg = cfg.updated(**from_file)
     except ConfigError as err:
@@ -160,6 +162,18 @@ def _make_config(mode: str, config_file, labels, store, init, options) -> TrainC
         raise click.UsageError(f"{what} is required (or 'labels' in --config)")
     _check_device(cfg.device)
     return cfg
+
+
+def _config_file(path: str, mode: str) -> dict:
+    """The keys of ``--config`` (:func:`trainer.config.load_config_file`); a file that does
+    not parse, has an unknown key or names another mode is a usage error naming the file."""
+    try:
+        keys = load_config_file(path)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    if keys.pop("mode", mode) != mode:
+        raise click.UsageError(f"{path}: mode is this command's ({mode}), not another")
+    return keys
 
 
 def _resolve(name_or_path) -> Path:
@@ -365,7 +379,7 @@ def sweep(plan, runs_dir, parallel, dry_run) -> None:
     """Run the experiment of PLAN (YAML): pre-training, then fine-tuning from scratch and from
     each pre-trained model over tasks, seeds and training-set sizes. Resumable: finished runs
     are skipped, interrupted ones continue."""
-    from trainer.sweep import load_plan, run_sweep
+    from trainer.harness.sweep import load_plan, run_sweep
 
     spec = {**load_plan(plan), "plan_file": plan}
     target = runs_dir or spec.get("runs_dir")
@@ -400,7 +414,8 @@ def report(runs_dir, out, no_tsne, store, device) -> None:
     directory (config.json, metrics.csv) gets its learning curve, metrics and, for
     fine-tuning, a parity plot; for pre-training, the test error per label set and feature
     group in standardised label units (needs the run's store)."""
-    from trainer.report import is_run_dir, write_report, write_run_report
+    from trainer.harness.report import write_report
+    from trainer.harness.run_report import is_run_dir, write_run_report
 
     if is_run_dir(runs_dir):
         _check_device(device)

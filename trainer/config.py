@@ -39,7 +39,7 @@ __all__ = [
     "ConfigError",
     "TrainConfig",
     "config_differences",
-    "load_yaml",
+    "load_config_file",
     "prepare_run_dir",
 ]
 
@@ -522,12 +522,37 @@ def prepare_run_dir(cfg: TrainConfig, main: bool = True) -> None:
         )
 
 
-def load_yaml(path: str | Path) -> dict:
-    """Configuration keys from a YAML file (a flat mapping of TrainConfig fields)."""
-    import yaml
+def load_config_file(path: str | Path) -> dict:
+    """Configuration keys from the file ``path`` (``fp-train --config``): JSON when the name
+    ends in ``.json``, YAML otherwise; a flat mapping of TrainConfig field names (``-`` read
+    as ``_``) to values, checked by :class:`TrainConfig` when the configuration is made.
 
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    Raises:
+        ValueError: one line naming the file: it does not parse, is not a mapping, or has a
+            key that is no TrainConfig field (the first such key, in the file's order).
+    """
+    text = Path(path).read_text()
+    if str(path).endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            problem = getattr(err, "problem", None) or err
+            raise ValueError(f"{path}: not valid YAML ({where}{problem})") from None
+    data = data or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of configuration keys")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in data:
+        if key not in known:
+            raise ValueError(f"{path}: unknown configuration key {key!r} (not a TrainConfig field)")
+    return data

@@ -181,7 +181,7 @@ def strip_checkpoint(ckpt: dict, name: str, source_sha256: str) -> dict:
 def fine_tuning_effects(runs_dir: str | Path, init: str) -> list[dict]:
     """Test MAE of fine-tuning from pre-training label set ``init`` against the from-scratch
     baseline, per task and training-set size, over the seeds both have (each seed is one
-    split shared by both), from a sweep's runs (``trainer.report.collect``).
+    split shared by both), from a sweep's runs (``trainer.harness.results.collect``).
 
     Returns:
         One dict per (task, n): ``task``, ``n`` (None = the full training split), ``unit``,
@@ -190,7 +190,7 @@ def fine_tuning_effects(runs_dir: str | Path, init: str) -> list[dict]:
         on which the pre-trained model's MAE was lower) and ``p`` (paired t-test, from 3 seeds;
         else None); full split first, then sizes descending, tasks in the plan's order.
     """
-    from trainer.report import collect, paired_p
+    from trainer.harness.results import collect, paired_p
 
     runs_dir = Path(runs_dir)
     plan = _plan(runs_dir)

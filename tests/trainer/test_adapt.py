@@ -31,7 +31,7 @@ from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.cli import main
 from trainer.config import prepare_run_dir
 from trainer.data import StoreDataset
-from trainer.sweep import _command, expand_plan
+from trainer.harness.sweep import expand_plan, file_config
 from trainer.train import TrainingError, train
 from trainer.zoo import strip_checkpoint
 
@@ -306,10 +306,9 @@ def test_sweep_plan_expresses_scratch_general_and_adaptive(tmp_path):
     assert adaptive.config["init"] == general.config["init"]
     assert adaptive.init == "wacsfset1+adapt" and general.init == "wacsfset1"
     assert "adapt_epochs" not in general.config and "adapt_epochs" not in runs[("a", "none")].config
-    cmd = _command(adaptive)
-    assert cmd[cmd.index("--adapt-epochs") + 1] == "3" and "--adapt-on" not in cmd
-    cmd = _command(runs[("b", "wacsfset1+adapt")])
-    assert cmd[cmd.index("--adapt-on") + 1] == "all"
+    given = file_config(adaptive)  # what the run's --config file holds
+    assert given["adapt_epochs"] == 3 and "adapt_on" not in given
+    assert file_config(runs[("b", "wacsfset1+adapt")])["adapt_on"] == "all"
     plan["finetune"].pop("adapt_epochs")
     with pytest.raises(ValueError, match=r"finetune.tasks\[a\].*wacsfset1\+adapt.*adapt_epochs"):
         expand_plan(plan, tmp_path)

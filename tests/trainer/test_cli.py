@@ -153,6 +153,51 @@ def test_typed_choices_and_ranges_are_checked_when_the_config_is_made(tmp_path, 
     assert code == 2 and err.count("\n") == 1 and str(config) in err and "standrd" in err
 
 
+def _configs_made(monkeypatch) -> list[TrainConfig]:
+    """The configurations fp-train would train with (the training itself replaced)."""
+    made: list[TrainConfig] = []
+    monkeypatch.setattr("trainer.train.train", made.append)
+    return made
+
+
+def test_a_json_config_file_gives_every_key_and_flags_given_win(tmp_path, monkeypatch, capsys):
+    made = _configs_made(monkeypatch)
+    keys = {"store": "s.lmdb", "labels": ["y"], "epochs": 7, "batch_size": 4, "min_lr": 1e-6}
+    keys |= {"split": [0.5, 0.25, 0.25], "amp": False, "max_train": 12}
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(keys))  # min_lr as 1e-06: JSON, not YAML 1.1's string
+    run = tmp_path / "r"
+    code, _, err = _cli(capsys, "finetune", "--config", config, "--run-dir", run, "--epochs", "3")
+    assert code == 0, err
+    (cfg,) = made
+    assert cfg.epochs == 3  # the flag given, over the file's 7
+    assert {k: getattr(cfg, k) for k in keys if k != "epochs"} == {
+        k: v for k, v in keys.items() if k != "epochs"
+    }
+    defaults = TrainConfig.defaults("finetune")
+    assert cfg.mode == "finetune" and cfg.lr == defaults.lr and cfg.run_dir == str(run)
+    # a flag left at its default does not override the file (--batch-size not given: 4)
+    code, _, _ = _cli(capsys, "finetune", "--config", config, "--run-dir", run, "--amp")
+    assert code == 0 and made[1].batch_size == 4 and made[1].amp is True
+
+
+@pytest.mark.parametrize(
+    "keys, named",
+    [
+        ({"store": "s", "labels": ["y"], "max_vall": 5}, "unknown configuration key 'max_vall'"),
+        ({"store": "s", "labels": ["y"], "mode": "pretrain"}, "mode"),
+        ({"store": "s", "labels": ["y"], "epochs": "ten"}, "epochs must be an integer"),
+    ],
+)
+def test_a_bad_config_file_is_a_one_line_usage_error(keys, named, tmp_path, monkeypatch, capsys):
+    made = _configs_made(monkeypatch)
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(keys))
+    code, _, err = _cli(capsys, "finetune", "--config", config, "--run-dir", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and str(config) in err and named in err, err
+    assert not made
+
+
 # ------------------------------------------------------------------------------------------
 # Run directories and splits
 # ------------------------------------------------------------------------------------------

@@ -15,36 +15,19 @@ import pytest
 import torch
 
 from schemas import open_store
-from tests.builder.helpers import MP_SAMPLE, build
+from tests.trainer.conftest import TINY
 from trainer.checkpoint import model_from_checkpoint
 from trainer.cli import main
 from trainer.config import TrainConfig
 from trainer.data import StoreDataset, collate
-from trainer.report import is_run_dir, standardised_errors, write_run_report
+from trainer.harness.run_report import is_run_dir, standardised_errors, write_run_report
 from trainer.train import train
-
-TINY = dict(
-    hidden_channels=16,
-    num_layers=1,
-    num_rbf=8,
-    num_heads=2,
-    head_channels=16,
-    num_workers=0,
-    progress=False,
-)
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report") / "mp.lmdb"
-    build(
-        out,
-        MP_SAMPLE,
-        targets=["band_gap"],
-        target_units={"band_gap": "eV"},
-        descriptors=["wacsfset1"],
-    )
-    return out
+def store(tiny_store):
+    """The trainer tests' shared tiny store (read only here)."""
+    return tiny_store
 
 
 @pytest.fixture(scope="module")

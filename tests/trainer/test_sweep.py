@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,10 @@ import pytest
 import yaml
 
 from tests.builder.helpers import MP_SAMPLE, build
-from trainer.report import _thin_ticks, improvement, write_report
-from trainer.sweep import expand_plan, run_sweep
+from trainer.harness.figures import _thin_ticks
+from trainer.harness.report import write_report
+from trainer.harness.results import improvement
+from trainer.harness.sweep import CONFIG_FILE, expand_plan, run_sweep
 
 MODEL = {
     "hidden_channels": 16,
@@ -104,6 +107,34 @@ def test_sweep_ran_everything_then_skips_and_resumes(swept):
     assert len(np.load(victim / "splits.npz")["train"]) == 12
 
 
+def test_each_run_got_its_configuration_as_a_file(swept, tmp_path):
+    """The sweep wrote each run's plan keys (None left out) to sweep_config.json, and the run
+    trained with them (its own config.json); run directories without that file, as the
+    trainer alone left them, still count as done; a dry run writes nothing."""
+    plan, runs, _ = swept
+    for run in expand_plan(plan, runs):
+        given = json.loads((run.run_dir / CONFIG_FILE).read_text())
+        assert given == {k: v for k, v in run.config.items() if v is not None}
+        used = json.loads((run.run_dir / "config.json").read_text())
+        assert {k: used[k] for k in given} == given, run.run_dir
+        assert used["mode"] == run.mode and used["run_dir"] == str(run.run_dir)
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy, ignore=shutil.ignore_patterns(CONFIG_FILE))
+    log: list[str] = []
+    again = run_sweep(plan, copy, dry_run=True, log=log.append)
+    assert again == {"done": 13, "ran": 0, "failed": 0, "waiting": 0}
+    victim = copy / "finetune" / "gap" / "nall" / "none" / "seed111"
+    (victim / "result.json").unlink()
+    log.clear()
+    assert run_sweep(plan, copy, dry_run=True, log=log.append)["waiting"] == 1
+    assert log[1].split()[3:] == [
+        "finetune", "--config", str(victim / CONFIG_FILE), "--run-dir", str(victim),
+        "--resume", "--no-progress",
+    ]  # fmt: skip
+    assert json.loads(log[2].split(": ", 1)[1])["seed"] == 111
+    assert not list(copy.rglob(CONFIG_FILE))
+
+
 def test_report_table_matches_the_runs(swept):
     _, runs, _ = swept
     report = write_report(runs, tsne=True)
@@ -184,7 +215,7 @@ def test_pretraining_table_times_and_device(swept):
 
 
 def test_training_counts_come_from_the_saved_splits(swept):
-    from trainer.report import collect
+    from trainer.harness.results import collect
 
     _, runs, _ = swept
     rows = collect(runs)
@@ -198,7 +229,7 @@ def test_plan_with_unknown_keys_is_refused(tmp_path):
     with pytest.raises(ValueError, match="hidden_chanels"):
         expand_plan(bad, tmp_path)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump({"pretrain": {}}))
-    from trainer.sweep import load_plan
+    from trainer.harness.sweep import load_plan
 
     with pytest.raises(ValueError, match="finetune"):
         load_plan(tmp_path / "p.yaml")
@@ -225,7 +256,7 @@ def test_report_as_a_markdown_file_with_a_figure_folder(swept, tmp_path):
 def test_follow_up_plan_extends_its_base(tmp_path):
     """A plan with ``extends`` takes its base's sections and lays its own on them: mappings
     merge key by key, lists and scalars replace, null removes; runs_dir is never inherited."""
-    from trainer.sweep import load_plan
+    from trainer.harness.sweep import load_plan
 
     base = {
         "runs_dir": "runs/base",
@@ -262,7 +293,7 @@ def test_follow_up_plan_extends_its_base(tmp_path):
 
 
 def test_extends_errors_name_the_files(tmp_path):
-    from trainer.sweep import load_plan
+    from trainer.harness.sweep import load_plan
 
     (tmp_path / "a.yaml").write_text("extends: b.yaml\nfinetune: {tasks: []}\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
@@ -285,7 +316,7 @@ def test_extends_errors_name_the_files(tmp_path):
 )
 def test_committed_plans_expand(plan_file, tmp_path):
     """The experiment plans in experiments/ are valid (known keys, every run expands)."""
-    from trainer.sweep import load_plan
+    from trainer.harness.sweep import load_plan
 
     plan = load_plan(Path(__file__).parents[2] / "experiments" / plan_file)
     runs = expand_plan(plan, tmp_path)
@@ -297,7 +328,8 @@ def test_committed_plans_expand(plan_file, tmp_path):
 def test_paired_p_value_against_the_closed_form():
     """Three pairs: the t distribution with 2 degrees of freedom has the closed-form CDF
     1/2 + t / (2 sqrt(2 + t²)), so p = 1 - |t| / sqrt(2 + t²)."""
-    from trainer.report import paired_p, summary_table
+    from trainer.harness.report import summary_table
+    from trainer.harness.results import paired_p
 
     base, pre = [50.0, 61.0, 47.0], [44.0, 52.0, 46.0]
     d = np.subtract(base, pre)

@@ -4,7 +4,9 @@ A plan (YAML) names a pre-training store and label sets, fine-tuning tasks, seed
 sizes and (optionally) pre-training epochs for the ablation; the sweep expands it into runs and
 executes each one as its own ``fp-train`` process, skipping runs already finished
 (``result.json``) and resuming interrupted ones (``--resume``). Stop it at any moment and start
-it again: it continues where it stopped.
+it again: it continues where it stopped. Each run's configuration (the plan's keys for it) is
+written to ``RUN_DIR/sweep_config.json``, and the run is
+``fp-train MODE --config RUN_DIR/sweep_config.json --run-dir RUN_DIR --resume --no-progress``.
 
 Plan keys (see ``experiments/*.yaml``)::
 
@@ -45,14 +47,26 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.locations import data_home
 from trainer.config import TrainConfig
 
-__all__ = ["Run", "expand_plan", "load_plan", "run_sweep"]
+__all__ = [
+    "CONFIG_FILE",
+    "Run",
+    "expand_path",
+    "expand_plan",
+    "file_config",
+    "load_plan",
+    "run_sweep",
+    "write_run_config",
+]
+
+# The configuration file the sweep writes into each run directory and passes to fp-train with
+# --config (the trainer's own config.json, the resolved configuration, is another file).
+CONFIG_FILE = "sweep_config.json"
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,7 @@ class Run:
         return (self.run_dir / "result.json").exists()
 
 
-def _expand(path: str) -> str:
+def expand_path(path: str) -> str:
     """``path`` with ``~`` and ``${VAR}`` expanded; ``FP_DATA`` defaults to
     :func:`schemas.locations.data_home`."""
     os.environ.setdefault("FP_DATA", str(data_home()))
@@ -177,123 +191,165 @@ def expand_plan(plan: dict, runs_dir: str | Path) -> list[Run]:
     """Every run of the plan, pre-training first (fine-tuning runs depend on them)."""
     runs_dir = Path(runs_dir)
     model = _checked(dict(plan.get("model", {})), "model")
-    runs: list[Run] = []
-    pre = plan.get("pretrain")
-    if pre:
-        for label in pre["labels"]:
-            config = {
-                **model,
-                **_checked(dict(pre.get("config", {})), "pretrain.config"),
-                "store": _expand(pre["store"]),
-                "labels": [label],
-            }
-            runs.append(Run("pretrain", runs_dir / "pretrain" / label, config, init=label))
+    runs = _pretrain_runs(plan.get("pretrain"), model, runs_dir)
     ft = plan["finetune"]
     base = {**model, **_checked(dict(ft.get("config", {})), "finetune.config")}
     for task in ft["tasks"]:
-        # a task may override the sweep-wide seeds, inits, pre-training epochs and settings
-        seeds = task.get("seeds", ft.get("seeds", [111]))
-        task_base = {
-            **base,
-            **_checked(dict(task.get("config", {})), f"finetune.tasks[{task['name']}].config"),
-        }
-        inits = task.get("inits", ft.get("inits", ["none"]))
-        # seed-major: a sweep stopped part-way through a task leaves complete paired
-        # comparisons (baseline and every pre-trained model on the same splits) for the
-        # seeds it finished, not every seed of some models and none of the others
-        for size in task.get("train_sizes", [None]):
-            for seed in seeds:
-                for init in inits:
-                    label, adapting = _adaptation(init, task, ft)
-                    epochs = (
-                        [None]
-                        if init == "none"
-                        else task.get("pretrain_epochs", ft.get("pretrain_epochs", [None]))
-                    )
-                    for pre_epoch in epochs:
-                        name = init if pre_epoch is None else f"{init}-e{pre_epoch}"
-                        needs = None
-                        if init != "none":
-                            ckpt = "best.pt" if pre_epoch is None else f"epoch{pre_epoch}.pt"
-                            needs = runs_dir / "pretrain" / label / ckpt
-                        config = {
-                            **task_base,
-                            "store": _expand(task["store"]),
-                            "labels": [task["target"]],
-                            "seed": seed,
-                            "max_train": size,
-                            "init": str(needs) if needs else None,
-                            **adapting,
-                        }
-                        runs.append(
-                            Run(
-                                "finetune",
-                                runs_dir
-                                / "finetune"
-                                / task["name"]
-                                / (f"n{size}" if size else "nall")
-                                / name
-                                / f"seed{seed}",
-                                config,
-                                needs,
-                                task["name"],
-                                None if init == "none" else init,
-                                size,
-                                pre_epoch,
-                                seed,
-                            )
-                        )
+        runs += _task_runs(task, ft, base, runs_dir)
     return runs
 
 
+def _pretrain_runs(pre: dict | None, model: dict, runs_dir: Path) -> list[Run]:
+    """One pre-training run per label set of the plan's ``pretrain`` section (none without
+    one)."""
+    if not pre:
+        return []
+    runs = []
+    for label in pre["labels"]:
+        config = {
+            **model,
+            **_checked(dict(pre.get("config", {})), "pretrain.config"),
+            "store": expand_path(pre["store"]),
+            "labels": [label],
+        }
+        runs.append(Run("pretrain", runs_dir / "pretrain" / label, config, init=label))
+    return runs
+
+
+def _task_runs(task: dict, ft: dict, base: dict, runs_dir: Path) -> list[Run]:
+    """The fine-tuning runs of one task: sizes × seeds × inits × pre-training epochs.
+
+    A task may override the sweep-wide seeds, inits, pre-training epochs and settings
+    (``ft``: the plan's finetune section; ``base``: its model and config keys)."""
+    seeds = task.get("seeds", ft.get("seeds", [111]))
+    task_base = {
+        **base,
+        **_checked(dict(task.get("config", {})), f"finetune.tasks[{task['name']}].config"),
+    }
+    inits = task.get("inits", ft.get("inits", ["none"]))
+    runs = []
+    # seed-major: a sweep stopped part-way through a task leaves complete paired
+    # comparisons (baseline and every pre-trained model on the same splits) for the
+    # seeds it finished, not every seed of some models and none of the others
+    for size in task.get("train_sizes", [None]):
+        for seed in seeds:
+            for init in inits:
+                label, adapting = _adaptation(init, task, ft)
+                epochs = (
+                    [None]
+                    if init == "none"
+                    else task.get("pretrain_epochs", ft.get("pretrain_epochs", [None]))
+                )
+                for pre_epoch in epochs:
+                    where = (size, seed, init, label, pre_epoch)
+                    runs.append(_finetune_run(task, task_base, adapting, runs_dir, *where))
+    return runs
+
+
+def _finetune_run(
+    task: dict,
+    task_base: dict,
+    adapting: dict,
+    runs_dir: Path,
+    size: int | None,
+    seed: int,
+    init: str,
+    label: str,
+    pre_epoch: int | None,
+) -> Run:
+    """One fine-tuning run of ``task``: training-set ``size`` (None = the full split),
+    ``seed``, ``init`` as the plan writes it (``none``, ``LABEL``, ``LABEL+adapt``; ``label``:
+    its pre-training label set), from the pre-training's ``best.pt`` or ``epoch<pre_epoch>.pt``."""
+    name = init if pre_epoch is None else f"{init}-e{pre_epoch}"
+    needs = None
+    if init != "none":
+        ckpt = "best.pt" if pre_epoch is None else f"epoch{pre_epoch}.pt"
+        needs = runs_dir / "pretrain" / label / ckpt
+    config = {
+        **task_base,
+        "store": expand_path(task["store"]),
+        "labels": [task["target"]],
+        "seed": seed,
+        "max_train": size,
+        "init": str(needs) if needs else None,
+        **adapting,
+    }
+    size_dir = f"n{size}" if size else "nall"
+    return Run(
+        "finetune",
+        runs_dir / "finetune" / task["name"] / size_dir / name / f"seed{seed}",
+        config,
+        needs,
+        task["name"],
+        None if init == "none" else init,
+        size,
+        pre_epoch,
+        seed,
+    )
+
+
+def file_config(run: Run) -> dict:
+    """What the run's configuration file holds: the plan's keys for the run, those set to
+    ``None`` left out (the trainer's default applies, as when the key is not given)."""
+    return {key: value for key, value in run.config.items() if value is not None}
+
+
+def write_run_config(run: Run) -> Path:
+    """Write the run's configuration (:func:`file_config`) as JSON to
+    ``RUN_DIR/sweep_config.json`` (:data:`CONFIG_FILE`), the file its fp-train command reads
+    with ``--config``; returns the path."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    path = run.run_dir / CONFIG_FILE
+    path.write_text(json.dumps(file_config(run), indent=2) + "\n")
+    return path
+
+
 def _command(run: Run) -> list[str]:
-    """The fp-train command line of a run (every key passed explicitly, --resume always)."""
-    cmd = [
+    """The fp-train command line of a run: its configuration file (:func:`write_run_config`),
+    its run directory, ``--resume`` always (a finished or new run is unaffected)."""
+    return [
         sys.executable,
         "-m",
         "trainer.cli",
         run.mode,
+        "--config",
+        str(run.run_dir / CONFIG_FILE),
         "--run-dir",
         str(run.run_dir),
         "--resume",
         "--no-progress",
     ]
-    for key, value in run.config.items():
-        if value is None:
-            continue
-        if key == "labels":
-            for label in value:
-                cmd += ["--descriptor" if run.mode == "pretrain" else "--target", label]
-            continue
-        if key == "store":
-            cmd += ["--store", value]
-            continue
-        if key == "init":
-            cmd += ["--init", value]
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            cmd.append(flag if value else f"--no-{key.replace('_', '-')}")
-        elif isinstance(value, list):
-            for v in value:
-                cmd += [flag, str(v)]
-        else:
-            cmd += [flag, str(value)]
-    return cmd
 
 
 def run_sweep(
     plan: dict, runs_dir: str | Path, parallel: int = 1, dry_run: bool = False, log=print
 ) -> dict:
     """Run every unfinished run of ``plan`` (``parallel`` at a time, one CPU thread each when
-    parallel > 1). Returns counts ``{"done", "ran", "failed", "waiting"}``."""
+    parallel > 1). Returns counts ``{"done", "ran", "failed", "waiting"}``.
+
+    ``dry_run``: write nothing, only log each unfinished run's command and the configuration
+    its file would hold."""
     runs = expand_plan(plan, runs_dir)
     todo = [r for r in runs if not r.done]
     log(f"{len(runs)} runs in the plan, {len(runs) - len(todo)} already done, {len(todo)} to do")
     if dry_run:
         for r in todo:
             log(" ".join(_command(r)))
+            log(f"  {CONFIG_FILE}: {json.dumps(file_config(r))}")
         return {"done": len(runs) - len(todo), "ran": 0, "failed": 0, "waiting": len(todo)}
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    (Path(runs_dir) / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    ran, failed = _execute(todo, parallel, log)
+    done = sum(r.done for r in runs)
+    return {"done": done, "ran": ran, "failed": len(failed), "waiting": len(runs) - done}
+
+
+def _execute(todo: list[Run], parallel: int, log) -> tuple[int, set[Path]]:
+    """Run ``todo`` in order, ``parallel`` processes at a time, each fine-tuning run once its
+    pre-training has finished. Returns (runs executed, run directories that failed or were
+    skipped because what they need failed)."""
     env = dict(os.environ)
     if parallel > 1:
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -301,37 +357,23 @@ def run_sweep(
     running: dict[subprocess.Popen, tuple[Run, object]] = {}
     ran = 0
     pending = list(todo)
-    Path(runs_dir).mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    (Path(runs_dir) / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
     while pending or running:
         # start what can start: its pre-trained checkpoint exists, or nothing it needs failed
         for run in list(pending):
             if len(running) >= parallel:
                 break
-            if run.needs is not None:
-                source = run.needs.parent  # the pre-training run
-                scheduled = any(r.run_dir == source for r, _ in running.values()) or any(
-                    r.run_dir == source for r in pending
-                )
-                finished = (source / "result.json").exists() and run.needs.exists()
-                if not finished and scheduled:
-                    continue  # wait for the whole pre-training, not its first best.pt
-                if not finished and (source in failed or not run.needs.exists()):
-                    failed.add(run.run_dir)
-                    pending.remove(run)
-                    log(
-                        f"skip {run.run_dir}: {run.needs} not available"
-                        + (" (its pre-training failed)" if source in failed else "")
-                    )
-                    continue
+            state = _readiness(run, pending, running, failed)
+            if state == "wait":
+                continue
             pending.remove(run)
-            run.run_dir.mkdir(parents=True, exist_ok=True)
-            logfile = open(run.run_dir / "train.log", "a")
-            proc = subprocess.Popen(
-                _command(run), stdout=logfile, stderr=subprocess.STDOUT, env=env
-            )
+            if state == "skip":
+                failed.add(run.run_dir)
+                log(
+                    f"skip {run.run_dir}: {run.needs} not available"
+                    + (" (its pre-training failed)" if run.needs.parent in failed else "")
+                )
+                continue
+            proc, logfile = _start(run, env)
             running[proc] = (run, logfile)
             log(f"start {run.run_dir}")
         time.sleep(0.5)
@@ -345,11 +387,30 @@ def run_sweep(
             else:
                 result = json.loads((run.run_dir / "result.json").read_text())
                 log(f"done  {run.run_dir}: test MAE {result.get('test_mae', float('nan')):.5g}")
-    done = sum(r.done for r in runs)
-    return {"done": done, "ran": ran, "failed": len(failed), "waiting": len(runs) - done}
+    return ran, failed
 
 
-def iter_results(runs_dir: str | Path) -> Iterator[tuple[Path, dict]]:
-    """(run directory, result.json) of every finished run under ``runs_dir``."""
-    for path in sorted(Path(runs_dir).rglob("result.json")):
-        yield path.parent, json.loads(path.read_text())
+def _readiness(run: Run, pending: list[Run], running: dict, failed: set[Path]) -> str:
+    """``start``, ``wait`` (its pre-training is still to run or running: wait for the whole
+    run, not its first best.pt) or ``skip`` (the checkpoint it needs will not come)."""
+    if run.needs is None:
+        return "start"
+    source = run.needs.parent  # the pre-training run
+    scheduled = any(r.run_dir == source for r, _ in running.values()) or any(
+        r.run_dir == source for r in pending
+    )
+    finished = (source / "result.json").exists() and run.needs.exists()
+    if not finished and scheduled:
+        return "wait"
+    if not finished and (source in failed or not run.needs.exists()):
+        return "skip"
+    return "start"
+
+
+def _start(run: Run, env: dict) -> tuple[subprocess.Popen, object]:
+    """Write the run's configuration file and start its fp-train process (output appended to
+    ``train.log``); returns the process and the open log file."""
+    write_run_config(run)
+    logfile = open(run.run_dir / "train.log", "a")
+    proc = subprocess.Popen(_command(run), stdout=logfile, stderr=subprocess.STDOUT, env=env)
+    return proc, logfile
