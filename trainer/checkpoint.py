@@ -185,10 +185,11 @@ def architecture_from_checkpoint(path: str | Path, given: dict) -> dict:
 # ------------------------------------------------------------------------------------------
 # What it predicts and what it was trained on
 # ------------------------------------------------------------------------------------------
-def describe_predictions(manifest: dict, task: str, labels: list[str]) -> dict:
-    """The checkpoint's ``predicts``: task, and each label's kind, unit, dim and family
+def describe_predictions(manifest: dict, level: str, labels: list[str]) -> dict:
+    """The checkpoint's ``predicts``: its ``task`` (the prediction ``level``: ``"node"`` or
+    ``"graph"``), and each label's kind, unit, dim and family
     (descriptor sets: from ``manifest["descriptors"]``; targets: from ``manifest["targets"]``)."""
-    if task == "node":
+    if level == "node":
         sets = manifest.get("descriptors", {})
         entries = [
             {
@@ -206,10 +207,10 @@ def describe_predictions(manifest: dict, task: str, labels: list[str]) -> dict:
             {"name": n, "kind": "target", "unit": units.get(n), "dim": 1, "family": None}
             for n in labels
         ]
-    return {"task": task, "labels": entries}
+    return {"task": level, "labels": entries}
 
 
-def describe_store(manifest: dict, path: str, task: str, labels: list[str]) -> dict:
+def describe_store(manifest: dict, path: str, level: str, labels: list[str]) -> dict:
     """The checkpoint's ``store``: path, content and graphs hashes, and the hash of each
     descriptor set a pre-training run uses (fine-tuning targets are in the graphs hash)."""
     sets = manifest.get("descriptors", {})
@@ -218,7 +219,7 @@ def describe_store(manifest: dict, path: str, task: str, labels: list[str]) -> d
         "content_hash": manifest.get("content_hash"),
         "graphs_hash": manifest.get("graphs_hash"),
         "label_hashes": {n: sets[n].get("hash") for n in labels if n in sets}
-        if task == "node"
+        if level == "node"
         else {},
         "schema_version": manifest.get("schema_version"),
     }
@@ -498,7 +499,7 @@ def convert_checkpoint(
     old = _load_version1(src)
     notes: list[str] = []
     cfg = old["config"]
-    task = "node" if cfg["mode"] == "pretrain" else "graph"
+    level = "node" if cfg["mode"] == "pretrain" else "graph"
     labels = list(old.get("labels", cfg.get("labels", [])))
     saved_store = dict(old.get("store", {}))
     manifest, why = _manifest_of(store or saved_store.get("path"), saved_store.get("content_hash"))
@@ -509,10 +510,10 @@ def convert_checkpoint(
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     defaults = TrainConfig(**{k: v for k, v in cfg.items() if k in known})
     args = {**model_args(defaults, old["model_args"]["out_dim"]), **old["model_args"]}
-    predicts = describe_predictions(manifest, task, labels)
+    predicts = describe_predictions(manifest, level, labels)
     if len(labels) == 1 and predicts["labels"][0]["dim"] is None:
-        predicts["labels"][0]["dim"] = int(args["out_dim"]) if task == "node" else 1
-    described = describe_store(manifest, saved_store.get("path", cfg.get("store")), task, labels)
+        predicts["labels"][0]["dim"] = int(args["out_dim"]) if level == "node" else 1
+    described = describe_store(manifest, saved_store.get("path", cfg.get("store")), level, labels)
     new = {
         **old,
         "version": CHECKPOINT_VERSION,

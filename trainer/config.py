@@ -149,10 +149,16 @@ class TrainConfig:
         "pretrain: node-level descriptor regression; finetune: graph-level property regression",
     )
     store: str = _f("", "store directory (LMDB or Zarr, from fp-build)")
-    labels: list[str] = _f([], "descriptor sets (pretrain) or target names (finetune)")
+    labels: list[str] = _f(
+        [],
+        "what the model learns to predict, by name: the store's descriptor sets, per atom "
+        "(pretrain), or its targets, per structure (finetune)",
+    )
     run_dir: str = _f("runs/run", "where checkpoints, logs and predictions go")
     init: str | None = _f(
-        None, "checkpoint or zoo model name to start from (finetune); none = from scratch"
+        None,
+        "the model to start from: a checkpoint file or a zoo model name (finetune); none = "
+        "from scratch",
     )
     adapt_epochs: int = _f(
         0,

@@ -27,13 +27,13 @@ def evaluate_checkpoint(checkpoint, store=None, split="test", out=None, device="
     model, ckpt = model_from_checkpoint(checkpoint, dev)
     args = ckpt["model_args"]
     cfg = TrainConfig(**ckpt["config"])
-    task = "node" if args["mode"] == "pretrain" else "graph"
+    level = "node" if args["mode"] == "pretrain" else "graph"
     scaler = LabelScaler.from_dict(ckpt["scaler"])
     path = store or ckpt["store"]["path"]
     if store and split != "all":
         raise TrainingError("--split applies to the run's own store; use --split all with --store")
     dataset = StoreDataset(
-        path, task, ckpt["labels"], args["max_neighbors"], args["cutoff"], scaler
+        path, level, ckpt["labels"], args["max_neighbors"], args["cutoff"], scaler
     )
     indices = np.arange(len(dataset)) if split == "all" else np.asarray(ckpt["splits"][split])
     dataset.check_atomic_numbers(args["max_z"], dataset.survey(indices))

@@ -109,7 +109,35 @@ class NeighborEmbedding(nn.Module):
 
 class EquivariantAttention(nn.Module):
     """One ET layer: multi-head attention over edges updating scalar (N, H) and vector
-    (N, 3, H) features; returns the increments (dx, dvec)."""
+    (N, 3, H) features; returns the increments (dx, dvec).
+
+    The update of TorchMD-Net's equivariant transformer (Thölke & De Fabritiis, ICLR 2022;
+    torchmd-net's ``EquivariantMultiHeadAttention``), as :meth:`forward` computes it
+    (the labels (A1) ... (U2) mark the lines). Shapes: N atoms, E edges (j -> i: j =
+    ``edge_index[0]``, i = ``edge_index[1]``), H = ``hidden_channels``, M = ``num_heads``,
+    D = H / M, R = ``num_rbf``; x (N, H) scalar and v (N, 3, H) vector features; d_ij (E,)
+    edge lengths, Å; r̂_ij (E, 3) unit edge vectors; e_ij = rbf(d_ij) (E, R) the ExpNormal
+    expansion; φ(d) = ½ (cos(π d / cutoff_upper) + 1) for d < cutoff_upper, else 0 (the
+    cosine cutoff with cutoff_lower 0, the default, :func:`cosine_cutoff`; (E,))::
+
+              x̃ = LayerNorm(x)
+              q_i = W_q x̃_i,  k_j = W_k x̃_j  (each (N, M, D));  s_j = W_v x̃_j (N, M, 3D)
+              U1 v, U2 v, U3 v = split(W_u v)                      (each (N, 3, H); no bias)
+              D^K_ij = SiLU(W_dk e_ij) (E, H),  D^V_ij = SiLU(W_dv e_ij) (E, 3H)   (distance filter)
+        (A1)  A_ij = SiLU(Σ_D q_i ∘ k_j ∘ D^K_ij) · φ(d_ij)      (E, M)  attention weights
+        (A2)  s^1_ij, s^2_ij, s^3_ij = split(s_j ∘ D^V_ij)        (each (E, M, D))
+        (M1)  y_i = Σ_j A_ij s^1_ij                              (N, H)  scalar messages
+        (M2)  w_i = Σ_j (v_j ∘ s^2_ij + s^3_ij r̂_ij)             (N, 3, H) vector messages
+        (U1)  o^1, o^2, o^3 = split(W_o y)                        (each (N, H))
+              Δx_i = o^2_i ∘ <U1 v_i, U2 v_i> + o^3_i            (N, H)  (<.,.>: sum over xyz)
+        (U2)  Δv_i = o^1_i ∘ U3 v_i + w_i                        (N, 3, H)
+
+    and :class:`EquivariantTransformer` adds them: x ← x + Δx, v ← v + Δv. Options:
+    ``distance_influence`` drops D^K ("values"), D^V ("keys") or both ("none");
+    ``vector_cutoff`` moves φ(d_ij) from A_ij onto s_j ∘ D^V_ij (torchmd-net's option).
+    Parameter names are torchmd-net's: W_q ``q_proj``, W_k ``k_proj``, W_v ``v_proj``, W_u
+    ``vec_proj``, W_o ``o_proj``, W_dk ``dk_proj``, W_dv ``dv_proj``.
+    """
 
     def __init__(self, cfg: ETConfig):
         super().__init__()
@@ -140,44 +168,48 @@ class EquivariantAttention(nn.Module):
                 lin.bias.data.fill_(0)
         nn.init.xavier_uniform_(self.vec_proj.weight)
 
-    def forward(self, x, vec, edge_index, cutoff, rbf, unit_vec) -> tuple[Tensor, Tensor]:
-        """One layer. ``cutoff`` (E,) is the cosine cutoff of each edge's length."""
+    def forward(self, x, vec, edge_index, f_cut, rbf, unit_vec) -> tuple[Tensor, Tensor]:
+        """One layer (the class docstring's equations). ``x`` (N, H), ``vec`` (N, 3, H);
+        ``f_cut`` (E,) φ(d_ij), the cosine cutoff of each edge's length; ``rbf`` (E, R)
+        e_ij; ``unit_vec`` (E, 3) r̂_ij. Returns (Δx (N, H), Δv (N, 3, H))."""
         n, heads, hd = x.shape[0], self.heads, self.head_dim
         x = self.layernorm(x)
         q = self.q_proj(x).reshape(-1, heads, hd)
         k = self.k_proj(x).reshape(-1, heads, hd)
         v = self.v_proj(x).reshape(-1, heads, hd * 3)
-        vec1, vec2, vec3 = torch.split(self.vec_proj(vec), self.hidden, dim=-1)
-        vec_dot = (vec1 * vec2).sum(dim=1)
+        vec1, vec2, vec3 = torch.split(self.vec_proj(vec), self.hidden, dim=-1)  # U1 v, U2 v, U3 v
+        vec_dot = (vec1 * vec2).sum(dim=1)  # <U1 v, U2 v> (N, H)
         vec = vec.reshape(-1, 3, heads, hd)
 
-        src, dst = edge_index[0], edge_index[1]
+        src, dst = edge_index[0], edge_index[1]  # j, i
         q_i, k_j = q.index_select(0, dst), k.index_select(0, src)
         v_j, vec_j = v.index_select(0, src), vec.index_select(0, src)
-        if self.dk_proj is not None:
+        if self.dk_proj is not None:  # (A1) with the key filter D^K
             dk = self.act(self.dk_proj(rbf)).reshape(-1, heads, hd)
             attn = (q_i * k_j * dk).sum(dim=-1)
         else:
             attn = (q_i * k_j).sum(dim=-1)
         attn = self.attn_activation(attn)
-        cutoff = cutoff.unsqueeze(1)
+        f_cut = f_cut.unsqueeze(1)
         if self.vector_cutoff:
-            v_j = v_j * cutoff.unsqueeze(2)
+            v_j = v_j * f_cut.unsqueeze(2)
         else:
-            attn = attn * cutoff
-        if self.dv_proj is not None:
+            attn = attn * f_cut  # (A1): A_ij (E, M)
+        if self.dv_proj is not None:  # (A2) with the value filter D^V
             v_j = v_j * self.act(self.dv_proj(rbf)).reshape(-1, heads, hd * 3)
-        s_msg, vec_gate, vec_dir = torch.split(v_j, hd, dim=2)
-        s_msg = s_msg * attn.unsqueeze(2)
+        s_msg, vec_gate, vec_dir = torch.split(v_j, hd, dim=2)  # (A2): s^1, s^2, s^3
+        s_msg = s_msg * attn.unsqueeze(2)  # (M1) A_ij s^1_ij
+        # (M2) v_j ∘ s^2_ij + s^3_ij r̂_ij
         v_msg = vec_j * vec_gate.unsqueeze(1) + vec_dir.unsqueeze(1) * unit_vec[:, :, None, None]
 
-        # accumulate in each message's own dtype (they differ under autocast)
+        # Σ_j at each centre i; accumulate in each message's own dtype (they differ under
+        # autocast)
         s_out = s_msg.new_zeros(n, heads, hd).index_add_(0, dst, s_msg)
         v_out = v_msg.new_zeros(n, 3, heads, hd).index_add_(0, dst, v_msg)
-        s_out = s_out.reshape(-1, self.hidden)
-        v_out = v_out.reshape(-1, 3, self.hidden)
-        o1, o2, o3 = torch.split(self.o_proj(s_out), self.hidden, dim=1)
-        return vec_dot * o2 + o3, vec3 * o1.unsqueeze(1) + v_out
+        s_out = s_out.reshape(-1, self.hidden)  # y (N, H)
+        v_out = v_out.reshape(-1, 3, self.hidden)  # w (N, 3, H)
+        o1, o2, o3 = torch.split(self.o_proj(s_out), self.hidden, dim=1)  # (U1)
+        return vec_dot * o2 + o3, vec3 * o1.unsqueeze(1) + v_out  # (U1) Δx, (U2) Δv
 
 
 class EquivariantTransformer(nn.Module):
@@ -224,10 +256,10 @@ class EquivariantTransformer(nn.Module):
         if self.neighbor_embedding is not None:
             x = self.neighbor_embedding(z, x, edge_index, dist, rbf)
         vec = torch.zeros(n, 3, x.shape[1], dtype=x.dtype, device=x.device)
-        # the same for every layer: computed once
-        cutoff = cosine_cutoff(dist, self.cfg.cutoff_lower, self.cfg.cutoff_upper)
+        # φ(d_ij) (E,), the same for every layer: computed once
+        f_cut = cosine_cutoff(dist, self.cfg.cutoff_lower, self.cfg.cutoff_upper)
         for layer in self.attention_layers:
-            dx, dvec = layer(x, vec, edge_index, cutoff, rbf, unit_vec)
+            dx, dvec = layer(x, vec, edge_index, f_cut, rbf, unit_vec)
             x = x + dx
             vec = vec + dvec
         return self.out_norm(x), vec

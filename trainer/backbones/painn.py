@@ -163,9 +163,9 @@ class PaiNN(nn.Module):
     def forward(self, z: Tensor, edge_index: Tensor, edge_vec: Tensor) -> tuple[Tensor, Tensor]:
         dist = torch.linalg.vector_norm(edge_vec, dim=1)
         unit_vec = edge_vec / dist.unsqueeze(1)
-        cutoff = cosine_cutoff(dist, 0.0, self.cfg.cutoff_upper)  # f_c(d_ij), (E,)
+        f_cut = cosine_cutoff(dist, 0.0, self.cfg.cutoff_upper)  # f_c(d_ij), (E,)
         # every layer's filters in one product; layer t takes columns [3F t, 3F (t + 1))
-        filters = self.filter_net(self.radial_basis(dist)) * cutoff.unsqueeze(1)
+        filters = self.filter_net(self.radial_basis(dist)) * f_cut.unsqueeze(1)
         filters = torch.split(filters, 3 * self.cfg.hidden_channels, dim=1)
         s = self.embedding(z)
         v = None  # v_i = 0 until the first message block

@@ -108,9 +108,9 @@ class InteractionBlock(nn.Module):
             lin.bias.data.fill_(0)
         self.conv.reset_parameters()
 
-    def forward(self, h: Tensor, edge_index: Tensor, rbf: Tensor, cutoff: Tensor) -> Tensor:
-        """``rbf`` (E, G) distance expansion, ``cutoff`` (E,) f_c(d) -> dh (N, H)."""
-        filters = self.mlp(rbf) * cutoff.unsqueeze(1)
+    def forward(self, h: Tensor, edge_index: Tensor, rbf: Tensor, f_cut: Tensor) -> Tensor:
+        """``rbf`` (E, G) distance expansion, ``f_cut`` (E,) f_c(d) -> dh (N, H)."""
+        filters = self.mlp(rbf) * f_cut.unsqueeze(1)
         return self.lin(self.act(self.conv(h, edge_index, filters)))
 
 
@@ -144,8 +144,8 @@ class SchNet(nn.Module):
         dist = torch.linalg.vector_norm(edge_vec, dim=1)
         rbf = self.distance_expansion(dist)
         # the same for every layer: computed once
-        cutoff = cosine_cutoff(dist, 0.0, self.cfg.cutoff_upper)  # f_c(d_ij), (E,)
+        f_cut = cosine_cutoff(dist, 0.0, self.cfg.cutoff_upper)  # f_c(d_ij), (E,)
         h = self.embedding(z)
         for interaction in self.interactions:
-            h = h + interaction(h, edge_index, rbf, cutoff)
+            h = h + interaction(h, edge_index, rbf, f_cut)
         return h, None
