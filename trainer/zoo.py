@@ -190,10 +190,10 @@ def fine_tuning_effects(runs_dir: str | Path, init: str) -> list[dict]:
         on which the pre-trained model's MAE was lower) and ``p`` (paired t-test, from 3 seeds;
         else None); full split first, then sizes descending, tasks in the plan's order.
     """
-    from trainer.harness.results import collect, paired_p
+    from trainer.harness.results import collect, paired_p, read_plan
 
     runs_dir = Path(runs_dir)
-    plan = _plan(runs_dir)
+    plan = read_plan(runs_dir)
     order = [t["name"] for t in plan.get("finetune", {}).get("tasks", [])]
     units = {t["name"]: t.get("unit") for t in plan.get("finetune", {}).get("tasks", [])}
     by_seed: dict[tuple, dict[int, float]] = {}
@@ -227,15 +227,6 @@ def fine_tuning_effects(runs_dir: str | Path, init: str) -> list[dict]:
         rank.setdefault(t, k)
     out.sort(key=lambda e: (e["n"] is not None, -(e["n"] or 0), rank.get(e["task"], 99), e["task"]))
     return out
-
-
-def _plan(runs_dir: Path) -> dict:
-    path = runs_dir / "plan.yaml"
-    if not path.exists():
-        return {}
-    import yaml
-
-    return yaml.safe_load(path.read_text()) or {}
 
 
 def _card(ckpt: dict, model, run_dir: Path, licence: str, effects, source: str, notes) -> dict:

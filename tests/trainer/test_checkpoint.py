@@ -19,6 +19,7 @@ import torch
 
 from schemas import open_store
 from tests.builder.helpers import MP_SAMPLE, PEROV_SAMPLE, build, write_csv
+from tests.trainer.conftest import TINY, copy_store
 from trainer.checkpoint import load_checkpoint, model_from_checkpoint, restore_rng
 from trainer.cli import main
 from trainer.config import TrainConfig
@@ -28,15 +29,6 @@ from trainer.train import train
 
 csv.field_size_limit(sys.maxsize)
 
-TINY = dict(
-    hidden_channels=16,
-    num_layers=1,
-    num_rbf=8,
-    num_heads=2,
-    head_channels=16,
-    num_workers=0,
-    progress=False,
-)
 QUIET = ["--num-workers", "0", "--no-progress"]
 
 
@@ -45,16 +37,9 @@ def tiny(mode: str, **kw) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckpt") / "mp.lmdb"
-    build(
-        out,
-        MP_SAMPLE,
-        targets=["band_gap"],
-        target_units={"band_gap": "eV"},
-        descriptors=["wacsfset1"],
-    )
-    return out
+def store(tiny_store, tmp_path_factory):
+    """This file's own copy of the tiny store (its tests copy and change stores)."""
+    return copy_store(tiny_store, tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

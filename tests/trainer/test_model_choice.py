@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.builder.helpers import MP_SAMPLE, build
 from trainer import zoo
 from trainer.backbones import BACKBONES, PaiNN, SchNet
 from trainer.checkpoint import (
@@ -49,16 +48,9 @@ def _cli(capsys, *args) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "mp.lmdb"
-    build(
-        out,
-        MP_SAMPLE,
-        targets=["band_gap"],
-        target_units={"band_gap": "eV"},
-        descriptors=["wacsfset1"],
-    )
-    return out
+def store(tiny_store):
+    """The trainer tests' shared tiny store (read only here)."""
+    return tiny_store
 
 
 @pytest.fixture(scope="module")

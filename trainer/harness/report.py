@@ -34,6 +34,7 @@ from trainer.harness.results import (
     mean_std,
     paired_p,
     read_metrics,
+    read_plan,
 )
 
 __all__ = ["summary_table", "write_report"]
@@ -59,7 +60,7 @@ def write_report(
     target = Path(out_dir) if out_dir else runs_dir / "report"
     report, out, figure_prefix = report_paths(target)
     out.mkdir(parents=True, exist_ok=True)
-    plan = _plan(runs_dir)
+    plan = read_plan(runs_dir)
     task_info = _task_info(plan)
     rows = collect(runs_dir)
     tasks = list(task_info) or sorted({r["task"] for r in rows})
@@ -81,16 +82,6 @@ def write_report(
     lines += figure_markdown(figures, figure_prefix)
     report.write_text("\n".join(lines))
     return report
-
-
-def _plan(runs_dir: Path) -> dict:
-    """The sweep's ``plan.yaml`` in RUNS_DIR ({} when there is none)."""
-    path = runs_dir / "plan.yaml"
-    if not path.exists():
-        return {}
-    import yaml
-
-    return yaml.safe_load(path.read_text()) or {}
 
 
 def _task_info(plan: dict) -> dict[str, dict]:

@@ -21,6 +21,7 @@ __all__ = [
     "mean_std",
     "paired_p",
     "read_metrics",
+    "read_plan",
     "read_test_predictions",
 ]
 
@@ -133,3 +134,13 @@ def read_test_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         rows = list(csv.reader(fh))
     data = np.array([[float(v) for v in r[1:3]] for r in rows[1:]])
     return data[:, 0], data[:, 1]
+
+
+def read_plan(runs_dir: Path) -> dict:
+    """The plan a sweep saved in its runs folder (``plan.yaml``); {} when there is none."""
+    path = runs_dir / "plan.yaml"
+    if not path.exists():
+        return {}
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {}
