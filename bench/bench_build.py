@@ -13,7 +13,10 @@
 
 Run: ``python bench/bench_build.py`` (``make bench``). Writes ``bench/results/build.json``
 and ``bench/results/build.md``. ``--reader-only`` runs part 4 alone (building the stores it
-reads) and replaces only the reader section of ``build.json``.
+reads) and replaces only the reader section of ``build.json``. ``--parts [--baseline REV]``
+compares a store of parts with the same records as one ``data.mdb`` (issue 23), read by the
+current reader and by REV's (default 28d4264, the last single-file revision), and writes
+``bench/results/parts_reader.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -298,8 +301,12 @@ def crc_cost(store: Path) -> dict:
 
     from schemas.lmdb_store import open_env_readonly
 
-    txn = open_env_readonly(os.path.realpath(store))  # this process's handle (export opened it)
-    values = [bytes(v) for k, v in txn.cursor() if k[:2] in (b"g/", b"d/")]
+    manifest = json.loads((store / "manifest.json").read_text())
+    files = [e["file"] for e in manifest.get("parts", {}).values()] or ["data.mdb"]
+    values = []
+    for file in files:  # this process's handles (export opened them)
+        txn = open_env_readonly(os.path.realpath(store / file))
+        values += [bytes(v) for k, v in txn.cursor() if k[:2] in (b"g/", b"d/")]
     n_records = json.loads((store / "manifest.json").read_text())["counts"]["records"]
     best = float("inf")
     for _ in range(3):
@@ -362,6 +369,108 @@ def run_reader(work: Path, baseline_rev: str | None, stores: dict[str, Path] | N
     }
 
 
+def single_file_copy(store: Path, out: Path) -> Path:
+    """``store`` (of parts) as the single-file store the builder wrote before parts (schema
+    1.0): every part's keys in one ``data.mdb``, the manifest without ``parts``."""
+    import lmdb
+
+    from schemas.lmdb_store import close_env
+    from schemas.manifest import write_json_atomic
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    manifest = json.loads((store / "manifest.json").read_text())
+    close_env(os.path.realpath(store))
+    env = lmdb.open(str(out), subdir=True, map_size=1 << 34)
+    for entry in manifest.pop("parts").values():
+        src = lmdb.open(str(store / entry["file"]), subdir=False, readonly=True, lock=False)
+        with src.begin() as read, env.begin(write=True) as txn:
+            for key, value in read.cursor():
+                txn.put(bytes(key), bytes(value))
+        src.close()
+    env.close()
+    (out / "lock.mdb").unlink()
+    manifest["schema_version"] = "1.0"
+    write_json_atomic(out / "manifest.json", manifest)
+    return out
+
+
+def run_parts(work: Path, baseline_rev: str, rounds: int = 5) -> dict:
+    """Store of parts vs single file (issue 23): random reads of a store of parts and of the
+    same records as one ``data.mdb``, by the current reader and by the reader of
+    ``baseline_rev`` (the single-file reader of before parts), alternating in one run."""
+    baseline = extract_baseline(baseline_rev, work)
+    cases = {
+        "perov_5": (build_reader_store("perov_5", work, []), 20000),
+        "mp_20_subset": (build_reader_store("mp_20_subset", work, []), 20000),
+        "mp_20_subset + wacsfset1, eadset1": (
+            build_reader_store("mp_20_subset", work, ["wacsfset1", "eadset1"]),
+            4000,
+        ),
+    }
+    results = {}
+    for label, (parts, reads) in cases.items():
+        single = single_file_copy(parts, work / f"{parts.stem}-single.lmdb")
+        runs = {
+            "parts": (parts, REPO),
+            "single": (single, REPO),
+            "baseline_single": (single, baseline),
+        }
+        best: dict[str, dict] = {}
+        for _ in range(rounds):
+            for name, (path, pythonpath) in runs.items():
+                got = time_reads(path, reads, pythonpath)
+                if name not in best or got["records_per_s"] > best[name]["records_per_s"]:
+                    best[name] = got
+        best["ratio_parts_to_single"] = (
+            best["parts"]["records_per_s"] / best["single"]["records_per_s"]
+        )
+        best["ratio_parts_to_baseline_single"] = (
+            best["parts"]["records_per_s"] / best["baseline_single"]["records_per_s"]
+        )
+        results[label] = best
+        print(f"parts {label}: {best}", flush=True)
+    return {
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "baseline": baseline_rev,
+        "rounds": rounds,
+        "stores": results,
+    }
+
+
+def parts_markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        "# Reader: store of parts vs single file (issue 23)",
+        "",
+        f"{r['date']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}. "
+        f"`python bench/bench_build.py --parts --baseline {r['baseline']}`. The same records as "
+        "a store of parts (graphs.mdb + one labels-<set>.mdb per set) and as one data.mdb "
+        f"(schema 1.0, as stores were before parts), read by the current reader and by the "
+        f"reader of {r['baseline']} (single file only); records per second of the reading "
+        f"process's CPU time, best of {r['rounds']} alternating rounds, each a fresh process "
+        "that reads every record once to warm up, then 20,000 random reads (4,000 with "
+        "labels) twice. Goal: parts within 10 % of the single file.",
+        "",
+        "| store | parts records/s | single file (current reader) | ratio | single file "
+        f"({r['baseline']} reader) | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in r["stores"].items():
+        lines.append(
+            f"| {name} | {v['parts']['records_per_s']:,.0f} | "
+            f"{v['single']['records_per_s']:,.0f} | {v['ratio_parts_to_single']:.2f} | "
+            f"{v['baseline_single']['records_per_s']:,.0f} | "
+            f"{v['ratio_parts_to_baseline_single']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -386,9 +495,24 @@ def main() -> None:
         metavar="REV",
         help="also time the reader of git revision REV (its schemas package) on the same stores",
     )
+    ap.add_argument(
+        "--parts",
+        action="store_true",
+        help="run only the store-of-parts vs single-file reader comparison (needs --baseline: "
+        "a revision from before parts); writes parts_reader.json/.md",
+    )
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fp-bench-"))
+    if args.parts:
+        try:
+            parts = run_parts(work, args.baseline or "28d4264")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        (RESULTS / "parts_reader.json").write_text(json.dumps(parts, indent=1))
+        (RESULTS / "parts_reader.md").write_text(parts_markdown(parts))
+        print(f"wrote {RESULTS / 'parts_reader.json'}")
+        return
     if args.reader_only:
         results = json.loads(Path(args.out).read_text())
         try:
