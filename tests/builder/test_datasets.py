@@ -33,6 +33,7 @@ from schemas.splits import kfold_splits, random_split
 from tests.builder.helpers import PEROV_SAMPLE, read_csv
 from tests.conftest import DATASETS as SHARED
 from tests.conftest import dataset as shared_file
+from tests.conftest import needs_shared
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 TASKS = {
@@ -85,6 +86,7 @@ def test_registry_covers_the_paper():
         assert HEX64.fullmatch(mb.files[0].sha256) and mb.count == DATASETS[name].size
 
 
+@needs_shared
 def test_local_copies_are_the_registered_ones():
     """Every file of ../shared/datasets is known to the registry and matches its checksum;
     record counts match the paper's datasets (or the stand-in's stated count)."""
@@ -355,6 +357,7 @@ def test_missing_datasets_say_how_to_get_them(tmp_path):
     assert "figshare.com/ndownloader/files/37587100" in table and "MP_API_KEY" in table
 
 
+@needs_shared
 def test_offline_resolution_uses_the_local_copies(tmp_path):
     opts = MakeOptions(out=tmp_path, offline=True, from_dirs=[SHARED], log=lambda s: None)
     got = {n: resolve(DATASETS[n], opts).source.name for n in DATASETS if n != "surface"}
@@ -422,6 +425,7 @@ def test_make_datasets_also_builds_the_other_local_stand_ins(tmp_path, monkeypat
     assert [r["status"] for r in rows] == ["up to date", "up to date"]
 
 
+@needs_shared
 def test_cli_lists_the_registry(tmp_path):
     result = subprocess.run(
         [
