@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 SOURCE = "builder/descriptors/_ead_kernel.c"
@@ -34,14 +34,33 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+#: the repository's top-level folders, installed under the one namespace ``fingerprint_pretrain``
+FOLDERS = ("builder", "trainer", "schemas")
+
+
+def packages() -> tuple[list[str], dict[str, str]]:
+    """Every installed package name and the folder of each folder-mapped one."""
+    names = ["fingerprint_pretrain"]
+    dirs: dict[str, str] = {}
+    for folder in FOLDERS:
+        for sub in ["", *(f".{p}" for p in find_packages(folder))]:
+            names.append(f"fingerprint_pretrain.{folder}{sub}")
+            dirs[f"fingerprint_pretrain.{folder}{sub}"] = folder + sub.replace(".", "/")
+    return names, dirs
+
+
 def source_hash() -> str:
     return hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
 
 
+PACKAGES, PACKAGE_DIR = packages()
+
 setup(
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
     ext_modules=[
         Extension(
-            "builder.descriptors._ead_kernel",
+            "fingerprint_pretrain.builder.descriptors._ead_kernel",
             sources=[SOURCE],
             define_macros=[("EAD_SOURCE_HASH", f'"{source_hash()}"')],
             optional=True,

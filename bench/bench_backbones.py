@@ -45,9 +45,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_train import _train_step, cluster_graph, clusters  # noqa: E402
-
-from trainer.backbones import PaiNN, SchNet  # noqa: E402
-from trainer.model import MLPHead  # noqa: E402
+from fingerprint_pretrain.trainer.backbones import PaiNN, SchNet  # noqa: E402
+from fingerprint_pretrain.trainer.model import MLPHead  # noqa: E402
 
 
 def cpu_name() -> str:

@@ -53,7 +53,7 @@ SETS = {
 # rate: the rate between the commit that passes 20 % of the records and the last one.
 BUILD_RUNNER = """
 import json, resource, sys, time
-import builder.build as b
+import fingerprint_pretrain.builder.build as b
 stamps = []
 write = b.LmdbWriter.write
 def timed_write(self, items):
@@ -152,9 +152,8 @@ def load_structures(name: str, limit: int):
 
 
 def bench_engines(structures, cutoff: float = 8.0) -> dict:
+    from fingerprint_pretrain.builder.neighbors import neighbour_list
     from pymatgen.optimization.neighbors import find_points_in_spheres
-
-    from builder.neighbors import neighbour_list
 
     data = [(s.cart_coords.copy(), s.lattice.matrix.copy()) for s in structures]
     pbc = np.array([1, 1, 1])
@@ -223,15 +222,16 @@ def bench_engines(structures, cutoff: float = 8.0) -> dict:
     return out
 
 
-# Times random reads in a fresh process (the reader's own imports only): the ``schemas``
-# package is whichever PYTHONPATH puts first, the current one or a baseline revision's. The
+# Times random reads in a fresh process (the reader's own imports only): the reader is the
+# current ``fingerprint_pretrain.schemas`` or a baseline revision's ``schemas`` (revisions
+# before the one install namespace used the bare name; PYTHONPATH = its extracted archive). The
 # rate is records per second of the process's CPU time: on a machine shared with other jobs,
 # wall-clock rates of the same code vary by +-50 % between runs (both are recorded).
 READ_RUNNER = """
-import json, sys, time
+import importlib, json, sys, time
 import numpy as np
-from schemas import open_store
-path, reads, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, reads, repeats, module = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+open_store = importlib.import_module(module).open_store
 s = open_store(path)
 idx = np.random.default_rng(0).integers(0, len(s), size=reads)
 for i in range(len(s)):  # warm: every page and chunk in the page cache, every handle open
@@ -248,9 +248,11 @@ print(json.dumps({"records_per_s": best, "wall_records_per_s": wall, "reads": re
 
 
 def time_reads(path: Path, reads: int, pythonpath: Path, repeats: int = 2) -> dict:
+    """Records/s of the reader at ``pythonpath`` (:data:`REPO`: the current one)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(pythonpath)}
+    module = "fingerprint_pretrain.schemas" if pythonpath == REPO else "schemas"
     proc = subprocess.run(
-        [sys.executable, "-c", READ_RUNNER, str(path), str(reads), str(repeats)],
+        [sys.executable, "-c", READ_RUNNER, str(path), str(reads), str(repeats), module],
         capture_output=True,
         text=True,
         env=env,
@@ -275,8 +277,8 @@ def bench_reader(
 ) -> dict:
     """Random-access records/s of ``store`` and its Zarr twin; with ``baseline``, also of the
     baseline's reader, alternating current and baseline ``rounds`` times (best kept)."""
-    from builder.export import export_zarr
-    from schemas import open_store
+    from fingerprint_pretrain.builder.export import export_zarr
+    from fingerprint_pretrain.schemas import open_store
 
     zarr_path = work / (store.stem + ".zarr")
     shutil.rmtree(zarr_path, ignore_errors=True)
@@ -299,7 +301,7 @@ def crc_cost(store: Path) -> dict:
     the integrity check's own cost, best of 3 passes."""
     import zlib
 
-    from schemas.lmdb_store import open_env_readonly
+    from fingerprint_pretrain.schemas.lmdb_store import open_env_readonly
 
     manifest = json.loads((store / "manifest.json").read_text())
     files = [e["file"] for e in manifest.get("parts", {}).values()] or ["data.mdb"]
@@ -325,7 +327,7 @@ def crc_cost(store: Path) -> dict:
 
 def build_reader_store(name: str, work: Path, descriptors: list[str]) -> Path:
     """A store of dataset ``name`` for the reader benchmark (graph only, or with labels)."""
-    from builder.build import BuildOptions, build_store
+    from fingerprint_pretrain.builder.build import BuildOptions, build_store
 
     src, args = SETS[name]
     suffix = "-".join(["graphs", *descriptors])
@@ -373,9 +375,8 @@ def single_file_copy(store: Path, out: Path) -> Path:
     """``store`` (of parts) as the single-file store the builder wrote before parts (schema
     1.0): every part's keys in one ``data.mdb``, the manifest without ``parts``."""
     import lmdb
-
-    from schemas.lmdb_store import close_env
-    from schemas.manifest import write_json_atomic
+    from fingerprint_pretrain.schemas.lmdb_store import close_env
+    from fingerprint_pretrain.schemas.manifest import write_json_atomic
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()

@@ -54,9 +54,9 @@ DATASETS = REPO.parent / "shared" / "datasets"
 sys.path.insert(0, str(REPO))
 csv.field_size_limit(sys.maxsize)
 
-from builder.descriptors import ead_kernel  # noqa: E402
-from builder.descriptors.registry import REGISTRY  # noqa: E402
-from builder.neighbors import neighbour_list  # noqa: E402
+from fingerprint_pretrain.builder.descriptors import ead_kernel  # noqa: E402
+from fingerprint_pretrain.builder.descriptors.registry import REGISTRY  # noqa: E402
+from fingerprint_pretrain.builder.neighbors import neighbour_list  # noqa: E402
 
 DEFAULT_PYXTAL_PYTHON = "/work/oracles/pyxtal-venv/bin/python"
 PROJECTION_ATOMS = 1.9e6
@@ -131,9 +131,9 @@ def _timed(fn) -> float:
 
 
 def family_available(family: str) -> str | None:
-    """None when ``builder.descriptors.<family>`` imports, else the reason."""
+    """None when ``fingerprint_pretrain.builder.descriptors.<family>`` imports, else the reason."""
     try:
-        importlib.import_module(f"builder.descriptors.{family}")
+        importlib.import_module(f"fingerprint_pretrain.builder.descriptors.{family}")
     except Exception as error:  # noqa: BLE001 - any failure means: skip this family
         return f"{type(error).__name__}: {error}"
     return None

@@ -60,8 +60,8 @@ def cpu_name() -> str:
 
 def build_store(out: Path, jobs: int) -> Path:
     """jdft2d with the three label sets; returns the store."""
-    from builder.build import BuildOptions, build_store
-    from builder.descriptors.registry import storage_codecs
+    from fingerprint_pretrain.builder.build import BuildOptions, build_store
+    from fingerprint_pretrain.builder.descriptors.registry import storage_codecs
 
     build_store(
         BuildOptions(
@@ -80,8 +80,8 @@ def build_store(out: Path, jobs: int) -> Path:
 def fetch_once(url: str, server, labels: list[str] | None, store: Path) -> tuple[float, int, float]:
     """One fetch of ``labels`` (None: all) into a fresh ``store``: (seconds, bytes sent,
     seconds of verify)."""
-    from builder.info import verify_store
-    from builder.publish import fetch_store
+    from fingerprint_pretrain.builder.info import verify_store
+    from fingerprint_pretrain.builder.publish import fetch_store
 
     shutil.rmtree(store, ignore_errors=True)
     server.sent = 0
@@ -131,8 +131,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "fetch.json")
     args = parser.parse_args()
 
-    from builder.publish import pack_store
-    from schemas import read_manifest
+    from fingerprint_pretrain.builder.publish import pack_store
+    from fingerprint_pretrain.schemas import read_manifest
 
     with tempfile.TemporaryDirectory(prefix="bench-fetch-") as tmp:
         work = Path(tmp)
@@ -183,7 +183,8 @@ def report(result: dict) -> str:
         f"Store: {s['dataset']}, {s['records']:,} structures, {s['atoms']:,} atoms, built with "
         f"wacsfset1 + gmpset1 + eadset1; packed with `fp-build pack` and served by a local "
         f"HTTP server (loopback, `http.server` thread). Each fetch goes into a fresh folder "
-        f"(`builder.publish.fetch_store`: manifest, then the parts asked for, each sha256-checked "
+        f"(`fingerprint_pretrain.builder.publish.fetch_store`: manifest, then the parts asked "
+        f"for, each sha256-checked "
         f"before it is moved into place); bytes are counted by the server (bodies only), "
         f"seconds are the median and the fastest of {result['repeat']} fetches per row (rows "
         f"interleaved). `verify s` is `fp-build verify` "

@@ -45,9 +45,9 @@ DATASETS = REPO.parent / "shared" / "datasets"
 sys.path.insert(0, str(REPO))
 csv.field_size_limit(sys.maxsize)
 
-from builder.descriptors import gmp  # noqa: E402
-from builder.descriptors.registry import get as get_set  # noqa: E402
-from builder.neighbors import neighbour_list  # noqa: E402
+from fingerprint_pretrain.builder.descriptors import gmp  # noqa: E402
+from fingerprint_pretrain.builder.descriptors.registry import get as get_set  # noqa: E402
+from fingerprint_pretrain.builder.neighbors import neighbour_list  # noqa: E402
 
 DEFAULT_ORACLE_PYTHON = "/work/oracles/gmp-venv/bin/python"
 GMP_NAMES = ("gmpset1", "gmpset2", "gmpset3")

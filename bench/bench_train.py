@@ -33,9 +33,9 @@ DATASETS = REPO.parent / "shared" / "datasets"
 RESULTS = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO))
 
-from trainer.data import StoreDataset, collate  # noqa: E402
-from trainer.model import ETConfig, GraphRegressor, load_torchmd_net_weights  # noqa: E402
-from trainer.train import EpochSampler, _autocast, device_name  # noqa: E402
+from fingerprint_pretrain.trainer.data import StoreDataset, collate  # noqa: E402
+from fingerprint_pretrain.trainer.model import ETConfig, GraphRegressor, load_torchmd_net_weights  # noqa: E402
+from fingerprint_pretrain.trainer.train import EpochSampler, _autocast, device_name  # noqa: E402
 
 
 def clusters(n: int, cutoff: float, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -177,8 +177,8 @@ def _sync(device):
 
 
 def build_store(work: Path, limit: int | None, descriptor: str) -> Path:
-    from builder.build import BuildOptions
-    from builder.build import build_store as build
+    from fingerprint_pretrain.builder.build import BuildOptions
+    from fingerprint_pretrain.builder.build import build_store as build
 
     out = work / "mp.lmdb"
     src = DATASETS / "mp_20_subset.csv.gz"
@@ -229,7 +229,7 @@ def bench_loader(store: Path, workers: int, batch_size: int, seconds: float = 10
 
 def bench_consumption(store: Path, device, cfg: ETConfig, batch_size: int, steps: int) -> float:
     """Structures/s the model trains on, with batches prepared beforehand (no loader cost)."""
-    from trainer.model import NodeRegressor
+    from fingerprint_pretrain.trainer.model import NodeRegressor
 
     ds = StoreDataset(store, "node", ["wacsfset1"], 32)
     batches = [
@@ -292,8 +292,8 @@ def main() -> None:
             f"loader {res['loader']}, model {res['model_consumption']:.1f} structures/s", flush=True
         )
         if device.type == "cuda":
-            from trainer.config import TrainConfig
-            from trainer.train import train
+            from fingerprint_pretrain.trainer.config import TrainConfig
+            from fingerprint_pretrain.trainer.train import train
 
             cfg = TrainConfig.defaults("pretrain").updated(
                 store=str(store),

@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from builder.bookkeeping import (
+from fingerprint_pretrain.builder.bookkeeping import (
     StoreLock,
     add_progress_key,
     descriptor_entry,
@@ -44,21 +43,21 @@ from builder.bookkeeping import (
     stats_key,
     unpack_stats,
 )
-from builder.build import close_quietly, disk_full_guard, unsupported_elements
-from builder.errors import BuildError
-from builder.labels import (
+from fingerprint_pretrain.builder.build import close_quietly, disk_full_guard, unsupported_elements
+from fingerprint_pretrain.builder.errors import BuildError
+from fingerprint_pretrain.builder.labels import (
     CastError,
     LabelAccumulator,
     LabelConfig,
     compute_labels,
     neighbour_list_from_record,
 )
-from builder.lmdb_writer import LmdbWriter
-from builder.parallel import available_cores, progress_bar, run_parallel
-from builder.parts import clean_leftovers, label_prefix, write_part
-from builder.structure import element_label
-from schemas.lmdb_store import LmdbStore, close_env, descriptor_key
-from schemas.manifest import (
+from fingerprint_pretrain.builder.lmdb_writer import LmdbWriter
+from fingerprint_pretrain.builder.parallel import available_cores, progress_bar, run_parallel
+from fingerprint_pretrain.builder.parts import clean_leftovers, label_prefix, write_part
+from fingerprint_pretrain.builder.structure import element_label
+from fingerprint_pretrain.schemas.lmdb_store import LmdbStore, close_env, descriptor_key
+from fingerprint_pretrain.schemas.manifest import (
     GRAPHS_PART,
     MANIFEST_NAME,
     combine_content_hash,
@@ -67,7 +66,7 @@ from schemas.manifest import (
     schema_major,
     write_json_atomic,
 )
-from schemas.store import open_store
+from fingerprint_pretrain.schemas.store import open_store
 
 __all__ = ["add_descriptors"]
 
@@ -117,7 +116,7 @@ def add_descriptors(
     Raises:
         BuildError: a Zarr store (add to the LMDB store, then re-export), unknown set name.
     """
-    from builder.descriptors.registry import resolve
+    from fingerprint_pretrain.builder.descriptors.registry import resolve
 
     store = Path(store)
     read_manifest(store)  # a finished store at all? (before creating a lock file in it)
@@ -271,7 +270,7 @@ def _check_elements(graphs: LmdbStore, store: Path, names: list[str], n: int) ->
 
 
 def _has_element_limits(name: str) -> bool:
-    from builder.descriptors.registry import get
+    from fingerprint_pretrain.builder.descriptors.registry import get
 
     return hasattr(get(name).module, "unsupported_elements")
 

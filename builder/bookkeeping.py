@@ -20,13 +20,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-
-from builder.labels import CastError, LabelConfig
-from builder.lmdb_writer import LmdbWriter
-from builder.provenance import environment
-from builder.stats import FeatureStats
-from schemas.manifest import StoreError
-from schemas.record import decode_record, encode_record
+from fingerprint_pretrain.builder.labels import CastError, LabelConfig
+from fingerprint_pretrain.builder.lmdb_writer import LmdbWriter
+from fingerprint_pretrain.builder.provenance import environment
+from fingerprint_pretrain.builder.stats import FeatureStats
+from fingerprint_pretrain.schemas.manifest import StoreError
+from fingerprint_pretrain.schemas.record import decode_record, encode_record
 
 CONFIG_KEY = b"b/config"
 PROGRESS_KEY = b"b/progress"
@@ -209,7 +208,7 @@ def descriptor_entry(
     n_atoms: int,
 ) -> dict:
     """The manifest entry of one descriptor set."""
-    from builder.descriptors.registry import get
+    from fingerprint_pretrain.builder.descriptors.registry import get
 
     spec = get(name)
     stats = stats if stats is not None else FeatureStats.empty(spec.dim)

@@ -44,11 +44,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
+import fingerprint_pretrain.builder
 import lmdb
 import numpy as np
-
-import builder
-from builder.bookkeeping import (
+from fingerprint_pretrain.builder.bookkeeping import (
     CONFIG_KEY,
     PROGRESS_KEY,
     RECORD_INFO_PREFIX,
@@ -62,18 +61,34 @@ from builder.bookkeeping import (
     unpack_stats,
     values_under,
 )
-from builder.errors import BuildError
-from builder.graph import graph_record
-from builder.labels import CastError, LabelAccumulator, LabelConfig, compute_labels
-from builder.lmdb_writer import LmdbWriter
-from builder.parallel import available_cores, chunks, progress_bar, run_parallel
-from builder.parts import remove_working_env, split_working_env
-from builder.provenance import environment
-from builder.readers import RawItem, open_input
-from builder.stats import FeatureStats
-from builder.structure import Rejected, check_targets, element_label, to_arrays
-from schemas.lmdb_store import LEGACY_FILE, SIZES_KEY, close_env, descriptor_key, graph_key
-from schemas.manifest import (
+from fingerprint_pretrain.builder.errors import BuildError
+from fingerprint_pretrain.builder.graph import graph_record
+from fingerprint_pretrain.builder.labels import (
+    CastError,
+    LabelAccumulator,
+    LabelConfig,
+    compute_labels,
+)
+from fingerprint_pretrain.builder.lmdb_writer import LmdbWriter
+from fingerprint_pretrain.builder.parallel import (
+    available_cores,
+    chunks,
+    progress_bar,
+    run_parallel,
+)
+from fingerprint_pretrain.builder.parts import remove_working_env, split_working_env
+from fingerprint_pretrain.builder.provenance import environment
+from fingerprint_pretrain.builder.readers import RawItem, open_input
+from fingerprint_pretrain.builder.stats import FeatureStats
+from fingerprint_pretrain.builder.structure import Rejected, check_targets, element_label, to_arrays
+from fingerprint_pretrain.schemas.lmdb_store import (
+    LEGACY_FILE,
+    SIZES_KEY,
+    close_env,
+    descriptor_key,
+    graph_key,
+)
+from fingerprint_pretrain.schemas.manifest import (
     FORMAT_NAME,
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -81,7 +96,7 @@ from schemas.manifest import (
     read_manifest,
     write_json_atomic,
 )
-from schemas.record import GRAPH_FIELDS, encode_record, record_digest
+from fingerprint_pretrain.schemas.record import GRAPH_FIELDS, encode_record, record_digest
 
 __all__ = ["BuildError", "BuildOptions", "build_store", "NEIGHBOUR_POLICY"]
 
@@ -137,7 +152,7 @@ def unsupported_elements(names: Sequence[str], z: np.ndarray) -> dict[str, list[
     the atomic numbers it lacks (only GMP sets have such limits: no model density for Z ≥ 95)."""
     if not names:
         return {}
-    from builder.descriptors.registry import get
+    from fingerprint_pretrain.builder.descriptors.registry import get
 
     out = {}
     for name in names:
@@ -165,7 +180,7 @@ class EncodedRecord:
 
     Attributes:
         graph_bytes: the encoded graph record (``schemas.record.encode_record``).
-        digest: ``schemas.record.record_digest`` of the graph record.
+        digest: ``fingerprint_pretrain.schemas.record.record_digest`` of the graph record.
         n_atoms: atoms N of the structure.
         n_edges: directed edges E of its neighbour list.
         labels: label set name -> (encoded label record, its digest).
@@ -286,7 +301,7 @@ def _fingerprint(opts: BuildOptions, sources: list[dict], target_names: list[str
     """What decides the content; a resume must match it exactly."""
     return {
         "schema_version": SCHEMA_VERSION,
-        "builder_version": builder.__version__,
+        "builder_version": fingerprint_pretrain.builder.__version__,
         "sources": [{k: s[k] for k in ("sha256", "format")} for s in sources],
         "cutoff": opts.cutoff,
         "targets": target_names,
@@ -319,7 +334,7 @@ def build_store(opts: BuildOptions) -> dict:
     if opts.chunk_size < 1:
         raise BuildError(f"--chunk-size must be ≥ 1 (got {opts.chunk_size})")
     if opts.descriptors:
-        from builder.descriptors.registry import resolve
+        from fingerprint_pretrain.builder.descriptors.registry import resolve
 
         opts.descriptors = [s.name for s in resolve(opts.descriptors)]
     created = not partial.exists()
@@ -675,7 +690,7 @@ def _finalise(
         "format": FORMAT_NAME,
         "schema_version": SCHEMA_VERSION,
         "backend": "lmdb",
-        "builder_version": builder.__version__,
+        "builder_version": fingerprint_pretrain.builder.__version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cutoff": opts.cutoff,
         "neighbour_policy": {**NEIGHBOUR_POLICY, "cutoff": opts.cutoff},

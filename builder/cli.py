@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import click
-
-from builder import __version__
+from fingerprint_pretrain.builder import __version__
 
 CODEC_CHOICES = ("auto", "raw", "zlib", "shuffle-zlib")
 
@@ -155,7 +154,7 @@ def build(inputs: tuple[str, ...], **values) -> None:
     """Build a store from INPUTS (CSV with CIFs, CGCNN folder, extxyz, ASE db, pymatgen or
     MatBench JSON, MatDeepLearn JSON, folders or files of CIF/POSCAR; quoted glob patterns are
     expanded). Re-running the same command resumes an interrupted build."""
-    from builder.build import build_store, summarize
+    from fingerprint_pretrain.builder.build import build_store, summarize
 
     opts = _to_build_options(inputs, values)
     manifest = build_store(opts)
@@ -173,9 +172,9 @@ def _to_build_options(inputs: tuple[str, ...], values: dict):
     (``out``, ``cutoff``, ``jobs``, ``id_column``, ``strict``, ...) is a field of the same
     name.
     """
-    from builder.build import BuildOptions
-    from builder.descriptors.registry import resolve_names, storage_codecs
-    from builder.readers import expand_inputs
+    from fingerprint_pretrain.builder.build import BuildOptions
+    from fingerprint_pretrain.builder.descriptors.registry import resolve_names, storage_codecs
+    from fingerprint_pretrain.builder.readers import expand_inputs
 
     values = dict(values)
     names = resolve_names(values.pop("descriptors"))
@@ -208,8 +207,8 @@ def _to_build_options(inputs: tuple[str, ...], values: dict):
 @_quiet_option
 def add(store, descriptors, force, jobs, dtype, codec, backend, scheduler, quiet) -> None:
     """Add label sets to an existing STORE without touching its graphs (resumable)."""
-    from builder.add import add_descriptors
-    from builder.descriptors.registry import resolve_names, storage_codecs
+    from fingerprint_pretrain.builder.add import add_descriptors
+    from fingerprint_pretrain.builder.descriptors.registry import resolve_names, storage_codecs
 
     names = resolve_names(descriptors)
     manifest = add_descriptors(
@@ -232,8 +231,8 @@ def add(store, descriptors, force, jobs, dtype, codec, backend, scheduler, quiet
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
 def info(store, as_json) -> None:
     """Summarise a STORE: counts, sources, targets, label sets, sizes and bytes per atom."""
-    from builder.info import describe
-    from schemas import read_manifest
+    from fingerprint_pretrain.builder.info import describe
+    from fingerprint_pretrain.schemas import read_manifest
 
     if as_json:
         click.echo(json.dumps(read_manifest(store), indent=1))
@@ -247,7 +246,7 @@ def info(store, as_json) -> None:
 def verify(store, quiet) -> None:
     """Recompute STORE's content hash from its records; exit 1 if it differs from the
     manifest."""
-    from builder.info import verify_store
+    from fingerprint_pretrain.builder.info import verify_store
 
     ok, lines = verify_store(store, progress=not quiet)
     for line in lines:
@@ -261,7 +260,7 @@ def verify(store, quiet) -> None:
 def convert(store) -> None:
     """Convert a single-file STORE (schema 1, data.mdb) into a store of parts, in place
     (records and content hash unchanged; safe to interrupt: rerun it)."""
-    from builder.parts import convert as convert_store
+    from fingerprint_pretrain.builder.parts import convert as convert_store
 
     manifest, converted = convert_store(store)
     if not converted:
@@ -285,8 +284,8 @@ def convert(store) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def export(store, fmt, out, quiet) -> None:
     """Export STORE to its Zarr twin or to extended XYZ."""
-    from builder.export import export_extxyz, export_zarr
-    from schemas import open_store
+    from fingerprint_pretrain.builder.export import export_extxyz, export_zarr
+    from fingerprint_pretrain.schemas import open_store
 
     s = open_store(store)
     if Path(out).exists():
@@ -298,7 +297,7 @@ def export(store, fmt, out, quiet) -> None:
 @cli.command("descriptors")
 def list_descriptors() -> None:
     """List the label sets that can be computed, with their dimensions."""
-    from builder.descriptors.registry import REGISTRY
+    from fingerprint_pretrain.builder.descriptors.registry import REGISTRY
 
     click.echo(f"{'name':<11} {'family':<7} {'dim':>5} {'radius Å':>9}  parameters")
     for spec in REGISTRY.values():
@@ -347,7 +346,7 @@ def _dataset_options(function):
 
 
 def _make_options(from_dirs, offline, out, cache, jobs, descriptors, overwrite, no_verify, quiet):
-    from builder.datasets.make import MakeOptions
+    from fingerprint_pretrain.builder.datasets.make import MakeOptions
 
     names = [] if list(descriptors) == ["none"] else list(descriptors)
     return MakeOptions(
@@ -373,7 +372,7 @@ def _make_options(from_dirs, offline, out, cache, jobs, descriptors, overwrite, 
 @click.option("--verbose", "-v", is_flag=True, help="Sources' URLs, checksums and notes too.")
 def list_datasets(from_dirs, out, cache, verbose) -> None:
     """List the paper's datasets (registry) and what is present locally."""
-    from builder.datasets.make import MakeOptions, status
+    from fingerprint_pretrain.builder.datasets.make import MakeOptions, status
 
     opts = MakeOptions(out=out, cache=cache, from_dirs=list(from_dirs))
     click.echo(f"downloads {opts.cache}   stores {opts.out}")
@@ -433,8 +432,8 @@ def fetch_command(names, source, download_only, labels, store_path, build_on_fai
     manifest.json is a published store (fp-build pack): its manifest, the graphs and the
     --labels sets are downloaded (resumed, retried, each part's sha256 checked before use)
     into --store or --out/<its name>; fetching again with more --labels adds just those."""
-    from builder.datasets.make import fetch_dataset, summary_table
-    from builder.publish import fetch_store, is_store_source
+    from fingerprint_pretrain.builder.datasets.make import fetch_dataset, summary_table
+    from fingerprint_pretrain.builder.publish import fetch_store, is_store_source
 
     opts = _make_options(**options)
     sets = [s for item in labels for s in item.split(",") if s]
@@ -478,7 +477,7 @@ def pack(store, out, overwrite) -> None:
     STORE: manifest.json, its part files (hard-linked or copied), SHA256SUMS and README.txt.
     Every part is checked against the manifest first (size, sha256); a store with damaged or
     absent parts is refused. Fetch the result with fp-build fetch URL."""
-    from builder.publish import pack_store
+    from fingerprint_pretrain.builder.publish import pack_store
 
     pack_store(store, out, overwrite=overwrite, log=click.echo)
 
@@ -490,7 +489,7 @@ def make_datasets_command(only, **options) -> None:
     """Every dataset of the registry that can be had: downloaded or found locally, verified,
     built with all label sets, split. Re-running skips what is complete; missing datasets are
     listed with how to get them. Exit status 1 if a dataset failed."""
-    from builder.datasets.make import make_datasets, summary_table
+    from fingerprint_pretrain.builder.datasets.make import make_datasets, summary_table
 
     opts = _make_options(**options)
     rows = make_datasets(opts, list(only) or None)
@@ -508,9 +507,9 @@ def _short(value) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning known errors into one-line messages."""
-    from builder.build import BuildError
-    from builder.readers import InputError
-    from schemas import RecordError, StoreError
+    from fingerprint_pretrain.builder.build import BuildError
+    from fingerprint_pretrain.builder.readers import InputError
+    from fingerprint_pretrain.schemas import RecordError, StoreError
 
     try:
         cli.main(args=argv, prog_name="fp-build", standalone_mode=False)

@@ -10,10 +10,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
-from builder.parallel import progress_bar
-from schemas.manifest import MANIFEST_NAME, combine_content_hash, write_json_atomic
-from schemas.store import Store
+from fingerprint_pretrain.builder.parallel import progress_bar
+from fingerprint_pretrain.schemas.manifest import (
+    MANIFEST_NAME,
+    combine_content_hash,
+    write_json_atomic,
+)
+from fingerprint_pretrain.schemas.store import Store
 
 __all__ = ["export_zarr", "export_extxyz"]
 

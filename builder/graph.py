@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from builder.neighbors import NeighbourList, neighbour_list
-from builder.structure import MIN_DISTANCE, Rejected, StructureArrays, check_structure
-from schemas.record import RecordError, shift_dtype
+from fingerprint_pretrain.builder.neighbors import NeighbourList, neighbour_list
+from fingerprint_pretrain.builder.structure import (
+    MIN_DISTANCE,
+    Rejected,
+    StructureArrays,
+    check_structure,
+)
+from fingerprint_pretrain.schemas.record import RecordError, shift_dtype
 
 __all__ = ["graph_record"]
 

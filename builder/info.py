@@ -5,13 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from builder.sizes import disk_bytes, human_bytes
-from builder.stats import FeatureStats
-from schemas import MANIFEST_NAME, RecordError, StoreError, open_store, read_manifest
-from schemas.manifest import schema_major
-from schemas.record import validate_graph_record
-from schemas.store import Store, compute_hashes
+from fingerprint_pretrain.builder.sizes import disk_bytes, human_bytes
+from fingerprint_pretrain.builder.stats import FeatureStats
+from fingerprint_pretrain.schemas import (
+    MANIFEST_NAME,
+    RecordError,
+    StoreError,
+    open_store,
+    read_manifest,
+)
+from fingerprint_pretrain.schemas.manifest import schema_major
+from fingerprint_pretrain.schemas.record import validate_graph_record
+from fingerprint_pretrain.schemas.store import Store, compute_hashes
 
 __all__ = ["describe", "verify_store"]
 
@@ -243,7 +248,7 @@ def _verify_parts(store: Path, m: dict) -> tuple[bool, list[str], list[str] | No
     parts = m.get("parts")
     if m.get("backend") != "lmdb" or not isinstance(parts, dict):
         return True, [], None
-    from builder.parts import file_sha256
+    from fingerprint_pretrain.builder.parts import file_sha256
 
     ok, lines, readable = True, [], []
     for name, entry in parts.items():

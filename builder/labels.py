@@ -12,10 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from builder.neighbors import NeighbourList, neighbour_list
-from builder.stats import FeatureStats
-from schemas.record import descriptor_digest, edge_vectors, encode_record
+from fingerprint_pretrain.builder.neighbors import NeighbourList, neighbour_list
+from fingerprint_pretrain.builder.stats import FeatureStats
+from fingerprint_pretrain.schemas.record import descriptor_digest, edge_vectors, encode_record
 
 __all__ = [
     "CastError",
@@ -34,7 +33,7 @@ class LabelConfig:
         names: registry names (``eadset1`` ...).
         dtype: storage dtype, ``float32`` (default) or ``float16``.
         codec: (set name, codec) pairs, codec one of those of
-            :func:`schemas.record.encode_record`; unlisted sets are raw.
+            :func:`fingerprint_pretrain.schemas.record.encode_record`; unlisted sets are raw.
     """
 
     names: tuple[str, ...] = ()
@@ -106,7 +105,7 @@ def compute_labels(
     names = list(names)
     if not names:
         return {}
-    from builder.descriptors.registry import get
+    from fingerprint_pretrain.builder.descriptors.registry import get
 
     specs = [get(name) for name in names]
     radii = {s.name: s.radius_for(z) for s in specs}

@@ -28,9 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from fingerprint_pretrain.schemas.record import edge_vectors
 from pymatgen.optimization.neighbors import find_points_in_spheres
-
-from schemas.record import edge_vectors
 
 __all__ = ["NeighbourList", "neighbour_list"]
 

@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 
-from builder.errors import BuildError
+from fingerprint_pretrain.builder.errors import BuildError
 
 __all__ = ["available_cores", "chunks", "progress_bar", "run_parallel", "watch_parent"]
 

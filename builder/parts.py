@@ -22,12 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lmdb
-
-from builder.bookkeeping import StoreLock
-from builder.errors import BuildError
-from schemas.lmdb_file import LmdbTree
-from schemas.lmdb_store import LEGACY_FILE, close_env
-from schemas.manifest import (
+from fingerprint_pretrain.builder.bookkeeping import StoreLock
+from fingerprint_pretrain.builder.errors import BuildError
+from fingerprint_pretrain.schemas.lmdb_file import LmdbTree
+from fingerprint_pretrain.schemas.lmdb_store import LEGACY_FILE, close_env
+from fingerprint_pretrain.schemas.manifest import (
     GRAPHS_PART,
     MANIFEST_NAME,
     SCHEMA_VERSION,

@@ -16,7 +16,7 @@ def environment() -> dict:
         except PackageNotFoundError:
             out[package] = None
     try:
-        from builder.descriptors import ead_kernel
+        from fingerprint_pretrain.builder.descriptors import ead_kernel
 
         out["ead_kernel"] = ead_kernel.ISA if ead_kernel.available() else None
     except (ImportError, AttributeError):

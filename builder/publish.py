@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.build import BuildError
-from builder.sizes import disk_bytes, human_bytes
-from schemas.manifest import MANIFEST_NAME, StoreError, read_manifest
+from fingerprint_pretrain.builder.build import BuildError
+from fingerprint_pretrain.builder.sizes import disk_bytes, human_bytes
+from fingerprint_pretrain.schemas.manifest import MANIFEST_NAME, StoreError, read_manifest
 
 __all__ = [
     "FetchResult",
@@ -362,7 +362,11 @@ def read_remote_manifest(
 
 def _get(url: str, cap: int, timeout: float, retries: int, backoff: float, log) -> bytes:
     """The body of ``url`` (at most ``cap`` bytes), retrying what may be transient."""
-    from builder.datasets.download import RETRYABLE_HTTP, USER_AGENT, DownloadError
+    from fingerprint_pretrain.builder.datasets.download import (
+        RETRYABLE_HTTP,
+        USER_AGENT,
+        DownloadError,
+    )
 
     last = "no attempt"
     for attempt in range(retries + 1):
@@ -461,7 +465,7 @@ def fetch_store(
         out_dir: folder of the stores (default ``$FP_DATA/stores``).
         labels: label sets to have besides the graphs (None: all; ``[]``: graphs only).
         verify: also check the sha256 of parts already present (downloaded parts are always
-            checked) and run :func:`builder.info.verify_store` on the result.
+            checked) and run :func:`fingerprint_pretrain.builder.info.verify_store` on the result.
         overwrite: replace another store at ``store``.
 
     Returns:
@@ -472,14 +476,14 @@ def fetch_store(
         StoreError: the remote manifest is not acceptable, or the result fails verification.
         BuildError: ``store`` holds something else.
     """
-    from builder.datasets.download import ChecksumError, Fetcher
-    from builder.datasets.registry import RemoteFile
+    from fingerprint_pretrain.builder.datasets.download import ChecksumError, Fetcher
+    from fingerprint_pretrain.builder.datasets.registry import RemoteFile
 
     start = time.perf_counter()
     url = base_url(source)
     data, manifest, parts = read_remote_manifest(url, timeout, retries, backoff, log)
     if store is None:
-        from schemas.locations import data_home
+        from fingerprint_pretrain.schemas.locations import data_home
 
         store = Path(out_dir) if out_dir else data_home() / "stores"
         store = store / store_name(url)
@@ -525,12 +529,12 @@ def fetch_store(
     if entries == parts:
         _write_bytes_atomic(store / MANIFEST_NAME, data)  # the publisher's bytes, unchanged
     else:
-        from schemas.manifest import write_json_atomic
+        from fingerprint_pretrain.schemas.manifest import write_json_atomic
 
         write_json_atomic(store / MANIFEST_NAME, {**manifest, "parts": entries})
     shutil.rmtree(staging, ignore_errors=True)
     if verify:
-        from builder.info import verify_store
+        from fingerprint_pretrain.builder.info import verify_store
 
         ok, lines = verify_store(store, progress=False)
         if not ok:
@@ -552,7 +556,7 @@ def _write_origin(store: Path, url: str, parts: dict[str, dict], result: FetchRe
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     for name in result.fetched:
         fetched[name] = {**parts[name], "fetched": now}
-    from schemas.manifest import write_json_atomic
+    from fingerprint_pretrain.schemas.manifest import write_json_atomic
 
     write_json_atomic(path, {"url": url, "parts": fetched})
 
@@ -578,7 +582,7 @@ def fetch_prebuilt(dataset, opts, source_name: str | None = None, done: dict | N
         DownloadError / StoreError: the published store could not be fetched (without
             ``opts.build_on_fail``).
     """
-    from builder.datasets import make
+    from fingerprint_pretrain.builder.datasets import make
 
     sources = [s for s in dataset.sources if s.prebuilt and source_name in (None, s.name)]
     if not sources or opts.offline:
@@ -665,7 +669,7 @@ def fetch_prebuilt(dataset, opts, source_name: str | None = None, done: dict | N
         if opts.verify
         else None,
     }
-    from schemas.manifest import write_json_atomic
+    from fingerprint_pretrain.schemas.manifest import write_json_atomic
 
     write_json_atomic(make._sidecar(opts.out, source.store), record)
     row = {

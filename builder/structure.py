@@ -97,7 +97,7 @@ def _read_with_ase(path: str) -> StructureArrays:
 
 
 def to_arrays(kind: str, payload: Any) -> StructureArrays:
-    """Payload of a :class:`~builder.readers.RawItem` -> arrays.
+    """Payload of a :class:`~fingerprint_pretrain.builder.readers.RawItem` -> arrays.
 
     Raises:
         Rejected: the payload cannot be turned into a structure.

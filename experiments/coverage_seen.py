@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from builder.datasets.download import data_home
-from trainer.harness.results import paired_p
+from fingerprint_pretrain.builder.datasets.download import data_home
+from fingerprint_pretrain.trainer.harness.results import paired_p
 
 SEEDS = (111, 222, 333, 444, 555)
 LABELS = ("eadset1", "gmpset1", "wacsfset1")

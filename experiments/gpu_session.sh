@@ -55,19 +55,19 @@ torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_availa
 log "building the EAD kernel"
 "$PY" setup.py -q build_ext --inplace >>"$LOG" 2>&1 || log "EAD kernel not built: NumPy path"
 log "building stores in $FP_DATA/stores"
-"$PY" -m builder.cli make-datasets --from-dir "$KIT/datasets" --offline --no-verify --quiet \
+"$PY" -m fingerprint_pretrain.builder.cli make-datasets --from-dir "$KIT/datasets" --offline --no-verify --quiet \
     --only mp_e_form --only jdft2d --only phonons --only c2db \
     -d wacsfset1 -d gmpset1 -d eadset1 --jobs -1 >>"$LOG" 2>&1 || { log "store build failed"; exit 3; }
 log "stores built"
 
 # 2. one pre-training run alone: seconds per epoch of the plan's model, pre-training settings,
 #    store and (last) label set, all read from the plan
-"$PY" -c "import sys, yaml; from trainer.harness.sweep import load_plan, expand_plan
+"$PY" -c "import sys, yaml; from fingerprint_pretrain.trainer.harness.sweep import load_plan, expand_plan
 pre = [r for r in expand_plan(load_plan(sys.argv[1]), '/tmp/unused') if r.mode == 'pretrain']
 yaml.safe_dump(pre[-1].config, open(sys.argv[2], 'w'))" \
     "$PLAN" /tmp/epoch-timing.yaml || { log "cannot read a pre-training run from $PLAN"; exit 4; }
 # shellcheck disable=SC2086
-"$PY" -m trainer.cli pretrain --config /tmp/epoch-timing.yaml --run-dir /tmp/epoch-timing \
+"$PY" -m fingerprint_pretrain.trainer.cli pretrain --config /tmp/epoch-timing.yaml --run-dir /tmp/epoch-timing \
     --epochs 3 --no-resume --no-progress ${EPOCH_TIMING_ARGS:-} >>"$LOG" 2>&1 ||
     log "epoch timing run failed"
 cp /tmp/epoch-timing/metrics.csv "$OUT/pretrain_epoch_timing.csv" 2>/dev/null &&
@@ -77,7 +77,7 @@ cp /tmp/epoch-timing/metrics.csv "$OUT/pretrain_epoch_timing.csv" 2>/dev/null &&
 t=$(($(left) - 20))
 if [ "$t" -gt 30 ]; then
     log "sweep $PLAN for at most $t s, $PARALLEL runs at a time"
-    timeout "$t" "$PY" -m trainer.cli sweep "$PLAN" --runs-dir "$RUNS" --parallel "$PARALLEL" \
+    timeout "$t" "$PY" -m fingerprint_pretrain.trainer.cli sweep "$PLAN" --runs-dir "$RUNS" --parallel "$PARALLEL" \
         >>"$LOG" 2>&1
     log "sweep ended (exit $?): $(find "$RUNS" -name result.json | wc -l) runs finished"
 else

@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from builder.cli import main as fp_build
-from builder.datasets.download import data_home
+from fingerprint_pretrain.builder.cli import main as fp_build
+from fingerprint_pretrain.builder.datasets.download import data_home
 
 
 def parse_args(doc: str, store_name: str) -> argparse.Namespace:

@@ -100,7 +100,7 @@ class PredictionTable:
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     """A checkpoint file, or a model of the zoo by name (``fp-train models`` lists them)."""
     try:
-        from trainer.zoo import resolve
+        from fingerprint_pretrain.trainer.zoo import resolve
     except ImportError:  # a zoo-less install: files only
         return Path(name_or_path)
     return Path(resolve(str(name_or_path)))
@@ -159,7 +159,7 @@ def _objects_to_files(objects: list[tuple[int, Any]], folder: Path) -> list[str]
 
 def _split_inputs(inputs, folder: Path) -> tuple[list[Path], list[str]]:
     """(stores, raw paths for one build) from the user's inputs."""
-    from builder.readers import expand_inputs
+    from fingerprint_pretrain.builder.readers import expand_inputs
 
     if not isinstance(inputs, (list, tuple)):  # one input (a Structure is iterable: its sites)
         inputs = [inputs]
@@ -179,7 +179,7 @@ def _split_inputs(inputs, folder: Path) -> tuple[list[Path], list[str]]:
 
 def _targets_available(paths: Sequence[str], names: list[str], targets_csv, id_column) -> bool:
     """Whether every raw input has columns for the checkpoint's targets."""
-    from builder.readers import InputError, open_input
+    from fingerprint_pretrain.builder.readers import InputError, open_input
 
     try:
         for path in paths:
@@ -205,7 +205,7 @@ def build_graphs(
         builder.build.BuildError: nothing could be built (every structure rejected: the
             message names the first reason and the rejected file).
     """
-    from builder.build import BuildOptions, build_store
+    from fingerprint_pretrain.builder.build import BuildOptions, build_store
 
     store = out / "predict.lmdb"
     build_store(
@@ -230,7 +230,7 @@ def build_graphs(
 
 
 def _merge(parts: list) -> Any:
-    from trainer.predict import Predictions
+    from fingerprint_pretrain.trainer.predict import Predictions
 
     first = parts[0]
     targets = [p.targets for p in parts]
@@ -277,8 +277,8 @@ def predict(
     Returns:
         :class:`PredictionTable`: ``.frame()`` (pandas), ``.write(csv)``, ``.summary()``.
     """
-    from trainer.checkpoint import load_checkpoint
-    from trainer.predict import predict_store, target_descriptions
+    from fingerprint_pretrain.trainer.checkpoint import load_checkpoint
+    from fingerprint_pretrain.trainer.predict import predict_store, target_descriptions
 
     path = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
@@ -316,8 +316,8 @@ def embed(
     Returns:
         ``(ids, embeddings (R, H) float32, rejected)``.
     """
-    from trainer.checkpoint import load_checkpoint
-    from trainer.inference import embed_store
+    from fingerprint_pretrain.trainer.checkpoint import load_checkpoint
+    from fingerprint_pretrain.trainer.inference import embed_store
 
     path = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from trainer import cli as trainer_cli
+from fingerprint_pretrain.trainer import cli as trainer_cli
 
 
 @click.command("predict")
@@ -56,9 +56,9 @@ def predict_command(
     with the checkpoint's own settings. Writes one row per structure to --out (prediction with
     its unit; target and error where known) and the structures that could not be read, with
     the reason, to <out>.rejected.csv."""
-    from builder.build import BuildError
     from fingerprint_pretrain.api import predict
-    from trainer.errors import TrainingError
+    from fingerprint_pretrain.builder.build import BuildError
+    from fingerprint_pretrain.trainer.errors import TrainingError
 
     if jobs == 0 or jobs < -1:
         raise click.BadParameter("must be -1 (all cores) or >= 1", param_hint="--jobs")

@@ -9,7 +9,7 @@ runs code or returns silently wrong data: damage raises :class:`StoreError` or
 :class:`RecordError` naming the store. Every record carries a CRC-32 checked on each read and
 its header is never trusted (:mod:`schemas.record`); LMDB files are checked before liblmdb
 touches them (:mod:`schemas.lmdb_file`); Zarr metadata is checked from its JSON before Zarr
-decodes anything and chunks carry a CRC-32C (:mod:`schemas.zarr_meta`,
+decodes anything and chunks carry a CRC-32C (:mod:`fingerprint_pretrain.schemas.zarr_meta`,
 :mod:`schemas.zarr_store`); the manifest carries a digest of what the records mean
 (:mod:`schemas.manifest`). Stores written before these checks still read, without them: the
 additions are optional keys, and content hashes are unchanged.
@@ -21,15 +21,20 @@ label set whose part is absent is listed (``store.available_descriptors``) but n
 (schema 1.0, one ``data.mdb``) still read.
 """
 
-from schemas.manifest import (
+from fingerprint_pretrain.schemas.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
     SchemaVersionError,
     StoreError,
     read_manifest,
 )
-from schemas.record import GRAPH_FIELDS, RecordError, decode_record, encode_record
-from schemas.store import Store, compute_hashes, open_store
+from fingerprint_pretrain.schemas.record import (
+    GRAPH_FIELDS,
+    RecordError,
+    decode_record,
+    encode_record,
+)
+from fingerprint_pretrain.schemas.store import Store, compute_hashes, open_store
 
 __all__ = [
     "GRAPH_FIELDS",

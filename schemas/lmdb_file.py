@@ -34,7 +34,7 @@ import os
 import struct
 from pathlib import Path
 
-from schemas.manifest import StoreError
+from fingerprint_pretrain.schemas.manifest import StoreError
 
 __all__ = ["LmdbTree"]
 

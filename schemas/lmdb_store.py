@@ -25,7 +25,7 @@ on first access in each process, and a forked DataLoader worker drops the handle
 and opens its own (py-lmdb refuses a second open of the same path in one process, and LMDB
 handles must not cross ``fork``).
 
-Damaged files give :class:`~schemas.manifest.StoreError` (or
+Damaged files give :class:`~fingerprint_pretrain.schemas.manifest.StoreError` (or
 :class:`~schemas.record.RecordError` for a damaged record), never a crash: before liblmdb maps
 a part, :class:`schemas.lmdb_file.LmdbTree` checks its meta and branch pages (a truncated file
 would otherwise kill the process with ``SIGBUS``), and before each key is looked up, the leaf
@@ -43,11 +43,10 @@ from typing import Any
 
 import lmdb
 import numpy as np
-
-from schemas.lmdb_file import LmdbTree
-from schemas.manifest import GRAPHS_FILE, GRAPHS_PART, StoreError, schema_major
-from schemas.record import RecordError, decode_record, has_checksum
-from schemas.store import Store
+from fingerprint_pretrain.schemas.lmdb_file import LmdbTree
+from fingerprint_pretrain.schemas.manifest import GRAPHS_FILE, GRAPHS_PART, StoreError, schema_major
+from fingerprint_pretrain.schemas.record import RecordError, decode_record, has_checksum
+from fingerprint_pretrain.schemas.store import Store
 
 __all__ = [
     "LEGACY_FILE",

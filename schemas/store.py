@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas.manifest import StoreError, combine_content_hash, read_manifest
-from schemas.record import descriptor_digest, record_digest
+from fingerprint_pretrain.schemas.manifest import StoreError, combine_content_hash, read_manifest
+from fingerprint_pretrain.schemas.record import descriptor_digest, record_digest
 
 __all__ = ["ORIGIN_NAME", "Store", "open_store", "compute_hashes"]
 
@@ -165,11 +164,11 @@ def open_store(path: str | os.PathLike, descriptors: Iterable[str] | None = None
     manifest = read_manifest(path)
     backend = manifest.get("backend")
     if backend == "lmdb":
-        from schemas.lmdb_store import LmdbStore
+        from fingerprint_pretrain.schemas.lmdb_store import LmdbStore
 
         return LmdbStore(path, manifest, descriptors)
     if backend == "zarr":
-        from schemas.zarr_store import ZarrStore
+        from fingerprint_pretrain.schemas.zarr_store import ZarrStore
 
         return ZarrStore(path, manifest, descriptors)
     raise StoreError(f"{path}: unknown backend {backend!r} in manifest")

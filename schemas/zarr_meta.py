@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas.manifest import StoreError
+from fingerprint_pretrain.schemas.manifest import StoreError
 
 __all__ = [
     "ArrayMeta",

@@ -45,11 +45,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-
-from schemas.manifest import StoreError
-from schemas.record import shift_dtype
-from schemas.store import Store
-from schemas.zarr_meta import ArrayMeta, check_zarr_metadata
+from fingerprint_pretrain.schemas.manifest import StoreError
+from fingerprint_pretrain.schemas.record import shift_dtype
+from fingerprint_pretrain.schemas.store import Store
+from fingerprint_pretrain.schemas.zarr_meta import ArrayMeta, check_zarr_metadata
 
 __all__ = ["ZarrStore"]
 

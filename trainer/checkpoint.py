@@ -45,11 +45,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from trainer.config import ARCHITECTURE_KEYS, MODELS, TrainConfig
-from trainer.errors import TrainingError
-from trainer.hyperparameters import BACKBONE_CONFIGS, RENAMED, field_names
-from trainer.model import GraphRegressor, NodeRegressor
+from fingerprint_pretrain.trainer.config import ARCHITECTURE_KEYS, MODELS, TrainConfig
+from fingerprint_pretrain.trainer.errors import TrainingError
+from fingerprint_pretrain.trainer.hyperparameters import BACKBONE_CONFIGS, RENAMED, field_names
+from fingerprint_pretrain.trainer.model import GraphRegressor, NodeRegressor
 
 __all__ = [
     "ARCHITECTURE_KEYS",
@@ -460,7 +459,7 @@ def _load_version1(path: Path, quiet: bool = False) -> dict | None:
 def _manifest_of(store_path, content_hash: str) -> tuple[dict | None, str]:
     """The manifest of the store at ``store_path`` if it is the one with ``content_hash``;
     else None and why."""
-    from schemas import StoreError, read_manifest
+    from fingerprint_pretrain.schemas import StoreError, read_manifest
 
     try:
         manifest = read_manifest(store_path)

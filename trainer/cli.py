@@ -19,8 +19,12 @@ import typing
 from pathlib import Path
 
 import click
-
-from trainer.config import MODEL_DEFAULTS, ConfigError, TrainConfig, load_config_file
+from fingerprint_pretrain.trainer.config import (
+    MODEL_DEFAULTS,
+    ConfigError,
+    TrainConfig,
+    load_config_file,
+)
 
 # Fields set by each command's own arguments rather than generic flags.
 _OWN = {"mode", "store", "labels", "init"}
@@ -179,7 +183,7 @@ def _config_file(path: str, mode: str) -> dict:
 def _resolve(name_or_path) -> Path:
     """A checkpoint path or zoo name as a file (:func:`trainer.zoo.resolve`); an unknown name
     is a usage error listing the zoo's names."""
-    from trainer.zoo import UnknownModel, resolve
+    from fingerprint_pretrain.trainer.zoo import UnknownModel, resolve
 
     try:
         return resolve(name_or_path)
@@ -212,7 +216,7 @@ def _init_source(init, run_dir, resume: bool) -> Path:
 
 def _init_model(init, run_dir, resume: bool) -> str:
     """The backbone (``--model``) of the checkpoint the run starts from."""
-    from trainer.checkpoint import load_checkpoint
+    from fingerprint_pretrain.trainer.checkpoint import load_checkpoint
 
     source = _init_source(init, run_dir, resume)
     return load_checkpoint(source)["model_args"].get("model", "et")
@@ -222,7 +226,10 @@ def _model_from_init(cfg: TrainConfig, given: dict) -> dict:
     """The model flags not given, taken from the checkpoint the run starts from (``--init``,
     or the run's own ``last.pt`` when it resumes); a given flag that differs is a usage error
     naming both values."""
-    from trainer.checkpoint import ModelFlagConflict, architecture_from_checkpoint
+    from fingerprint_pretrain.trainer.checkpoint import (
+        ModelFlagConflict,
+        architecture_from_checkpoint,
+    )
 
     try:
         return architecture_from_checkpoint(_init_source(cfg.init, cfg.run_dir, cfg.resume), given)
@@ -258,7 +265,7 @@ def cli() -> None:
 @_config_options("pretrain")
 def pretrain(store, labels, config_file, **options) -> None:
     """Node-level pre-training: predict every atom's descriptor vector."""
-    from trainer.train import train
+    from fingerprint_pretrain.trainer.train import train
 
     train(_make_config("pretrain", config_file, labels, store, None, options))
 
@@ -277,7 +284,7 @@ def pretrain(store, labels, config_file, **options) -> None:
 @_config_options("finetune")
 def finetune(store, labels, init, config_file, **options) -> None:
     """Graph-level fine-tuning (from a pre-trained checkpoint, or the from-scratch baseline)."""
-    from trainer.train import train
+    from fingerprint_pretrain.trainer.train import train
 
     train(_make_config("finetune", config_file, labels, store, init, options))
 
@@ -296,7 +303,7 @@ def finetune(store, labels, init, config_file, **options) -> None:
 @_DEVICE
 def evaluate(checkpoint, store, split, out, device) -> None:
     """MAE of a checkpoint on a split (or a whole store), in the labels' units."""
-    from trainer.inference import evaluate_checkpoint
+    from fingerprint_pretrain.trainer.inference import evaluate_checkpoint
 
     _check_device(device)
     result = evaluate_checkpoint(_resolve(checkpoint), store, split, out, device)
@@ -317,7 +324,7 @@ def evaluate(checkpoint, store, split, out, device) -> None:
 @_DEVICE
 def embed(checkpoint, store, out, batch_size, device) -> None:
     """Per-structure embeddings (sum of the final node features) to a file."""
-    from trainer.inference import embed_store
+    from fingerprint_pretrain.trainer.inference import embed_store
 
     _check_device(device)
     n, dim = embed_store(_resolve(checkpoint), store, out, batch_size, device)
@@ -329,7 +336,7 @@ def embed(checkpoint, store, out, batch_size, device) -> None:
 def models(name) -> None:
     """The model zoo: pre-trained checkpoints shipped with fp-train, usable by name (--init
     NAME, --checkpoint NAME). Without NAME: one line per model; with NAME: its model card."""
-    from trainer import zoo
+    from fingerprint_pretrain.trainer import zoo
 
     if name is None:
         click.echo(zoo.format_table(zoo.entries()))
@@ -355,7 +362,7 @@ def convert_checkpoint(old, out, store) -> None:
     optimiser, RNG states and split. Only for files you trust: their weights are what you will
     train and predict with (the reader allows NumPy arrays and nothing else, so it runs no code
     from the file either)."""
-    from trainer.checkpoint import convert_checkpoint as convert
+    from fingerprint_pretrain.trainer.checkpoint import convert_checkpoint as convert
 
     path, notes = convert(old, out, store)
     for note in notes:
@@ -379,7 +386,7 @@ def sweep(plan, runs_dir, parallel, dry_run) -> None:
     """Run the experiment of PLAN (YAML): pre-training, then fine-tuning from scratch and from
     each pre-trained model over tasks, seeds and training-set sizes. Resumable: finished runs
     are skipped, interrupted ones continue."""
-    from trainer.harness.sweep import load_plan, run_sweep
+    from fingerprint_pretrain.trainer.harness.sweep import load_plan, run_sweep
 
     spec = {**load_plan(plan), "plan_file": plan}
     target = runs_dir or spec.get("runs_dir")
@@ -414,8 +421,8 @@ def report(runs_dir, out, no_tsne, store, device) -> None:
     directory (config.json, metrics.csv) gets its learning curve, metrics and, for
     fine-tuning, a parity plot; for pre-training, the test error per label set and feature
     group in standardised label units (needs the run's store)."""
-    from trainer.harness.report import write_report
-    from trainer.harness.run_report import is_run_dir, write_run_report
+    from fingerprint_pretrain.trainer.harness.report import write_report
+    from fingerprint_pretrain.trainer.harness.run_report import is_run_dir, write_run_report
 
     if is_run_dir(runs_dir):
         _check_device(device)
@@ -426,8 +433,8 @@ def report(runs_dir, out, no_tsne, store, device) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from schemas import SchemaVersionError, StoreError
-    from trainer.train import TrainingError
+    from fingerprint_pretrain.schemas import SchemaVersionError, StoreError
+    from fingerprint_pretrain.trainer.train import TrainingError
 
     try:
         cli.main(args=argv, prog_name="fp-train", standalone_mode=False)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from trainer.hyperparameters import BACKBONE_CONFIGS, RENAMED, field_names
+from fingerprint_pretrain.trainer.hyperparameters import BACKBONE_CONFIGS, RENAMED, field_names
 
 __all__ = [
     "FOLDS",
@@ -43,9 +43,9 @@ __all__ = [
     "prepare_run_dir",
 ]
 
-FOLDS = 5  # MatBench's protocol: 5-fold KFold (trainer.data.kfold_splits)
+FOLDS = 5  # MatBench's protocol: 5-fold KFold (fingerprint_pretrain.trainer.data.kfold_splits)
 
-# The backbones ``model`` may name: trainer.hyperparameters.BACKBONE_CONFIGS.
+# The backbones ``model`` may name: fingerprint_pretrain.trainer.hyperparameters.BACKBONE_CONFIGS.
 MODELS = tuple(BACKBONE_CONFIGS)
 
 # TrainConfig's model fields: fp-train's model flags, the architecture a checkpoint's

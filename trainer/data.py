@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from schemas import Store, StoreError, open_store
-from schemas.record import edge_vectors
-from schemas.splits import kfold_splits, random_split  # re-exported: trainer.data API
-from trainer.errors import TrainingError
+from fingerprint_pretrain.schemas import Store, StoreError, open_store
+from fingerprint_pretrain.schemas.record import edge_vectors
+from fingerprint_pretrain.schemas.splits import (
+    kfold_splits,
+    random_split,
+)  # re-exported: fingerprint_pretrain.trainer.data API
+from fingerprint_pretrain.trainer.errors import TrainingError
 
 __all__ = [
     "Batch",

@@ -1,7 +1,7 @@
 """Every backbone's hyperparameters, listed once: one config dataclass per backbone.
 
 These dataclasses are the one source of each backbone's fields and defaults. The models take
-them (:class:`trainer.model.EquivariantTransformer` an :class:`ETConfig`,
+them (:class:`fingerprint_pretrain.trainer.model.EquivariantTransformer` an :class:`ETConfig`,
 ``trainer.backbones``' ``SchNet`` a :class:`SchNetConfig`, ``PaiNN`` a :class:`PaiNNConfig`);
 ``trainer.config`` derives from them the per-model defaults of ``fp-train``'s model flags
 (``MODEL_DEFAULTS``) and the defaults every backbone shares (``hidden_channels``,

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fingerprint_pretrain.trainer.checkpoint import (
+    model_from_checkpoint,
+)  # re-exported: fingerprint_pretrain.trainer.inference API
+from fingerprint_pretrain.trainer.config import TrainConfig
+from fingerprint_pretrain.trainer.data import LabelScaler, StoreDataset, collate
+from fingerprint_pretrain.trainer.errors import TrainingError
+from fingerprint_pretrain.trainer.train import EpochSampler, _device, evaluate_split
 from torch.utils.data import DataLoader
-
-from trainer.checkpoint import model_from_checkpoint  # re-exported: trainer.inference API
-from trainer.config import TrainConfig
-from trainer.data import LabelScaler, StoreDataset, collate
-from trainer.errors import TrainingError
-from trainer.train import EpochSampler, _device, evaluate_split
 
 __all__ = ["evaluate_checkpoint", "embed_store", "model_from_checkpoint"]
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 
 import torch
+from fingerprint_pretrain.trainer.hyperparameters import (
+    ETConfig,
+)  # (defined there with the other backbones')
 from torch import Tensor, nn
-
-from trainer.hyperparameters import ETConfig  # (defined there with the other backbones')
 
 __all__ = [
     "ETConfig",
@@ -285,7 +286,9 @@ def representation(cfg) -> nn.Module:
     imports ``trainer.backbones`` and PyTorch Geometric (seconds at every start-up)."""
     if type(cfg) is ETConfig:
         return EquivariantTransformer(cfg)
-    from trainer.backbones import backbone_from_config  # (it imports this module)
+    from fingerprint_pretrain.trainer.backbones import (
+        backbone_from_config,
+    )  # (it imports this module)
 
     return backbone_from_config(cfg)
 

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fingerprint_pretrain.trainer.checkpoint import model_from_checkpoint
+from fingerprint_pretrain.trainer.data import LabelScaler, StoreDataset, collate
+from fingerprint_pretrain.trainer.errors import TrainingError
+from fingerprint_pretrain.trainer.train import EpochSampler, _device, _forward
 from torch.utils.data import DataLoader
-
-from trainer.checkpoint import model_from_checkpoint
-from trainer.data import LabelScaler, StoreDataset, collate
-from trainer.errors import TrainingError
-from trainer.train import EpochSampler, _device, _forward
 
 __all__ = ["Predictions", "predict_store", "target_descriptions"]
 

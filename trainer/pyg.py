@@ -12,8 +12,8 @@ Example (pre-training a PyG model on per-atom descriptor labels)::
 
     import torch
     from torch_geometric.loader import DataLoader
-    from trainer.backbones import PaiNN
-    from trainer.pyg import PygStoreDataset
+    from fingerprint_pretrain.trainer.backbones import PaiNN
+    from fingerprint_pretrain.trainer.pyg import PygStoreDataset
 
     ds = PygStoreDataset("mp.lmdb", descriptors=["wacsfset1"], max_neighbors=32)
     stats = ds.manifest["descriptors"]["wacsfset1"]["stats"]  # per-feature, over the store
@@ -38,12 +38,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from fingerprint_pretrain.schemas import StoreError
+from fingerprint_pretrain.schemas.record import edge_vectors as record_edge_vectors
+from fingerprint_pretrain.trainer.data import StoreDataset, nearest_k
 from torch import Tensor
 from torch_geometric.data import Data, Dataset
-
-from schemas import StoreError
-from schemas.record import edge_vectors as record_edge_vectors
-from trainer.data import StoreDataset, nearest_k
 
 __all__ = ["PygStoreDataset", "edge_vectors"]
 

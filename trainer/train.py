@@ -8,7 +8,8 @@ checkpoints every epoch and on the best validation loss (:func:`_epoch_loop`), a
 pass writing predictions and ``result.json`` (:func:`_test`). Launch on several GPUs (or CPU
 processes) with::
 
-    torchrun --nproc_per_node N -m trainer.cli pretrain --store mp.lmdb --descriptor eadset1
+    torchrun --nproc_per_node N -m fingerprint_pretrain.trainer.cli pretrain --store mp.lmdb \\
+        --descriptor eadset1
 
 Resuming (``resume=True``) restores model, optimiser, scheduler, epoch, best loss, RNG states
 and the split saved with the run; the data order of every epoch is a function of (seed, epoch),
@@ -32,10 +33,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
-
-from schemas import open_store
-from trainer.checkpoint import (
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.trainer.checkpoint import (
     CHECKPOINT_VERSION,
     FORMAT,
     build_model_from_args,
@@ -48,9 +47,17 @@ from trainer.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from trainer.config import TrainConfig, prepare_run_dir
-from trainer.data import Batch, LabelScaler, StoreDataset, collate, kfold_splits, random_split
-from trainer.errors import TrainingError
+from fingerprint_pretrain.trainer.config import TrainConfig, prepare_run_dir
+from fingerprint_pretrain.trainer.data import (
+    Batch,
+    LabelScaler,
+    StoreDataset,
+    collate,
+    kfold_splits,
+    random_split,
+)
+from fingerprint_pretrain.trainer.errors import TrainingError
+from torch.utils.data import DataLoader, Sampler
 
 __all__ = [
     "ADAPT_DIR",
@@ -367,7 +374,7 @@ def adapt(cfg: TrainConfig) -> dict:
         ``structures``, ``epochs``, ``seconds``, ``best_epoch``, ``val_loss``); fine-tuning
         starts from ``RUN_DIR/adapt/best.pt``, the best epoch.
     """
-    from trainer.zoo import resolve, sha256_of
+    from fingerprint_pretrain.trainer.zoo import resolve, sha256_of
 
     device = _device(cfg.device)
     rank, _ = _init_distributed(device)

@@ -16,8 +16,8 @@ validation loss, the data's licence and the measured fine-tuning effect).
   store description, configuration, split and history; no optimiser, scheduler or RNG state),
   its card, and the fine-tuning effect computed from a sweep's runs. From the command line::
 
-      python -m trainer.zoo add RUNS/pretrain/eadset1 --name et-small-mp20-eadset1 \\
-          --sweep RUNS --licence "Materials Project data, CC BY 4.0"
+      python -m fingerprint_pretrain.trainer.zoo add RUNS/pretrain/eadset1 \\
+          --name et-small-mp20-eadset1 --sweep RUNS --licence "Materials Project data, CC BY 4.0"
 
 Size budget: the shipped files together stay within :data:`BUDGET_BYTES` (15 MB), each within
 :data:`MAX_MODEL_BYTES` (8 MB); :func:`add` refuses more. The CPU-scale models take 1.0-1.3 MB
@@ -33,14 +33,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from trainer.checkpoint import (
+from fingerprint_pretrain.trainer.checkpoint import (
     ARCHITECTURE_KEYS,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
-from trainer.errors import TrainingError
+from fingerprint_pretrain.trainer.errors import TrainingError
 
 # The architecture a card lists: the checkpoint's model flags (the backbone name has its own
 # line, self-loops are an ET detail) and the output width.
@@ -190,7 +189,7 @@ def fine_tuning_effects(runs_dir: str | Path, init: str) -> list[dict]:
         on which the pre-trained model's MAE was lower) and ``p`` (paired t-test, from 3 seeds;
         else None); full split first, then sizes descending, tasks in the plan's order.
     """
-    from trainer.harness.results import collect, paired_p, read_plan
+    from fingerprint_pretrain.trainer.harness.results import collect, paired_p, read_plan
 
     runs_dir = Path(runs_dir)
     plan = read_plan(runs_dir)
@@ -504,12 +503,14 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"added {new['name']}: {new['bytes'] / 1e6:.2f} MB, sha256 {new['sha256']}")
 
     try:
-        cli.main(args=argv, prog_name="python -m trainer.zoo", standalone_mode=False)
+        cli.main(
+            args=argv, prog_name="python -m fingerprint_pretrain.trainer.zoo", standalone_mode=False
+        )
     except click.UsageError as err:
-        click.echo(f"trainer.zoo: error: {err.format_message()}", err=True)
+        click.echo(f"fingerprint_pretrain.trainer.zoo: error: {err.format_message()}", err=True)
         return 2
     except TrainingError as err:
-        click.echo(f"trainer.zoo: error: {err}", err=True)
+        click.echo(f"fingerprint_pretrain.trainer.zoo: error: {err}", err=True)
         return 1
     return 0
 

@@ -36,10 +36,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import builder
-from builder.build import BuildError
-from builder.datasets.registry import RemoteFile
-from schemas.locations import data_home  # re-exported: builder.datasets.download API
+import fingerprint_pretrain.builder
+from fingerprint_pretrain.builder.build import BuildError
+from fingerprint_pretrain.builder.datasets.registry import RemoteFile
+from fingerprint_pretrain.schemas.locations import (
+    data_home,
+)  # re-exported: fingerprint_pretrain.builder.datasets.download API
 
 __all__ = [
     "ChecksumError",
@@ -51,7 +53,7 @@ __all__ = [
     "verify_file",
 ]
 
-USER_AGENT = f"fingerprint-pretrain/{builder.__version__} (+fp-build fetch)"
+USER_AGENT = f"fingerprint-pretrain/{fingerprint_pretrain.builder.__version__} (+fp-build fetch)"
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 BLOCK = 1 << 20
 

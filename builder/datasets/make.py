@@ -33,15 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from builder.build import BuildError, BuildOptions, build_store
-from builder.datasets.download import Fetched, Fetcher, data_home
-from builder.datasets.registry import DATASETS, Dataset, Source, get
-from builder.descriptors.registry import resolve_names, storage_codecs
-from builder.readers import InputError
-from builder.sizes import disk_bytes, human_bytes
-from schemas.manifest import StoreError, write_json_atomic
-from schemas.splits import MATBENCH_SEED, PAPER_SEEDS, kfold_splits, random_split
+from fingerprint_pretrain.builder.build import BuildError, BuildOptions, build_store
+from fingerprint_pretrain.builder.datasets.download import Fetched, Fetcher, data_home
+from fingerprint_pretrain.builder.datasets.registry import DATASETS, Dataset, Source, get
+from fingerprint_pretrain.builder.descriptors.registry import resolve_names, storage_codecs
+from fingerprint_pretrain.builder.readers import InputError
+from fingerprint_pretrain.builder.sizes import disk_bytes, human_bytes
+from fingerprint_pretrain.schemas.manifest import StoreError, write_json_atomic
+from fingerprint_pretrain.schemas.splits import (
+    MATBENCH_SEED,
+    PAPER_SEEDS,
+    kfold_splits,
+    random_split,
+)
 
 __all__ = [
     "MakeOptions",
@@ -217,8 +221,8 @@ def how_to_get(dataset: Dataset) -> list[str]:
 # --------------------------------------------------------------------------------------------
 def build_input(resolved: Resolved, opts: MakeOptions) -> tuple[Path, dict]:
     """The file the builder reads, converting the downloads if the source needs it."""
-    from builder.datasets.download import file_digests
-    from builder.datasets.prepare import prepare
+    from fingerprint_pretrain.builder.datasets.download import file_digests
+    from fingerprint_pretrain.builder.datasets.prepare import prepare
 
     source = resolved.source
     if source.prepare is None:
@@ -250,8 +254,8 @@ def ensure_store(source: Source, input_path: Path, opts: MakeOptions) -> dict:
         ``{"status", "manifest", "build_seconds", "add_seconds"}``; status is ``built``,
         ``completed`` (label sets added) or ``up to date``.
     """
-    from builder.build import file_sha256
-    from schemas import read_manifest
+    from fingerprint_pretrain.builder.build import file_sha256
+    from fingerprint_pretrain.schemas import read_manifest
 
     store = opts.out / f"{source.store}.lmdb"
     names = _descriptor_names(opts)
@@ -280,7 +284,7 @@ def _built_from(
     """Whether ``store`` exists, built from this input (sha256 ``input_sha``) with the source's
     targets; a store built from something else is :class:`BuildError` unless ``overwrite``
     (then False: it is rebuilt)."""
-    from schemas import read_manifest
+    from fingerprint_pretrain.schemas import read_manifest
 
     if not store.exists():
         return False
@@ -329,8 +333,8 @@ def _build(
 def _add_missing_sets(store: Path, names: list[str], opts: MakeOptions) -> float | None:
     """Add the label sets of ``names`` that ``store`` lacks; the seconds it took, or None when
     it lacks none."""
-    from builder.add import add_descriptors
-    from schemas import read_manifest
+    from fingerprint_pretrain.builder.add import add_descriptors
+    from fingerprint_pretrain.schemas import read_manifest
 
     missing = [n for n in names if n not in read_manifest(store).get("descriptors", {})]
     if not missing:
@@ -349,7 +353,7 @@ def _add_missing_sets(store: Path, names: list[str], opts: MakeOptions) -> float
 
 def _check_verifies(store: Path) -> None:
     """:class:`BuildError` unless ``store``'s records hash to its manifest's content hash."""
-    from builder.info import verify_store
+    from fingerprint_pretrain.builder.info import verify_store
 
     ok, lines = verify_store(store, progress=False)
     if not ok:
@@ -360,7 +364,7 @@ def _check_verifies(store: Path) -> None:
 
 def source_ids(input_path: Path, source: Source) -> list[str]:
     """Record ids of the build input, in its order (no structure is parsed)."""
-    from builder.readers import open_input
+    from fingerprint_pretrain.builder.readers import open_input
 
     _, _, items, _ = open_input(input_path, source.fmt, [], source.id_column)
     return [item.record_id for item in items]
@@ -404,7 +408,7 @@ def write_splits(
     Every file holds int64 index arrays (``train``, ``val``, ``test`` / ``train``, ``test``)
     and ``store_content_hash``; ``np.load(path, allow_pickle=False)`` reads them.
     """
-    from schemas import open_store
+    from fingerprint_pretrain.schemas import open_store
 
     if not protocols:
         return None
@@ -436,7 +440,8 @@ def write_splits(
             np.savez(tmp / name, train=train, val=val, test=test, store_content_hash=content)
             info["files"][name] = {"train": len(train), "val": len(val), "test": len(test)}
         info["random"] = (
-            f"schemas.splits.random_split(n={n}, fractions={list(PAPER_FRACTIONS)}, seed) for "
+            f"fingerprint_pretrain.schemas.splits.random_split(n={n}, "
+            f"fractions={list(PAPER_FRACTIONS)}, seed) for "
             f"seeds {list(PAPER_SEEDS)}: the paper's fine-tuning protocol"
         )
     if "matbench" in protocols:
@@ -486,7 +491,9 @@ def fetch_dataset(
     dataset = get(name)
     opts.log(f"{name}:")
     if not download_only:
-        from builder.publish import fetch_prebuilt  # a published store instead of a build
+        from fingerprint_pretrain.builder.publish import (
+            fetch_prebuilt,
+        )  # a published store instead of a build
 
         row = fetch_prebuilt(dataset, opts, source_name, done)
         if row is not None:
@@ -665,7 +672,7 @@ def summary_table(rows: list[dict]) -> str:
 def status(opts: MakeOptions) -> list[dict]:
     """What is present locally for every registry dataset (files by name only, stores by
     manifest); no checksums, no network."""
-    from schemas import read_manifest
+    from fingerprint_pretrain.schemas import read_manifest
 
     fetcher = opts.fetcher()
     rows = []

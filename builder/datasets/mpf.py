@@ -27,9 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-
-from builder.build import BuildError
-from builder.datasets.extxyz import write_extxyz
+from fingerprint_pretrain.builder.build import BuildError
+from fingerprint_pretrain.builder.datasets.extxyz import write_extxyz
 
 __all__ = ["ALLOWED_GLOBALS", "RestrictedUnpickler", "UnsafePickleError", "convert_mpf", "load"]
 

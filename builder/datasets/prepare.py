@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-
-from builder.build import BuildError
-from builder.datasets.extxyz import Frame, write_extxyz
+from fingerprint_pretrain.builder.build import BuildError
+from fingerprint_pretrain.builder.datasets.extxyz import Frame, write_extxyz
 
 __all__ = ["Frame", "PREPARERS", "prepare", "write_extxyz"]
 
@@ -148,7 +147,7 @@ def prepare_mp_api(inputs: list[Path], out: Path, progress: bool, log) -> dict:
 
 
 def _prepare_mpf(inputs: list[Path], out: Path, progress: bool, log) -> dict:
-    from builder.datasets.mpf import convert_mpf
+    from fingerprint_pretrain.builder.datasets.mpf import convert_mpf
 
     return convert_mpf(inputs, out, progress=progress, log=log)
 

@@ -103,7 +103,7 @@ class Source:
         name: short name (``--source``), e.g. ``matbench``, ``authors``, ``perov5``.
         kind: ``download``, ``local`` or ``mp-api`` (see the module docstring).
         files: the files (one build input, or the inputs of ``prepare``).
-        fmt: reader format of the build input (``builder.readers.FORMATS``).
+        fmt: reader format of the build input (``fingerprint_pretrain.builder.readers.FORMATS``).
         store: store name (``<store>.lmdb``); sources that are the same data share it.
         targets: target columns of the build input, stored in this order.
         units: unit per target column.

@@ -61,9 +61,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-
-from builder.neighbors import NeighbourList
-from schemas.record import edge_vectors as record_edge_vectors
+from fingerprint_pretrain.builder.neighbors import NeighbourList
+from fingerprint_pretrain.schemas.record import edge_vectors as record_edge_vectors
 
 __all__ = [
     "GaussianPlan",
@@ -109,7 +108,7 @@ def cosine_cutoff(d: np.ndarray, rc: float, inside: bool = False) -> np.ndarray:
 
 def edge_vectors(nl: NeighbourList, pos: np.ndarray, cell: np.ndarray) -> np.ndarray:
     """(E, 3) float64 r_j + S·L − r_i, Å, of a neighbour list
-    (:func:`schemas.record.edge_vectors`)."""
+    (:func:`fingerprint_pretrain.schemas.record.edge_vectors`)."""
     return record_edge_vectors(pos, cell, nl.edge_index, nl.edge_shift)
 
 
@@ -158,7 +157,7 @@ def centre_blocks(counts: np.ndarray, work_per_edge: int) -> Iterator[tuple[int,
 
 def edge_starts(centre: np.ndarray, n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
     """(counts, starts): neighbour count and first edge of each centre, for edges sorted by
-    centre (the :func:`builder.neighbors.neighbour_list` order)."""
+    centre (the :func:`fingerprint_pretrain.builder.neighbors.neighbour_list` order)."""
     counts = np.bincount(centre, minlength=n_atoms)
     starts = np.cumsum(counts)
     starts -= counts

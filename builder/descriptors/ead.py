@@ -60,9 +60,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-
-from builder.descriptors import ead_kernel
-from builder.descriptors._common import (
+from fingerprint_pretrain.builder.descriptors import ead_kernel
+from fingerprint_pretrain.builder.descriptors._common import (
     blocked_moments,
     check_radius,
     cosine_cutoff,
@@ -71,7 +70,7 @@ from builder.descriptors._common import (
     format_value,
     gaussian_plan,
 )
-from builder.neighbors import NeighbourList
+from fingerprint_pretrain.builder.neighbors import NeighbourList
 
 __all__ = ["METHODS", "feature_names", "featurize", "monomials", "required_radius"]
 
@@ -223,7 +222,7 @@ def featurize(
             (:func:`builder.descriptors.ead_kernel.available`), else ``"numpy"``; ``"kernel"``
             (RuntimeError when unavailable); ``"numpy"``, the NumPy path (factorised where
             safe); ``"direct"`` / ``"factorised"``, the NumPy path with that
-            :func:`~builder.descriptors._common.gaussian_plan` method.
+            :func:`~fingerprint_pretrain.builder.descriptors._common.gaussian_plan` method.
 
     Returns:
         (N, (L+1)·len(etas)·len(rs)) float64, columns as in :func:`feature_names`.

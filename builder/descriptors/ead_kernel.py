@@ -30,7 +30,7 @@ accumulation's vector tiles) of at most ``MAX_BLOCK`` shifts, the largest such t
 * where some Gaussian of the table can underflow (η·D² > 700 for D the largest |d − Rs|),
   W ≤ 0.9 (√708 − √600)/√η, so that whenever a block's anchor exp(−η(d − R_b)²) underflows
   (the kernel flushes exponents below −708 to 0) every Gaussian of the block is below e^−600:
-  the argument of :mod:`builder.descriptors._common`.
+  the argument of :mod:`fingerprint_pretrain.builder.descriptors._common`.
 
 Irregular, negative or short grids, and η where not even B = 8 is safe (η = 60 Å⁻² on the
 0.05 Å grid), are evaluated directly (one exp per shift). Exps are a vectorised polynomial
@@ -46,9 +46,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from builder.descriptors._common import _BLOCK_WIDTH_TIMES_SQRT_ETA, _EXP_LIMIT, _regular_step
-from builder.neighbors import NeighbourList
+from fingerprint_pretrain.builder.descriptors._common import (
+    _BLOCK_WIDTH_TIMES_SQRT_ETA,
+    _EXP_LIMIT,
+    _regular_step,
+)
+from fingerprint_pretrain.builder.neighbors import NeighbourList
 
 __all__ = [
     "ISA",
@@ -85,7 +88,7 @@ def _load():
     if setting in ("0", "off", "false", "no"):
         return None, f"disabled by FP_EAD_KERNEL={setting}"
     try:
-        from builder.descriptors import _ead_kernel as extension
+        from fingerprint_pretrain.builder.descriptors import _ead_kernel as extension
     except ImportError as error:
         return None, f"the extension is not built ({error}); install with a C compiler present"
     if getattr(extension, "ABI", None) != ABI:

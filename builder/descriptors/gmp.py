@@ -77,8 +77,7 @@ from importlib import resources
 from typing import NamedTuple
 
 import numpy as np
-
-from builder.neighbors import NeighbourList
+from fingerprint_pretrain.builder.neighbors import NeighbourList
 
 __all__ = [
     "MAX_ORDER",
@@ -128,7 +127,9 @@ class Density:
 @cache
 def load_density(psp: str = DEFAULT_PSP) -> Density:
     """Read ``builder/data/<psp>.gpsp`` (format in ``builder/data/README.md``)."""
-    text = resources.files("builder").joinpath("data", f"{psp}.gpsp").read_text()
+    text = (
+        resources.files("fingerprint_pretrain.builder").joinpath("data", f"{psp}.gpsp").read_text()
+    )
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#") and not ln.startswith("!")]
     elements: dict[int, np.ndarray] = {}

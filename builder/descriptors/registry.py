@@ -12,15 +12,15 @@ This file is the single place where the parameter values live.
 
 * wACSF (Table 3): Rs / η grids as printed; set 3's Rs = 0, 1, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 7,
   8, 9, 10 (14 values, 10 η: 140 features). Cutoff ``rc`` = 8 Å for all three (decision, see
-  :mod:`builder.descriptors.wacsf`). Dimensions 48 / 20 / 140.
+  :mod:`fingerprint_pretrain.builder.descriptors.wacsf`). Dimensions 48 / 20 / 140.
 * EAD (Table 3): L = 2 / 1 / 1, η = (1, 5) / (1, 2, 5, 10) / (1, 2, 3, 5), Rs =
   ``np.arange(0, stop, 0.05)`` (values stored exactly as numpy produces them), ``rc`` = stop =
   8 / 12 / 8 Å. Per-atom dimensions 960 / 1920 / 1280 (decision: Table 3's numbers are twice
-  these, a structure-level pooling; see :mod:`builder.descriptors.ead`).
+  these, a structure-level pooling; see :mod:`fingerprint_pretrain.builder.descriptors.ead`).
 * GMP (Table 3, as the authors generated them): σ = ``linspace(0, S, K+1)[1:]`` with (S, K) =
   (2.0, 4), (0.3, 3), (1.0, 6); orders −1…2, −1…2, −1…4; periodic, overlap threshold 1e-16,
   ``QE-kjpaw`` densities. Dimensions 13 / 10 / 31. Featurisation lives in
-  :mod:`builder.descriptors.gmp`.
+  :mod:`fingerprint_pretrain.builder.descriptors.gmp`.
 
 Family modules are imported lazily, the first time a spec's ``feature_names``, ``radius``, ``dim``
 or ``compute`` is used, so importing the registry never fails because one family is broken or
@@ -37,8 +37,7 @@ from functools import cached_property
 from types import ModuleType
 
 import numpy as np
-
-from builder.neighbors import NeighbourList
+from fingerprint_pretrain.builder.neighbors import NeighbourList
 
 __all__ = [
     "AUTO_COMPRESS_MIN_DIM",
@@ -77,7 +76,7 @@ class DescriptorSpec:
     @property
     def module(self) -> ModuleType:
         """The family module (imported on first use)."""
-        return importlib.import_module(f"builder.descriptors.{self.family}")
+        return importlib.import_module(f"fingerprint_pretrain.builder.descriptors.{self.family}")
 
     @cached_property
     def feature_names(self) -> tuple[str, ...]:

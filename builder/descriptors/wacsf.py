@@ -39,8 +39,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-
-from builder.descriptors._common import (
+from fingerprint_pretrain.builder.descriptors._common import (
     blocked_moments,
     centre_blocks,
     check_radius,
@@ -49,7 +48,7 @@ from builder.descriptors._common import (
     format_value,
     gaussian_plan,
 )
-from builder.neighbors import NeighbourList
+from fingerprint_pretrain.builder.neighbors import NeighbourList
 
 __all__ = ["DEFAULT_RC", "feature_names", "featurize", "required_radius"]
 

@@ -44,8 +44,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from builder.readers import ase_formats, csv_cif, files, json_formats
-from builder.readers.common import InputError, RawItem, open_text, parse_target
+from fingerprint_pretrain.builder.readers import ase_formats, csv_cif, files, json_formats
+from fingerprint_pretrain.builder.readers.common import InputError, RawItem, open_text, parse_target
 
 __all__ = [
     "FORMATS",

@@ -8,7 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from builder.readers.common import InputError, RawItem, check_columns, parse_target
+from fingerprint_pretrain.builder.readers.common import (
+    InputError,
+    RawItem,
+    check_columns,
+    parse_target,
+)
 
 
 def _atoms_payload(atoms) -> dict[str, Any]:
@@ -78,7 +83,7 @@ def open_extxyz(
 
 def _count_frames(path: str) -> int | None:
     """Frames in an extxyz file by skipping atom lines (no parsing); None if unsure."""
-    from builder.readers.common import open_text
+    from fingerprint_pretrain.builder.readers.common import open_text
 
     count = 0
     with open_text(path) as fh:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from builder.readers.common import (
+from fingerprint_pretrain.builder.readers.common import (
     InputError,
     RawItem,
     check_columns,

@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-from builder.readers.common import (
+from fingerprint_pretrain.builder.readers.common import (
     InputError,
     RawItem,
     check_columns,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from builder.readers.common import (
+from fingerprint_pretrain.builder.readers.common import (
     InputError,
     RawItem,
     check_columns,

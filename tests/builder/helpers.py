@@ -7,7 +7,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from builder.build import BuildOptions, build_store
+from fingerprint_pretrain.builder.build import BuildOptions, build_store
+
 from tests.conftest import EXAMPLES
 
 csv.field_size_limit(sys.maxsize)

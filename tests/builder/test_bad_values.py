@@ -13,11 +13,11 @@ import subprocess
 
 import lmdb
 import pytest
+from fingerprint_pretrain.builder.add import add_descriptors
+from fingerprint_pretrain.builder.build import BuildError
+from fingerprint_pretrain.builder.lmdb_writer import LmdbWriter
+from fingerprint_pretrain.schemas import open_store
 
-from builder.add import add_descriptors
-from builder.build import BuildError
-from builder.lmdb_writer import LmdbWriter
-from schemas import open_store
 from tests.builder.helpers import MP_SAMPLE, MP_TARGETS, PEROV_SAMPLE, build, read_csv, write_csv
 from tests.builder.test_build import nacl
 

@@ -14,10 +14,10 @@ import time
 import lmdb
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.build import BuildError
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.schemas.store import compute_hashes
 
-from builder.build import BuildError
-from schemas import open_store
-from schemas.store import compute_hashes
 from tests.builder.helpers import (
     MP_SAMPLE,
     MP_TARGETS,
@@ -56,7 +56,7 @@ def test_records_match_independent_parse(mp_store):
         vec = rec["pos"][j] + rec["edge_shift"] @ rec["cell"] - rec["pos"][i]
         np.testing.assert_allclose(np.linalg.norm(vec, axis=1), rec["edge_dist"], rtol=1e-6)
         if k % 8 == 0:  # full neighbour-list check against brute force on a few
-            from builder.neighbors import NeighbourList
+            from fingerprint_pretrain.builder.neighbors import NeighbourList
 
             nl = NeighbourList(rec["edge_index"], rec["edge_shift"], rec["edge_dist"], 8.0)
             assert_same(nl, brute_force(ref.cart_coords, ref.lattice.matrix, [True] * 3, 8.0))
@@ -247,7 +247,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_hash(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "builder.cli",
+        "fingerprint_pretrain.builder.cli",
         "build",
         str(src),
         "--out",
@@ -305,10 +305,10 @@ def test_overwrite_in_the_same_process_reads_the_new_store(tmp_path):
 def test_process_chunk_names_each_result():
     """A worker's result per item: an encoded record with its sizes and elements, or the item
     (payload dropped) with the reason; checked against a brute-force neighbour count."""
-    from builder.build import EncodedRecord, RejectedItem, process_chunk
-    from builder.labels import LabelConfig
-    from builder.readers import RawItem
-    from schemas.record import decode_record
+    from fingerprint_pretrain.builder.build import EncodedRecord, RejectedItem, process_chunk
+    from fingerprint_pretrain.builder.labels import LabelConfig
+    from fingerprint_pretrain.builder.readers import RawItem
+    from fingerprint_pretrain.schemas.record import decode_record
 
     cell = np.eye(3) * 5.64
     pos = np.array([[0.0, 0.0, 0.0], [2.82, 2.82, 2.82]])

@@ -8,14 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from fingerprint_pretrain.schemas import RecordError, open_store
 
-from schemas import RecordError, open_store
 from tests.builder.helpers import MP_SAMPLE, PEROV_SAMPLE
 
 
 def fp_build(*args, check=False):
     result = subprocess.run(
-        [sys.executable, "-m", "builder.cli", *map(str, args)],
+        [sys.executable, "-m", "fingerprint_pretrain.builder.cli", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -138,8 +138,7 @@ def test_every_fp_build_option_explains_itself():
     """Every option of every fp-build command has help text; choices and defaults show."""
     import click
     from click.testing import CliRunner
-
-    from builder.cli import cli
+    from fingerprint_pretrain.builder.cli import cli
 
     missing = []
     for name, command in cli.commands.items():
@@ -154,11 +153,10 @@ def test_every_fp_build_option_explains_itself():
 def test_build_options_reach_the_builder_unchanged(monkeypatch, tmp_path):
     """Every fp-build build option lands in the BuildOptions field it names (written out here
     by hand), and the defaults are BuildOptions' own."""
+    import fingerprint_pretrain.builder.build
     from click.testing import CliRunner
-
-    import builder.build
-    from builder.build import BuildOptions
-    from builder.cli import cli
+    from fingerprint_pretrain.builder.build import BuildOptions
+    from fingerprint_pretrain.builder.cli import cli
 
     seen = []
 
@@ -166,8 +164,8 @@ def test_build_options_reach_the_builder_unchanged(monkeypatch, tmp_path):
         seen.append(opts)
         return {"counts": {"rejected": 0}}
 
-    monkeypatch.setattr(builder.build, "build_store", fake_build_store)
-    monkeypatch.setattr(builder.build, "summarize", lambda manifest: "")
+    monkeypatch.setattr(fingerprint_pretrain.builder.build, "build_store", fake_build_store)
+    monkeypatch.setattr(fingerprint_pretrain.builder.build, "summarize", lambda manifest: "")
     out = str(tmp_path / "x.lmdb")
     argv = ["build", str(MP_SAMPLE), "-o", out, "--cutoff", "6.5", "-j", "3", "-t", "band_gap"]
     argv += ["-t", "e", "--target-unit", "band_gap=eV", "--id-column", "mid", "--cif-column"]

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.add import add_descriptors
+from fingerprint_pretrain.builder.bookkeeping import LOCK_NAME, StoreBusyError
+from fingerprint_pretrain.builder.parts import file_sha256
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.schemas.store import compute_hashes
 
-from builder.add import add_descriptors
-from builder.bookkeeping import LOCK_NAME, StoreBusyError
-from builder.parts import file_sha256
-from schemas import open_store
-from schemas.store import compute_hashes
 from tests.builder.helpers import MP_SAMPLE, PEROV_SAMPLE, build, read_csv, write_csv
 
 PEROV = {"id_column": "castelli_id", "targets": ["heat_all"]}
@@ -61,7 +61,7 @@ def wait_for_holder(directory: Path, proc: subprocess.Popen, timeout: float = 60
 
 HOLD_LOCK = (
     "import sys, time\n"
-    "from builder.bookkeeping import StoreLock\n"
+    "from fingerprint_pretrain.builder.bookkeeping import StoreLock\n"
     "StoreLock(sys.argv[1], sys.argv[1], 'add').acquire()\n"
     "time.sleep(120)\n"
 )
@@ -70,7 +70,7 @@ HOLD_LOCK = (
 def test_second_build_on_the_same_output_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "mp.lmdb"
     first = subprocess.Popen(
-        [sys.executable, "-m", "builder.cli", "build", MP_SAMPLE, "--out", out]
+        [sys.executable, "-m", "fingerprint_pretrain.builder.cli", "build", MP_SAMPLE, "--out", out]
         + ["-d", "wacsfset1", "-j", "1", "--chunk-size", "1", "-q"],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -104,7 +104,7 @@ def test_second_add_is_refused_and_no_set_is_lost(graph_store, tmp_path):
     shutil.copytree(graph_store, store)
     first = python(
         "import sys\n"
-        "from builder.add import add_descriptors\n"
+        "from fingerprint_pretrain.builder.add import add_descriptors\n"
         "add_descriptors(sys.argv[1], ['wacsfset2'], jobs=1, chunk_size=1, progress=False)\n",
         store,
     )
@@ -153,7 +153,7 @@ def test_reader_keeps_reading_correct_records_while_add_commits(tmp_path):
     graphs_sha = file_sha256(out / "graphs.mdb")
     adder = python(
         "import sys\n"
-        "from builder.add import add_descriptors\n"
+        "from fingerprint_pretrain.builder.add import add_descriptors\n"
         "add_descriptors(sys.argv[1], ['wacsfset2'], jobs=1, chunk_size=1, progress=False)\n",
         out,
     )
@@ -224,7 +224,15 @@ def test_kill_9_of_fp_build_ends_its_worker_processes(tmp_path):
     rows = read_csv(MP_SAMPLE) * 3
     src = write_csv(tmp_path / "in.csv", list(rows[0]), [list(r.values()) for r in rows])
     main = subprocess.Popen(
-        [sys.executable, "-m", "builder.cli", "build", src, "--out", tmp_path / "k.lmdb"]
+        [
+            sys.executable,
+            "-m",
+            "fingerprint_pretrain.builder.cli",
+            "build",
+            src,
+            "--out",
+            tmp_path / "k.lmdb",
+        ]
         + ["-d", "wacsfset1", "-j", "2", "--chunk-size", "2", "-q"],
         cwd=REPO,
         stdout=subprocess.DEVNULL,

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from builder.build import BuildError
-from builder.datasets import registry
-from builder.datasets.make import (
+from fingerprint_pretrain.builder.build import BuildError
+from fingerprint_pretrain.builder.datasets import registry
+from fingerprint_pretrain.builder.datasets.make import (
     MakeOptions,
     NotAvailable,
     align,
@@ -27,9 +26,10 @@ from builder.datasets.make import (
     resolve,
     summary_table,
 )
-from builder.datasets.registry import DATASETS, Dataset, RemoteFile, Source
-from schemas import open_store
-from schemas.splits import kfold_splits, random_split
+from fingerprint_pretrain.builder.datasets.registry import DATASETS, Dataset, RemoteFile, Source
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.schemas.splits import kfold_splits, random_split
+
 from tests.builder.helpers import PEROV_SAMPLE, read_csv
 from tests.conftest import DATASETS as SHARED
 from tests.conftest import dataset as shared_file
@@ -90,7 +90,7 @@ def test_registry_covers_the_paper():
 def test_local_copies_are_the_registered_ones():
     """Every file of ../shared/datasets is known to the registry and matches its checksum;
     record counts match the paper's datasets (or the stand-in's stated count)."""
-    from builder.datasets.download import Fetcher
+    from fingerprint_pretrain.builder.datasets.download import Fetcher
 
     fetcher = Fetcher(Path("/nonexistent-cache"), [SHARED], offline=True, log=lambda s: None)
     known = {}
@@ -431,7 +431,7 @@ def test_cli_lists_the_registry(tmp_path):
         [
             sys.executable,
             "-m",
-            "builder.cli",
+            "fingerprint_pretrain.builder.cli",
             "datasets",
             "--from-dir",
             str(SHARED),
@@ -448,7 +448,7 @@ def test_cli_lists_the_registry(tmp_path):
         assert re.search(rf"^{name}\s", result.stdout, re.M), name
     assert "files 1/1 here" in result.stdout and "ml.materialsproject.org" in result.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "builder.cli", "fetch", "nope", "--offline"],
+        [sys.executable, "-m", "fingerprint_pretrain.builder.cli", "fetch", "nope", "--offline"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -497,9 +497,8 @@ def test_mpf_pickles_from_a_mirror_become_a_store(tmp_path):
 def test_c2db_database_rows_with_a_work_function(tmp_path):
     import ase
     import ase.db
-
-    from builder.datasets.prepare import prepare_c2db
-    from builder.readers import open_input
+    from fingerprint_pretrain.builder.datasets.prepare import prepare_c2db
+    from fingerprint_pretrain.builder.readers import open_input
 
     db_path = tmp_path / "c2db.db"
     with ase.db.connect(str(db_path)) as db:

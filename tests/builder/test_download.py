@@ -17,9 +17,13 @@ import threading
 
 import numpy as np
 import pytest
-
-from builder.datasets.download import ChecksumError, DownloadError, Fetcher, file_digests
-from builder.datasets.registry import RemoteFile
+from fingerprint_pretrain.builder.datasets.download import (
+    ChecksumError,
+    DownloadError,
+    Fetcher,
+    file_digests,
+)
+from fingerprint_pretrain.builder.datasets.registry import RemoteFile
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, not compressible by accident
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -309,7 +313,7 @@ def _mpf_block():
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_restricted_unpickler_loads_mpf_structures(tmp_path, protocol):
-    from builder.datasets.mpf import load
+    from fingerprint_pretrain.builder.datasets.mpf import load
 
     path = tmp_path / "block.p"
     path.write_bytes(pickle.dumps(_mpf_block(), protocol=protocol))
@@ -328,7 +332,7 @@ class _Evil:
 
 
 def test_restricted_unpickler_refuses_os_system(tmp_path):
-    from builder.datasets.mpf import UnsafePickleError, load
+    from fingerprint_pretrain.builder.datasets.mpf import UnsafePickleError, load
 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.p"
@@ -347,7 +351,7 @@ def test_restricted_unpickler_refuses_os_system(tmp_path):
     ],
 )
 def test_restricted_unpickler_refuses_other_callables(tmp_path, payload):
-    from builder.datasets.mpf import UnsafePickleError, load
+    from fingerprint_pretrain.builder.datasets.mpf import UnsafePickleError, load
 
     class Bad:
         def __reduce__(self):
@@ -360,8 +364,8 @@ def test_restricted_unpickler_refuses_other_callables(tmp_path, payload):
 
 
 def test_mpf_conversion_takes_the_last_frame(tmp_path):
-    from builder.datasets.mpf import convert_mpf
-    from builder.readers import open_input
+    from fingerprint_pretrain.builder.datasets.mpf import convert_mpf
+    from fingerprint_pretrain.builder.readers import open_input
 
     blocks = []
     for k, part in enumerate([dict(list(_mpf_block().items())[:1]), _mpf_block()]):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.export import export_extxyz, export_zarr
+from fingerprint_pretrain.builder.info import verify_store
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.schemas.record import GRAPH_FIELDS
+from fingerprint_pretrain.schemas.store import compute_hashes
 
-from builder.export import export_extxyz, export_zarr
-from builder.info import verify_store
-from schemas import open_store
-from schemas.record import GRAPH_FIELDS
-from schemas.store import compute_hashes
 from tests.builder.helpers import MP_SAMPLE, MP_TARGETS, build
 
 

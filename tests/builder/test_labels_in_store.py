@@ -7,14 +7,14 @@ import json
 
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.add import add_descriptors
+from fingerprint_pretrain.builder.build import BuildError
+from fingerprint_pretrain.builder.descriptors.registry import get
+from fingerprint_pretrain.builder.export import export_zarr
+from fingerprint_pretrain.builder.info import verify_store
+from fingerprint_pretrain.builder.neighbors import neighbour_list
+from fingerprint_pretrain.schemas import open_store
 
-from builder.add import add_descriptors
-from builder.build import BuildError
-from builder.descriptors.registry import get
-from builder.export import export_zarr
-from builder.info import verify_store
-from builder.neighbors import neighbour_list
-from schemas import open_store
 from tests.builder.helpers import PEROV_SAMPLE, build
 
 PEROV = {"id_column": "castelli_id", "targets": ["heat_all"]}

@@ -8,8 +8,8 @@ import itertools
 
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.neighbors import neighbour_list
 
-from builder.neighbors import neighbour_list
 from tests.conftest import real_structures
 
 CUTOFF = 8.0
@@ -162,7 +162,7 @@ def test_unsorted_list_has_the_same_edges_grouped_by_centre():
 
 @pytest.mark.parametrize("name", ["wacsfset1", "eadset1", "gmpset2"])
 def test_descriptors_do_not_depend_on_edge_order(name):
-    from builder.descriptors.registry import get
+    from fingerprint_pretrain.builder.descriptors.registry import get
 
     spec = get(name)
     s = real_structures("mp_20_subset.csv.gz", 1, 5)[0]

@@ -17,21 +17,22 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.add import add_descriptors
+from fingerprint_pretrain.builder.errors import BuildError
+from fingerprint_pretrain.builder.info import verify_store
+from fingerprint_pretrain.builder.parts import convert
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.schemas.lmdb_store import close_env
+from fingerprint_pretrain.schemas.record import decode_record
+from fingerprint_pretrain.schemas.store import compute_hashes
 
-from builder.add import add_descriptors
-from builder.errors import BuildError
-from builder.info import verify_store
-from builder.parts import convert
-from schemas import open_store
-from schemas.lmdb_store import close_env
-from schemas.record import decode_record
-from schemas.store import compute_hashes
 from tests.builder.helpers import MP_SAMPLE, build, read_csv, write_csv
 from tests.conftest import REPO
 
 #: the last revision whose builder wrote single-file stores (schema 1.0, one data.mdb)
 SINGLE_FILE_REV = "28d4264"
 
+# the old revision's code, under the bare import names it had then (PYTHONPATH = its archive)
 OLD_BUILD = """
 import sys
 from builder.build import BuildOptions, build_store
@@ -169,7 +170,7 @@ READER = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
     import numpy as np
-    from schemas import open_store
+    from fingerprint_pretrain.schemas import open_store
     store, stop = sys.argv[1], Path(sys.argv[2])
     s = open_store(store, descriptors=["wacsfset1"])
     reference = [s[i] for i in range(len(s))]
@@ -284,7 +285,7 @@ def test_parts_are_the_same_bytes_when_the_store_is_rebuilt(sample, tmp_path):
 def test_a_build_killed_just_before_it_is_put_in_place_finishes_on_rerun(
     sample, tmp_path, monkeypatch
 ):
-    import builder.build as build_module
+    import fingerprint_pretrain.builder.build as build_module
 
     out = tmp_path / "k.lmdb"
 
@@ -304,7 +305,7 @@ def test_a_build_killed_just_before_it_is_put_in_place_finishes_on_rerun(
 
 
 def test_zarr_twin_of_a_store_lacking_a_set_lists_only_what_it_holds(sample, tmp_path):
-    from builder.export import export_zarr
+    from fingerprint_pretrain.builder.export import export_zarr
 
     store = tmp_path / "s.lmdb"
     build(store, sample, cutoff=4.0, descriptors=["wacsfset1", "wacsfset2"])
@@ -319,7 +320,7 @@ def test_zarr_twin_of_a_store_lacking_a_set_lists_only_what_it_holds(sample, tmp
 
 
 def test_convert_refuses_a_zarr_store(sample, tmp_path):
-    from builder.export import export_zarr
+    from fingerprint_pretrain.builder.export import export_zarr
 
     store = tmp_path / "s.lmdb"
     build(store, sample, cutoff=4.0)

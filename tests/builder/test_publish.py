@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.cli import main
+from fingerprint_pretrain.builder.datasets import registry
+from fingerprint_pretrain.builder.datasets.download import ChecksumError, DownloadError
+from fingerprint_pretrain.builder.datasets.make import MakeOptions, fetch_dataset
+from fingerprint_pretrain.builder.info import verify_store
+from fingerprint_pretrain.builder.publish import fetch_store, pack_store
+from fingerprint_pretrain.schemas import StoreError, open_store
 
-from builder.cli import main
-from builder.datasets import registry
-from builder.datasets.download import ChecksumError, DownloadError
-from builder.datasets.make import MakeOptions, fetch_dataset
-from builder.info import verify_store
-from builder.publish import fetch_store, pack_store
-from schemas import StoreError, open_store
 from tests.builder.helpers import MP_SAMPLE, MP_TARGETS, build
 
 SETS = ["wacsfset1", "gmpset1"]
@@ -160,7 +160,7 @@ def test_pack_writes_manifest_parts_and_checksums(original, packed):
 
 
 def test_pack_copies_across_file_systems(original, tmp_path, monkeypatch):
-    import builder.publish as publish
+    import fingerprint_pretrain.builder.publish as publish
 
     def no_link(src, dst):
         raise OSError(18, "Invalid cross-device link")
@@ -277,7 +277,7 @@ def test_malformed_manifest_is_refused_before_any_part(packed, server, tmp_path,
 
 
 def test_oversized_manifest_is_refused(packed, server, tmp_path, monkeypatch):
-    import builder.publish as publish
+    import fingerprint_pretrain.builder.publish as publish
 
     url = server.serve_dir(packed)
     monkeypatch.setattr(publish, "MAX_MANIFEST_BYTES", 1000)
@@ -385,7 +385,7 @@ def test_registry_entry_whose_published_store_fails(server, tmp_path, monkeypatc
 
 
 def test_urls_of_parts_and_default_names():
-    from builder.publish import base_url, file_url, store_name
+    from fingerprint_pretrain.builder.publish import base_url, file_url, store_name
 
     base = base_url("https://zenodo.org/records/7/files/manifest.json?download=1")
     assert base == "https://zenodo.org/records/7/files/?download=1"

@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.readers import InputError, detect_format, open_input
+from fingerprint_pretrain.schemas import open_store
 
-from builder.readers import InputError, detect_format, open_input
-from schemas import open_store
 from tests.builder.helpers import MP_SAMPLE, build, parse_cif, read_csv, write_csv
 
 N = 10

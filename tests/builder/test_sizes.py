@@ -1,10 +1,9 @@
-"""builder.sizes: byte counts for people and allocated sizes of stores."""
+"""fingerprint_pretrain.builder.sizes: byte counts for people and allocated sizes of stores."""
 
 from __future__ import annotations
 
 import pytest
-
-from builder.sizes import disk_bytes, human_bytes
+from fingerprint_pretrain.builder.sizes import disk_bytes, human_bytes
 
 
 @pytest.mark.parametrize(

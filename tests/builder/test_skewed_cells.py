@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.neighborlist import neighbor_list as ase_neighbor_list
+from fingerprint_pretrain.builder.add import add_descriptors
+from fingerprint_pretrain.schemas import open_store
 
-from builder.add import add_descriptors
-from schemas import open_store
 from tests.builder.helpers import build
 
 A = 3.0  # Å, simple cubic lattice constant

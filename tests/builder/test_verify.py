@@ -11,14 +11,14 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.info import verify_store
+from fingerprint_pretrain.builder.parts import file_sha256
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.schemas.lmdb_store import graph_key
+from fingerprint_pretrain.schemas.manifest import write_json_atomic
+from fingerprint_pretrain.schemas.record import decode_record, encode_record
+from fingerprint_pretrain.schemas.store import compute_hashes
 
-from builder.info import verify_store
-from builder.parts import file_sha256
-from schemas import open_store
-from schemas.lmdb_store import graph_key
-from schemas.manifest import write_json_atomic
-from schemas.record import decode_record, encode_record
-from schemas.store import compute_hashes
 from tests.builder.helpers import MP_SAMPLE, build, read_csv, write_csv
 
 

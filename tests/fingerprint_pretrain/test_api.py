@@ -46,7 +46,7 @@ def user(tmp_path_factory):
     store = tmp / "mine.lmdb"
     _run(
         "-m",
-        "builder.cli",
+        "fingerprint_pretrain.builder.cli",
         "build",
         str(tmp / "cifs"),
         "--out",
@@ -197,8 +197,9 @@ def test_python_api_takes_structures_atoms_paths_and_stores(user):
 
 
 def test_a_pretraining_checkpoint_is_refused_for_predictions(user):
+    from fingerprint_pretrain.trainer.errors import TrainingError
+
     from fingerprint_pretrain import predict
-    from trainer.errors import TrainingError
 
     with pytest.raises(TrainingError, match="fine-tune it first"):
         predict(user["store"], Path(user["tmp"]) / "pre" / "best.pt", progress=False)
@@ -206,8 +207,10 @@ def test_a_pretraining_checkpoint_is_refused_for_predictions(user):
 
 def test_trainer_never_imports_the_builder():
     code = (
-        "import sys, trainer.cli, trainer.predict, trainer.inference, trainer.train; "
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('builder', 'pymatgen')]; "
+        "import sys, fingerprint_pretrain.trainer.cli, fingerprint_pretrain.trainer.predict, "
+        "fingerprint_pretrain.trainer.inference, fingerprint_pretrain.trainer.train; "
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'pymatgen' "
+        "or m.startswith(('fingerprint_pretrain.builder', 'builder'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -30,8 +30,8 @@ def tiny_lmdb(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_zarr(tiny_lmdb, tmp_path_factory) -> Path:
-    from builder.export import export_zarr
-    from schemas import open_store
+    from fingerprint_pretrain.builder.export import export_zarr
+    from fingerprint_pretrain.schemas import open_store
 
     return export_zarr(
         open_store(tiny_lmdb), tmp_path_factory.mktemp("tiny-zarr") / "tiny.zarr", progress=False

@@ -22,7 +22,7 @@ from tests.conftest import REPO
 
 READ_ALL = """
 import sys
-from schemas import RecordError, StoreError, open_store
+from fingerprint_pretrain.schemas import RecordError, StoreError, open_store
 try:
     store = open_store(sys.argv[1])
     store.num_atoms()

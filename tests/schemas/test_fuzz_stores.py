@@ -27,8 +27,8 @@ CHILD = r"""
 import json, os, random, shutil, sys
 from pathlib import Path
 import numpy as np
-from builder.info import verify_store
-from schemas import RecordError, StoreError, open_store
+from fingerprint_pretrain.builder.info import verify_store
+from fingerprint_pretrain.schemas import RecordError, StoreError, open_store
 
 pristine, work, kind, seed, trials = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], \
     int(sys.argv[4]), int(sys.argv[5])

@@ -5,9 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from schemas import SCHEMA_VERSION, SchemaVersionError, StoreError, open_store, read_manifest
-from schemas.manifest import combine_content_hash, manifest_digest, write_json_atomic
+from fingerprint_pretrain.schemas import (
+    SCHEMA_VERSION,
+    SchemaVersionError,
+    StoreError,
+    open_store,
+    read_manifest,
+)
+from fingerprint_pretrain.schemas.manifest import (
+    combine_content_hash,
+    manifest_digest,
+    write_json_atomic,
+)
 
 
 def write(tmp_path, **overrides):

@@ -11,11 +11,11 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
+from fingerprint_pretrain.schemas import StoreError, open_store
+from fingerprint_pretrain.schemas.lmdb_store import close_env
+from fingerprint_pretrain.schemas.manifest import write_json_atomic
+from fingerprint_pretrain.schemas.record import decode_record
 
-from schemas import StoreError, open_store
-from schemas.lmdb_store import close_env
-from schemas.manifest import write_json_atomic
-from schemas.record import decode_record
 from tests.builder.helpers import MP_SAMPLE, build, read_csv, write_csv
 
 

@@ -8,8 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-
-from schemas.record import (
+from fingerprint_pretrain.schemas.record import (
     RecordError,
     decode_record,
     descriptor_digest,
@@ -255,7 +254,7 @@ def test_validate_graph_record_requires_finite_geometry():
 def test_edge_vectors_are_the_image_differences_edge_by_edge():
     """schemas.record.edge_vectors against a per-edge loop in plain Python (skewed cell,
     negative and large shifts, int16 and int32 shift dtypes)."""
-    from schemas.record import edge_vectors
+    from fingerprint_pretrain.schemas.record import edge_vectors
 
     rng = np.random.default_rng(7)
     pos = rng.normal(size=(5, 3)) * 3

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fingerprint_pretrain.schemas import StoreError, open_store
 from torch.utils.data import DataLoader, Dataset
 
-from schemas import StoreError, open_store
 from tests.builder.helpers import MP_SAMPLE, build
 
 

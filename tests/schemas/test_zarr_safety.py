@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from fingerprint_pretrain.builder.info import verify_store
+from fingerprint_pretrain.schemas import StoreError, open_store
 
-from builder.info import verify_store
-from schemas import StoreError, open_store
 from tests.conftest import REPO
 
 
@@ -89,7 +89,7 @@ def test_zarr3_metadata_outside_the_contract_is_refused(tiny_zarr, tmp_path, arr
 
 OPEN_AND_READ = """
 import sys
-from schemas import StoreError, open_store
+from fingerprint_pretrain.schemas import StoreError, open_store
 try:
     s = open_store(sys.argv[1])
     [s[i] for i in range(len(s))]

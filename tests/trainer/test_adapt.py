@@ -22,18 +22,18 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.trainer import train as train_module
+from fingerprint_pretrain.trainer.checkpoint import load_checkpoint, save_checkpoint
+from fingerprint_pretrain.trainer.cli import main
+from fingerprint_pretrain.trainer.config import prepare_run_dir
+from fingerprint_pretrain.trainer.data import StoreDataset
+from fingerprint_pretrain.trainer.harness.sweep import expand_plan, file_config
+from fingerprint_pretrain.trainer.train import TrainingError, train
+from fingerprint_pretrain.trainer.zoo import strip_checkpoint
 
-from schemas import open_store
 from tests.builder.helpers import MP_SAMPLE, PEROV_SAMPLE, build
 from tests.trainer.test_train import TINY, fp_train, tiny
-from trainer import train as train_module
-from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.cli import main
-from trainer.config import prepare_run_dir
-from trainer.data import StoreDataset
-from trainer.harness.sweep import expand_plan, file_config
-from trainer.train import TrainingError, train
-from trainer.zoo import strip_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +262,14 @@ def test_kill_9_in_adaptation_or_fine_tuning_and_resume_equals_an_uninterrupted_
     fp_train(*args, "--run-dir", tmp_path / "full")
     for phase, checkpoint in (("adapt", "adapt/last.pt"), ("finetune", "last.pt")):
         run = tmp_path / f"killed-{phase}"
-        cmd = [sys.executable, "-m", "trainer.cli", *map(str, args), "--run-dir", str(run)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fingerprint_pretrain.trainer.cli",
+            *map(str, args),
+            "--run-dir",
+            str(run),
+        ]
         proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL)
         _kill_when(proc, run / checkpoint, 1)
         assert load_checkpoint(run / checkpoint)["epoch"] < 3, phase

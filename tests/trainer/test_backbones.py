@@ -13,9 +13,7 @@ import types
 import numpy as np
 import pytest
 import torch
-
-from tests.builder.test_neighbors import brute_force
-from trainer.backbones import (
+from fingerprint_pretrain.trainer.backbones import (
     PaiNN,
     PaiNNConfig,
     SchNet,
@@ -24,7 +22,14 @@ from trainer.backbones import (
     backbone_name,
     build_backbone,
 )
-from trainer.model import EquivariantTransformer, ETConfig, GraphRegressor, NodeRegressor
+from fingerprint_pretrain.trainer.model import (
+    EquivariantTransformer,
+    ETConfig,
+    GraphRegressor,
+    NodeRegressor,
+)
+
+from tests.builder.test_neighbors import brute_force
 
 
 @pytest.fixture(autouse=True)

@@ -16,16 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.trainer.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    restore_rng,
+)
+from fingerprint_pretrain.trainer.cli import main
+from fingerprint_pretrain.trainer.config import TrainConfig
+from fingerprint_pretrain.trainer.data import LabelScaler, StoreDataset, collate
+from fingerprint_pretrain.trainer.errors import TrainingError
+from fingerprint_pretrain.trainer.train import train
 
-from schemas import open_store
 from tests.builder.helpers import MP_SAMPLE, PEROV_SAMPLE, build, write_csv
 from tests.trainer.conftest import TINY, copy_store
-from trainer.checkpoint import load_checkpoint, model_from_checkpoint, restore_rng
-from trainer.cli import main
-from trainer.config import TrainConfig
-from trainer.data import LabelScaler, StoreDataset, collate
-from trainer.errors import TrainingError
-from trainer.train import train
 
 csv.field_size_limit(sys.maxsize)
 
@@ -249,7 +253,7 @@ def test_convert_refuses_what_is_not_a_fingerprint_checkpoint(tmp_path, capsys):
 
 
 def test_rng_states_round_trip_exactly_through_a_saved_checkpoint(tmp_path):
-    from trainer.checkpoint import FORMAT, rng_state, save_checkpoint
+    from fingerprint_pretrain.trainer.checkpoint import FORMAT, rng_state, save_checkpoint
 
     random.seed(5), np.random.seed(6), torch.manual_seed(7)  # noqa: NPY002
     random.gauss(0, 1), np.random.standard_normal(), torch.rand(3)  # noqa: NPY002  (caches)
@@ -344,7 +348,7 @@ def test_finetune_takes_the_model_from_init_and_names_a_conflicting_flag(
 
 
 def test_resume_is_refused_on_another_store_but_not_after_an_unrelated_add(store, tmp_path):
-    from builder.add import add_descriptors
+    from fingerprint_pretrain.builder.add import add_descriptors
 
     here = tmp_path / "s.lmdb"
     shutil.copytree(store, here)

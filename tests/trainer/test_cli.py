@@ -14,14 +14,14 @@ from importlib.metadata import version
 import click
 import numpy as np
 import pytest
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.trainer import zoo
+from fingerprint_pretrain.trainer.cli import cli, main
+from fingerprint_pretrain.trainer.config import ConfigError, TrainConfig
+from fingerprint_pretrain.trainer.errors import TrainingError
+from fingerprint_pretrain.trainer.train import train
 
-from schemas import open_store
 from tests.builder.helpers import MP_SAMPLE, build
-from trainer import zoo
-from trainer.cli import cli, main
-from trainer.config import ConfigError, TrainConfig
-from trainer.errors import TrainingError
-from trainer.train import train
 
 TINY = [
     "--hidden-channels", "16", "--num-layers", "1", "--num-rbf", "8", "--num-heads", "2",
@@ -156,7 +156,7 @@ def test_typed_choices_and_ranges_are_checked_when_the_config_is_made(tmp_path, 
 def _configs_made(monkeypatch) -> list[TrainConfig]:
     """The configurations fp-train would train with (the training itself replaced)."""
     made: list[TrainConfig] = []
-    monkeypatch.setattr("trainer.train.train", made.append)
+    monkeypatch.setattr("fingerprint_pretrain.trainer.train.train", made.append)
     return made
 
 

@@ -11,8 +11,7 @@ import typing
 
 import pytest
 import yaml
-
-from trainer.config import ConfigError, TrainConfig, load_config_file
+from fingerprint_pretrain.trainer.config import ConfigError, TrainConfig, load_config_file
 
 
 def _literal_fields() -> dict[str, tuple]:

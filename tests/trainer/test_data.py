@@ -6,10 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from schemas import open_store
-from tests.builder.helpers import MP_SAMPLE, build
-from trainer.data import (
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.trainer.data import (
     LabelScaler,
     StoreDataset,
     collate,
@@ -17,6 +15,8 @@ from trainer.data import (
     nearest_k,
     random_split,
 )
+
+from tests.builder.helpers import MP_SAMPLE, build
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_fit_scaler_ignores_missing_targets():
 
 
 def test_epoch_sampler_shards_cover_each_split_once():
-    from trainer.train import EpochSampler
+    from fingerprint_pretrain.trainer.train import EpochSampler
 
     indices = np.arange(10, 21)  # 11 indices, 2 ranks
     # evaluation: disjoint shards covering every index exactly once

@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from trainer import config
-from trainer.checkpoint import model_args
-from trainer.config import TrainConfig
-from trainer.hyperparameters import BACKBONE_CONFIGS, SchNetConfig
+from fingerprint_pretrain.trainer import config
+from fingerprint_pretrain.trainer.checkpoint import model_args
+from fingerprint_pretrain.trainer.config import TrainConfig
+from fingerprint_pretrain.trainer.hyperparameters import BACKBONE_CONFIGS, SchNetConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 # the model_args keys that are not fields of a backbone's config dataclass
@@ -41,7 +40,7 @@ def test_a_default_the_backbones_do_not_share_is_refused(monkeypatch):
 
 def test_the_configuration_imports_no_torch():
     """fp-train's configuration (and so --help) reads the hyperparameters without torch."""
-    code = "import sys, trainer.config\nprint('torch' in sys.modules)\n"
+    code = "import sys, fingerprint_pretrain.trainer.config\nprint('torch' in sys.modules)\n"
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )

@@ -9,15 +9,15 @@ import csv
 import numpy as np
 import pytest
 import torch
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.trainer.checkpoint import load_checkpoint, model_from_checkpoint
+from fingerprint_pretrain.trainer.config import TrainConfig
+from fingerprint_pretrain.trainer.data import StoreDataset, collate
+from fingerprint_pretrain.trainer.errors import TrainingError
+from fingerprint_pretrain.trainer.inference import embed_store, evaluate_checkpoint
+from fingerprint_pretrain.trainer.train import train
 
-from schemas import open_store
 from tests.trainer.conftest import TINY
-from trainer.checkpoint import load_checkpoint, model_from_checkpoint
-from trainer.config import TrainConfig
-from trainer.data import StoreDataset, collate
-from trainer.errors import TrainingError
-from trainer.inference import embed_store, evaluate_checkpoint
-from trainer.train import train
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from trainer.model import EquivariantTransformer, ETConfig, GraphRegressor, load_torchmd_net_weights
+from fingerprint_pretrain.trainer.model import (
+    EquivariantTransformer,
+    ETConfig,
+    GraphRegressor,
+    load_torchmd_net_weights,
+)
 
 torch.set_default_dtype(torch.float32)
 
@@ -96,7 +100,7 @@ def random_rotation(seed=0):
 def test_periodic_crystal_invariance_and_equivariance():
     """On a small periodic cell (where minimum-image codes fail): scalar outputs invariant and
     vector features equivariant under rotation of the edge vectors."""
-    from builder.neighbors import neighbour_list
+    from fingerprint_pretrain.builder.neighbors import neighbour_list
 
     cell = np.array([[2.9, 0, 0], [1.2, 2.6, 0], [0.4, 0.3, 3.1]])
     pos = np.array([[0.0, 0.0, 0.0], [1.5, 1.1, 1.4]])

@@ -16,19 +16,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from trainer import zoo
-from trainer.backbones import BACKBONES, PaiNN, SchNet
-from trainer.checkpoint import (
+from fingerprint_pretrain.trainer import zoo
+from fingerprint_pretrain.trainer.backbones import BACKBONES, PaiNN, SchNet
+from fingerprint_pretrain.trainer.checkpoint import (
     architecture_from_checkpoint,
     load_checkpoint,
     model_args,
     model_from_checkpoint,
 )
-from trainer.cli import main
-from trainer.config import MODEL_DEFAULTS, MODELS, ConfigError, TrainConfig
-from trainer.data import StoreDataset, collate
-from trainer.model import EquivariantTransformer, ETConfig, MLPHead
+from fingerprint_pretrain.trainer.cli import main
+from fingerprint_pretrain.trainer.config import MODEL_DEFAULTS, MODELS, ConfigError, TrainConfig
+from fingerprint_pretrain.trainer.data import StoreDataset, collate
+from fingerprint_pretrain.trainer.model import EquivariantTransformer, ETConfig, MLPHead
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = ["--num-workers", "0", "--no-progress", "--batch-size", "8"]
@@ -312,10 +311,11 @@ def test_the_et_path_never_imports_pytorch_geometric():
     """Training, evaluating and loading an ET need no PyG (its import costs seconds at every
     fp-train start); only SchNet and PaiNN import it, when they are built."""
     code = (
-        "import sys, trainer.train, trainer.inference, trainer.predict, trainer.zoo\n"
-        "from trainer.checkpoint import model_from_checkpoint\n"
-        "from trainer.train import build_model\n"
-        "from trainer.config import TrainConfig\n"
+        "import sys, fingerprint_pretrain.trainer.train, fingerprint_pretrain.trainer.inference, "
+        "fingerprint_pretrain.trainer.predict, fingerprint_pretrain.trainer.zoo\n"
+        "from fingerprint_pretrain.trainer.checkpoint import model_from_checkpoint\n"
+        "from fingerprint_pretrain.trainer.train import build_model\n"
+        "from fingerprint_pretrain.trainer.config import TrainConfig\n"
         "model_from_checkpoint('trainer/pretrained/et-small-mp20-gmpset1.pt')\n"
         "build_model(TrainConfig(hidden_channels=8, num_heads=2, num_layers=1), 3)\n"
         "print('torch_geometric' in sys.modules)\n"

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fingerprint_pretrain.schemas import StoreError, open_store
+from fingerprint_pretrain.trainer.pyg import PygStoreDataset, edge_vectors
 from torch_geometric.loader import DataLoader
 
-from schemas import StoreError, open_store
 from tests.builder.helpers import MP_SAMPLE, build
-from trainer.pyg import PygStoreDataset, edge_vectors
 
 TARGETS = ["band_gap", "formation_energy_per_atom"]
 
@@ -125,7 +125,7 @@ def test_edge_vectors_of_a_single_item(store):
 
 
 def test_a_zarr_store_gives_the_same_items(store, tmp_path):
-    from builder.export import export_zarr
+    from fingerprint_pretrain.builder.export import export_zarr
 
     zarr_path = export_zarr(open_store(store), tmp_path / "mp.zarr", progress=False)
     lmdb_ds = PygStoreDataset(store, ["wacsfset2"], max_neighbors=12)
@@ -149,7 +149,7 @@ def test_bad_requests_name_the_store(store):
 
 def test_module_example_trains_a_pyg_model(store, one_thread):
     """The example of trainer/pyg.py's docstring (the README's): a few steps lower the loss."""
-    from trainer.backbones import PaiNN
+    from fingerprint_pretrain.trainer.backbones import PaiNN
 
     torch.manual_seed(0)
     ds = PygStoreDataset(store, descriptors=["wacsfset2"], max_neighbors=16)

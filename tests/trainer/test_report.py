@@ -13,15 +13,19 @@ import re
 import numpy as np
 import pytest
 import torch
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.trainer.checkpoint import model_from_checkpoint
+from fingerprint_pretrain.trainer.cli import main
+from fingerprint_pretrain.trainer.config import TrainConfig
+from fingerprint_pretrain.trainer.data import StoreDataset, collate
+from fingerprint_pretrain.trainer.harness.run_report import (
+    is_run_dir,
+    standardised_errors,
+    write_run_report,
+)
+from fingerprint_pretrain.trainer.train import train
 
-from schemas import open_store
 from tests.trainer.conftest import TINY
-from trainer.checkpoint import model_from_checkpoint
-from trainer.cli import main
-from trainer.config import TrainConfig
-from trainer.data import StoreDataset, collate
-from trainer.harness.run_report import is_run_dir, standardised_errors, write_run_report
-from trainer.train import train
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from fingerprint_pretrain.trainer.harness.figures import _thin_ticks
+from fingerprint_pretrain.trainer.harness.report import write_report
+from fingerprint_pretrain.trainer.harness.results import improvement
+from fingerprint_pretrain.trainer.harness.sweep import CONFIG_FILE, expand_plan, run_sweep
 
 from tests.builder.helpers import MP_SAMPLE, build
-from trainer.harness.figures import _thin_ticks
-from trainer.harness.report import write_report
-from trainer.harness.results import improvement
-from trainer.harness.sweep import CONFIG_FILE, expand_plan, run_sweep
 
 MODEL = {
     "hidden_channels": 16,
@@ -215,7 +215,7 @@ def test_pretraining_table_times_and_device(swept):
 
 
 def test_training_counts_come_from_the_saved_splits(swept):
-    from trainer.harness.results import collect
+    from fingerprint_pretrain.trainer.harness.results import collect
 
     _, runs, _ = swept
     rows = collect(runs)
@@ -229,7 +229,7 @@ def test_plan_with_unknown_keys_is_refused(tmp_path):
     with pytest.raises(ValueError, match="hidden_chanels"):
         expand_plan(bad, tmp_path)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump({"pretrain": {}}))
-    from trainer.harness.sweep import load_plan
+    from fingerprint_pretrain.trainer.harness.sweep import load_plan
 
     with pytest.raises(ValueError, match="finetune"):
         load_plan(tmp_path / "p.yaml")
@@ -256,7 +256,7 @@ def test_report_as_a_markdown_file_with_a_figure_folder(swept, tmp_path):
 def test_follow_up_plan_extends_its_base(tmp_path):
     """A plan with ``extends`` takes its base's sections and lays its own on them: mappings
     merge key by key, lists and scalars replace, null removes; runs_dir is never inherited."""
-    from trainer.harness.sweep import load_plan
+    from fingerprint_pretrain.trainer.harness.sweep import load_plan
 
     base = {
         "runs_dir": "runs/base",
@@ -293,7 +293,7 @@ def test_follow_up_plan_extends_its_base(tmp_path):
 
 
 def test_extends_errors_name_the_files(tmp_path):
-    from trainer.harness.sweep import load_plan
+    from fingerprint_pretrain.trainer.harness.sweep import load_plan
 
     (tmp_path / "a.yaml").write_text("extends: b.yaml\nfinetune: {tasks: []}\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
@@ -316,7 +316,7 @@ def test_extends_errors_name_the_files(tmp_path):
 )
 def test_committed_plans_expand(plan_file, tmp_path):
     """The experiment plans in experiments/ are valid (known keys, every run expands)."""
-    from trainer.harness.sweep import load_plan
+    from fingerprint_pretrain.trainer.harness.sweep import load_plan
 
     plan = load_plan(Path(__file__).parents[2] / "experiments" / plan_file)
     runs = expand_plan(plan, tmp_path)
@@ -328,8 +328,8 @@ def test_committed_plans_expand(plan_file, tmp_path):
 def test_paired_p_value_against_the_closed_form():
     """Three pairs: the t distribution with 2 degrees of freedom has the closed-form CDF
     1/2 + t / (2 sqrt(2 + t²)), so p = 1 - |t| / sqrt(2 + t²)."""
-    from trainer.harness.report import summary_table
-    from trainer.harness.results import paired_p
+    from fingerprint_pretrain.trainer.harness.report import summary_table
+    from fingerprint_pretrain.trainer.harness.results import paired_p
 
     base, pre = [50.0, 61.0, 47.0], [44.0, 52.0, 46.0]
     d = np.subtract(base, pre)

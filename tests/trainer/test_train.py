@@ -15,11 +15,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from fingerprint_pretrain.schemas import open_store
+from fingerprint_pretrain.trainer.config import TrainConfig
+from fingerprint_pretrain.trainer.train import TrainingError, load_checkpoint, train
 
-from schemas import open_store
 from tests.builder.helpers import MP_SAMPLE, build
-from trainer.config import TrainConfig
-from trainer.train import TrainingError, load_checkpoint, train
 
 TINY = [
     "--hidden-channels",
@@ -53,7 +53,7 @@ def tiny(mode: str, **kw) -> TrainConfig:
 
 def fp_train(*args, env=None, check=True):
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", *map(str, args)],
+        [sys.executable, "-m", "fingerprint_pretrain.trainer.cli", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -118,7 +118,7 @@ def test_finetune_from_pretrained_and_from_scratch(pretrained, store, tmp_path):
     pre = load_checkpoint(pretrained / "best.pt")["model"]
     # at initialisation every representation tensor and the head's hidden layers come across;
     # the last layer is re-initialised
-    from trainer.train import build_model, transfer_weights
+    from fingerprint_pretrain.trainer.train import build_model, transfer_weights
 
     model = build_model(tiny("finetune", store=str(store), labels=["band_gap"]), 1)
     copied = transfer_weights(model, pre)
@@ -175,7 +175,14 @@ def test_kill_9_and_resume_equals_an_uninterrupted_run(store, tmp_path):
     fp_train(*args, "--run-dir", tmp_path / "full")
     run = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", *map(str, args), "--run-dir", str(run)],
+        [
+            sys.executable,
+            "-m",
+            "fingerprint_pretrain.trainer.cli",
+            *map(str, args),
+            "--run-dir",
+            str(run),
+        ],
         start_new_session=True,
     )
     deadline = time.time() + 300
@@ -201,7 +208,7 @@ def test_kill_9_and_resume_equals_an_uninterrupted_run(store, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_message(store, tmp_path, monkeypatch):
-    import trainer.train as t
+    import fingerprint_pretrain.trainer.train as t
 
     calls = {"n": 0}
     real = t._l1
@@ -275,7 +282,7 @@ def test_two_process_ddp_on_cpu_with_gloo(store, tmp_path):
         "--master_port",
         "29517",
         "-m",
-        "trainer.cli",
+        "fingerprint_pretrain.trainer.cli",
         "pretrain",
         "--store",
         str(store),
@@ -324,7 +331,7 @@ def test_yaml_config_with_flag_overrides_and_matbench_fold(store, tmp_path):
     saved = json.loads((run / "config.json").read_text())
     assert saved["epochs"] == 1 and saved["batch_size"] == 4 and saved["fold"] == 2
     assert saved["lr"] == 0.001  # the flag wins over the file
-    from schemas.splits import kfold_splits
+    from fingerprint_pretrain.schemas.splits import kfold_splits
 
     splits = np.load(run / "splits.npz")
     _, test = kfold_splits(40)[2]

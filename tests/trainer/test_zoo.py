@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fingerprint_pretrain.trainer import zoo
+from fingerprint_pretrain.trainer.checkpoint import load_checkpoint, model_from_checkpoint
+from fingerprint_pretrain.trainer.errors import TrainingError
 
 from tests.conftest import REPO
-from trainer import zoo
-from trainer.checkpoint import load_checkpoint, model_from_checkpoint
-from trainer.errors import TrainingError
 
 RUNS = REPO / "experiments" / "runs" / "cpu-small"
 SETS = ("eadset1", "gmpset1", "wacsfset1")

@@ -1,6 +1,6 @@
 """Representation models ("backbones") on the store's periodic edges, by name.
 
-Every backbone has the call of :class:`trainer.model.EquivariantTransformer`:
+Every backbone has the call of :class:`fingerprint_pretrain.trainer.model.EquivariantTransformer`:
 ``model(z, edge_index, edge_vec) -> (x (N, H), vec (N, 3, H) or None)``, and a config
 dataclass with at least ``hidden_channels``, ``head_channels`` and ``cutoff_upper``, so it can
 stand in ``NodeRegressor`` / ``GraphRegressor`` as their ``representation``.
@@ -16,12 +16,11 @@ name        model                                   reference it is tested again
 
 from __future__ import annotations
 
+from fingerprint_pretrain.trainer.backbones.painn import PaiNN, PaiNNConfig
+from fingerprint_pretrain.trainer.backbones.schnet import SchNet, SchNetConfig
+from fingerprint_pretrain.trainer.hyperparameters import BACKBONE_CONFIGS, field_names
+from fingerprint_pretrain.trainer.model import EquivariantTransformer, ETConfig
 from torch import nn
-
-from trainer.backbones.painn import PaiNN, PaiNNConfig
-from trainer.backbones.schnet import SchNet, SchNetConfig
-from trainer.hyperparameters import BACKBONE_CONFIGS, field_names
-from trainer.model import EquivariantTransformer, ETConfig
 
 __all__ = [
     "BACKBONES",
@@ -37,7 +36,7 @@ __all__ = [
 
 _MODEL_CLASSES = {ETConfig: EquivariantTransformer, SchNetConfig: SchNet, PaiNNConfig: PaiNN}
 # name -> (config dataclass, model class taking that config); names and configs:
-# trainer.hyperparameters.BACKBONE_CONFIGS
+# fingerprint_pretrain.trainer.hyperparameters.BACKBONE_CONFIGS
 BACKBONES: dict[str, tuple[type, type[nn.Module]]] = {
     name: (config_cls, _MODEL_CLASSES[config_cls]) for name, config_cls in BACKBONE_CONFIGS.items()
 }

@@ -31,10 +31,11 @@ import dataclasses
 import math
 
 import torch
+from fingerprint_pretrain.trainer.hyperparameters import (
+    PaiNNConfig,
+)  # (defined there with the other backbones')
+from fingerprint_pretrain.trainer.model import cosine_cutoff
 from torch import Tensor, nn
-
-from trainer.hyperparameters import PaiNNConfig  # (defined there with the other backbones')
-from trainer.model import cosine_cutoff
 
 __all__ = ["PaiNN", "PaiNNConfig"]
 
@@ -140,7 +141,7 @@ class PaiNN(nn.Module):
     Construct with a config, plain keywords, or both (keywords override the config's fields):
     ``PaiNN(PaiNNConfig(num_layers=2))``, ``PaiNN(num_layers=2)``.
 
-    Forward args (those of :class:`trainer.model.EquivariantTransformer`):
+    Forward args (those of :class:`fingerprint_pretrain.trainer.model.EquivariantTransformer`):
         z: (N,) int64 atomic numbers.
         edge_index: (2, E) int64, row 0 = neighbour j, row 1 = centre i.
         edge_vec: (E, 3) float, r_j + shift − r_i, Å (no zero-length edges).

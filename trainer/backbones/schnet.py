@@ -7,7 +7,7 @@ The architecture and parameter names are those of PyG's ``torch_geometric.nn.mod
 (``load_state_dict(pyg.state_dict(), strict=False)``); ``tests/trainer/test_backbones.py``
 proves the node features equal to PyG's on the same graph. PyG's model searches its own graph
 from positions (no periodic images); this one takes the store's edges with their image shifts
-already applied, as :class:`trainer.model.EquivariantTransformer` does.
+already applied, as :class:`fingerprint_pretrain.trainer.model.EquivariantTransformer` does.
 
 Conventions: ``edge_index[0]`` = neighbour j (source), ``edge_index[1]`` = centre i (target,
 where messages are summed); ``edge_vec = pos[j] + shift @ cell - pos[i]``, Å.
@@ -26,11 +26,12 @@ import dataclasses
 import math
 
 import torch
+from fingerprint_pretrain.trainer.hyperparameters import (
+    SchNetConfig,
+)  # (defined there with the other backbones')
+from fingerprint_pretrain.trainer.model import cosine_cutoff
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
-
-from trainer.hyperparameters import SchNetConfig  # (defined there with the other backbones')
-from trainer.model import cosine_cutoff
 
 __all__ = ["SchNet", "SchNetConfig"]
 
@@ -120,7 +121,7 @@ class SchNet(nn.Module):
     Construct with a config, plain keywords, or both (keywords override the config's fields):
     ``SchNet(SchNetConfig(num_layers=3))``, ``SchNet(num_layers=3)``.
 
-    Forward args (those of :class:`trainer.model.EquivariantTransformer`):
+    Forward args (those of :class:`fingerprint_pretrain.trainer.model.EquivariantTransformer`):
         z: (N,) int64 atomic numbers.
         edge_index: (2, E) int64, row 0 = neighbour j, row 1 = centre i.
         edge_vec: (E, 3) float, r_j + shift − r_i, Å.

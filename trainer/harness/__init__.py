@@ -10,5 +10,5 @@ sweep's results, through :mod:`~trainer.harness.results`, to state a model's mea
 - :mod:`~trainer.harness.report` (``fp-train report RUNS_DIR``): the paper's Table 2 layout,
   the data-efficiency and epoch-ablation tables.
 - :mod:`~trainer.harness.run_report` (``fp-train report RUN_DIR``): one run's report.
-- :mod:`~trainer.harness.figures`: every figure of both reports.
+- :mod:`~fingerprint_pretrain.trainer.harness.figures`: every figure of both reports.
 """

@@ -4,7 +4,7 @@ A sweep (:func:`sweep_figures`, in the order the report shows them): data effici
 against training-set size), the epoch ablation (fine-tuning MAE against pre-training epochs),
 a parity plot per task, the pre-training learning curves, a fine-tuning learning curve per task
 and a t-SNE map of pre-trained structure embeddings coloured by a property. One run
-(:mod:`trainer.harness.run_report`): :func:`learning_curve` and :func:`parity`.
+(:mod:`fingerprint_pretrain.trainer.harness.run_report`): :func:`learning_curve` and :func:`parity`.
 
 Every figure function draws into ``out`` and returns the file names it wrote with their
 captions; matplotlib must use a non-interactive backend (the report modules select ``Agg``).
@@ -16,8 +16,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-
-from trainer.harness.results import ablation_points, read_metrics, read_test_predictions
+from fingerprint_pretrain.trainer.harness.results import (
+    ablation_points,
+    read_metrics,
+    read_test_predictions,
+)
 
 __all__ = ["figure_markdown", "learning_curve", "parity", "report_paths", "sweep_figures"]
 
@@ -289,11 +292,10 @@ def _tsne(runs_dir: Path, out: Path, task_info: dict, pre_dirs, limit: int = 150
     """t-SNE of pre-trained structure embeddings of the first task's store, coloured by its
     target (the paper's Figure 1 analogue)."""
     import matplotlib.pyplot as plt
+    from fingerprint_pretrain.schemas import open_store
+    from fingerprint_pretrain.trainer.harness.sweep import expand_path
+    from fingerprint_pretrain.trainer.inference import embed_store
     from sklearn.manifold import TSNE
-
-    from schemas import open_store
-    from trainer.harness.sweep import expand_path
-    from trainer.inference import embed_store
 
     task = next(iter(task_info.values()))
     store = expand_path(task["store"])

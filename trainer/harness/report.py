@@ -10,7 +10,7 @@ Reads every finished run under RUNS_DIR (:mod:`trainer.harness.results`) and the
   the paper's numbers beside ours where the plan gives them;
 - the data-efficiency table (test MAE against training-set size) and the epoch ablation
   (fine-tuning MAE against pre-training epochs) when the sweep has them;
-- PNG figures (:mod:`trainer.harness.figures`): parity plots, learning curves,
+- PNG figures (:mod:`fingerprint_pretrain.trainer.harness.figures`): parity plots, learning curves,
   data-efficiency curves, the epoch ablation, and a t-SNE map of pre-trained structure
   embeddings coloured by a property.
 
@@ -24,9 +24,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-
-from trainer.harness.figures import figure_markdown, report_paths, sweep_figures
-from trainer.harness.results import (
+from fingerprint_pretrain.trainer.harness.figures import (
+    figure_markdown,
+    report_paths,
+    sweep_figures,
+)
+from fingerprint_pretrain.trainer.harness.results import (
     ablation_points,
     best_pretrain_epoch,
     collect,

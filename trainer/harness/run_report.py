@@ -13,9 +13,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from trainer.harness.figures import figure_markdown, learning_curve, parity, report_paths
-from trainer.harness.results import read_metrics
+from fingerprint_pretrain.trainer.harness.figures import (
+    figure_markdown,
+    learning_curve,
+    parity,
+    report_paths,
+)
+from fingerprint_pretrain.trainer.harness.results import read_metrics
 
 __all__ = ["is_run_dir", "standardised_errors", "write_run_report"]
 
@@ -129,9 +133,13 @@ def standardised_errors(run_dir: str | Path, store=None, device="cpu", batch_siz
         ``group`` "all") and per feature group: ``labels``, ``family``, ``group``,
         ``features``, ``mae`` and ``mean_predictor_mae`` (mean over atoms and features).
     """
-    from trainer.checkpoint import check_same_store, describe_store, model_from_checkpoint
-    from trainer.data import LabelScaler, StoreDataset
-    from trainer.train import _device
+    from fingerprint_pretrain.trainer.checkpoint import (
+        check_same_store,
+        describe_store,
+        model_from_checkpoint,
+    )
+    from fingerprint_pretrain.trainer.data import LabelScaler, StoreDataset
+    from fingerprint_pretrain.trainer.train import _device
 
     dev = _device(device)
     model, ckpt = model_from_checkpoint(Path(run_dir) / "best.pt", dev)
@@ -153,10 +161,9 @@ def _per_feature_errors(model, dataset, indices, dev, batch_size: int):
     """(model MAE (D,), mean-predictor MAE (D,), atoms) per label feature over the records
     ``indices`` of ``dataset``, in its (scaled) label units, averaged over atoms."""
     import torch
+    from fingerprint_pretrain.trainer.data import collate
+    from fingerprint_pretrain.trainer.train import EpochSampler
     from torch.utils.data import DataLoader
-
-    from trainer.data import collate
-    from trainer.train import EpochSampler
 
     loader = DataLoader(
         dataset,
@@ -214,7 +221,7 @@ def _units(run_dir: Path) -> dict[str, str]:
     best = run_dir / "best.pt"
     if not best.exists():
         return {}
-    from trainer.checkpoint import load_checkpoint
+    from fingerprint_pretrain.trainer.checkpoint import load_checkpoint
 
     try:
         predicts = load_checkpoint(best).get("predicts", {})
@@ -228,7 +235,7 @@ def _shift(run_dir: Path, labels: list[str]) -> np.ndarray | None:
     best = run_dir / "best.pt"
     if not best.exists():
         return None
-    from trainer.checkpoint import load_checkpoint
+    from fingerprint_pretrain.trainer.checkpoint import load_checkpoint
 
     scaler = load_checkpoint(best).get("scaler") or {}
     shift = np.asarray(scaler.get("shift", []), dtype=np.float64)
@@ -269,8 +276,8 @@ def _target_metrics(names, targets, preds, shift, units: dict) -> list[str]:
 
 def _pretrain_section(run_dir: Path, store, device: str) -> list[str]:
     """Markdown: the standardised test error table of a pre-training run, or why not."""
-    from schemas import StoreError
-    from trainer.errors import TrainingError
+    from fingerprint_pretrain.schemas import StoreError
+    from fingerprint_pretrain.trainer.errors import TrainingError
 
     head = ["## Test error in standardised label units", ""]
     if not (run_dir / "best.pt").exists():

@@ -50,8 +50,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.locations import data_home
-from trainer.config import TrainConfig
+from fingerprint_pretrain.schemas.locations import data_home
+from fingerprint_pretrain.trainer.config import TrainConfig
 
 __all__ = [
     "CONFIG_FILE",
@@ -90,7 +90,7 @@ class Run:
 
 def expand_path(path: str) -> str:
     """``path`` with ``~`` and ``${VAR}`` expanded; ``FP_DATA`` defaults to
-    :func:`schemas.locations.data_home`."""
+    :func:`fingerprint_pretrain.schemas.locations.data_home`."""
     os.environ.setdefault("FP_DATA", str(data_home()))
     return os.path.expandvars(os.path.expanduser(path))
 
@@ -310,7 +310,7 @@ def _command(run: Run) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "trainer.cli",
+        "fingerprint_pretrain.trainer.cli",
         run.mode,
         "--config",
         str(run.run_dir / CONFIG_FILE),

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.descriptors import ead, wacsf
+from fingerprint_pretrain.builder.descriptors.registry import REGISTRY
+from fingerprint_pretrain.builder.neighbors import neighbour_list
 
-from builder.descriptors import ead, wacsf
-from builder.descriptors.registry import REGISTRY
-from builder.neighbors import neighbour_list
 from tests.builder.descriptors.conftest import (
     MP,
     PEROV,
@@ -213,7 +213,7 @@ def test_factorised_path_is_safe_for_steep_gaussians():
 def test_blocks_of_centres_and_lone_atoms(name, monkeypatch):
     """Work split into many blocks of centres (tiny work budget) gives the same values; an atom
     far from the rest (no neighbours) gets zeros and changes nothing for the others."""
-    from builder.descriptors import _common
+    from fingerprint_pretrain.builder.descriptors import _common
 
     z, pos, cell, pbc = small_real_structure(MP, 0)
     whole = featurize(name, z, pos, cell, pbc)

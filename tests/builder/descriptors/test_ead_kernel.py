@@ -14,10 +14,10 @@ import sys
 
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.descriptors import ead, ead_kernel
+from fingerprint_pretrain.builder.descriptors.registry import REGISTRY
+from fingerprint_pretrain.builder.neighbors import NeighbourList, neighbour_list
 
-from builder.descriptors import ead, ead_kernel
-from builder.descriptors.registry import REGISTRY
-from builder.neighbors import NeighbourList, neighbour_list
 from tests.builder.descriptors import test_ead
 from tests.builder.descriptors.conftest import (
     MP,
@@ -212,7 +212,7 @@ def test_unavailable_kernel_falls_back(monkeypatch):
 def test_environment_switch():
     """FP_EAD_KERNEL=0 disables the kernel in a fresh process (the NumPy path runs)."""
     code = (
-        "from builder.descriptors import ead_kernel as k; "
+        "from fingerprint_pretrain.builder.descriptors import ead_kernel as k; "
         "print(k.available(), k.unavailable_reason())"
     )
     env = {**os.environ, "FP_EAD_KERNEL": "0"}
@@ -238,7 +238,7 @@ def test_stale_build_is_refused(monkeypatch, tmp_path):
 
 @needs_kernel
 def test_extension_checks_its_arguments():
-    from builder.descriptors import _ead_kernel
+    from fingerprint_pretrain.builder.descriptors import _ead_kernel
 
     params = REGISTRY["eadset3"].params
     plan = plan_of(params)

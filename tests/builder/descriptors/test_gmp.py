@@ -18,10 +18,10 @@ from functools import cache
 
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.descriptors import gmp
+from fingerprint_pretrain.builder.descriptors.registry import get as get_set
+from fingerprint_pretrain.builder.neighbors import neighbour_list
 
-from builder.descriptors import gmp
-from builder.descriptors.registry import get as get_set
-from builder.neighbors import neighbour_list
 from tests.conftest import REPO, real_structures
 from tests.conftest import dataset as shared_file
 
@@ -425,7 +425,7 @@ def test_edge_cases_and_errors():
 
 
 def test_edge_order_of_the_neighbour_list_does_not_matter():
-    from builder.neighbors import NeighbourList
+    from fingerprint_pretrain.builder.neighbors import NeighbourList
 
     z, pos, cell = arrays(real_structures("mp_20_subset.csv.gz", 1)[0])
     params = gmp_params("gmpset3")

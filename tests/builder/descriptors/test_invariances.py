@@ -10,9 +10,9 @@ import importlib
 
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.descriptors.registry import REGISTRY, DescriptorSpec
+from fingerprint_pretrain.builder.neighbors import neighbour_list
 
-from builder.descriptors.registry import REGISTRY, DescriptorSpec
-from builder.neighbors import neighbour_list
 from tests.builder.descriptors.conftest import (
     MP,
     PEROV,
@@ -27,9 +27,9 @@ NAMES = list(REGISTRY)
 def spec_for(name: str) -> DescriptorSpec:
     spec = REGISTRY[name]
     if spec.family == "gmp":
-        pytest.importorskip("builder.descriptors.gmp")
+        pytest.importorskip("fingerprint_pretrain.builder.descriptors.gmp")
     else:
-        importlib.import_module(f"builder.descriptors.{spec.family}")
+        importlib.import_module(f"fingerprint_pretrain.builder.descriptors.{spec.family}")
     return spec
 
 

@@ -8,10 +8,16 @@ import sys
 
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.descriptors import registry
+from fingerprint_pretrain.builder.descriptors.registry import (
+    REGISTRY,
+    DescriptorSpec,
+    get,
+    resolve,
+    resolve_names,
+)
+from fingerprint_pretrain.builder.neighbors import neighbour_list
 
-from builder.descriptors import registry
-from builder.descriptors.registry import REGISTRY, DescriptorSpec, get, resolve, resolve_names
-from builder.neighbors import neighbour_list
 from tests.builder.descriptors.conftest import small_real_structure
 from tests.conftest import REPO
 
@@ -116,10 +122,11 @@ def test_spec_is_frozen_and_hashable():
 def test_importing_the_registry_imports_no_family_module():
     """Family modules load on first use, so a broken or absent family cannot break the registry."""
     code = (
-        "import sys, builder.descriptors.registry as r; "
-        "print(sorted(m for m in sys.modules if m.startswith('builder.descriptors.')))"
+        "import sys, fingerprint_pretrain.builder.descriptors.registry as r; "
+        "print(sorted(m for m in sys.modules "
+        "if m.startswith('fingerprint_pretrain.builder.descriptors.')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
-    assert result.stdout.strip() == "['builder.descriptors.registry']"
+    assert result.stdout.strip() == "['fingerprint_pretrain.builder.descriptors.registry']"

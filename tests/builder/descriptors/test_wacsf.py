@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fingerprint_pretrain.builder.descriptors import wacsf
+from fingerprint_pretrain.builder.descriptors.registry import REGISTRY
+from fingerprint_pretrain.builder.neighbors import neighbour_list
 
-from builder.descriptors import wacsf
-from builder.descriptors.registry import REGISTRY
-from builder.neighbors import neighbour_list
 from tests.builder.descriptors.conftest import MP, mixed_structures, small_real_structure
 
 WACSF_SETS = [name for name, spec in REGISTRY.items() if spec.family == "wacsf"]
@@ -109,7 +109,7 @@ def test_isolated_atoms_get_zeros():
 def test_blocks_of_centres_and_lone_atoms(method, monkeypatch):
     """Many blocks of centres (tiny work budget) give the same values; a lone atom among
     others gets zeros and changes nothing for them (reduceat skips its empty segment)."""
-    from builder.descriptors import _common
+    from fingerprint_pretrain.builder.descriptors import _common
 
     z, pos, cell, pbc = small_real_structure(MP, 0)
     params = REGISTRY["wacsfset3"].params
