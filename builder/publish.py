@@ -1,6 +1,7 @@
 """Publishing a store of parts (``fp-build pack``) and fetching one (``fp-build fetch URL``).
 
-A store of parts (schema 2, ``/work/notes/parts_spec.md``, README "Stores") is a flat directory:
+A store of parts (schema 2: layout in :mod:`schemas.lmdb_store`'s docstring and README "Stores")
+is a flat directory:
 ``manifest.json``, ``graphs.mdb`` and one ``labels-<set>.mdb`` per label set, each listed in
 ``manifest["parts"]`` with its size and sha256. That is all a data repository (Zenodo, a web
 server, an object store) has to serve:
@@ -40,16 +41,28 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fingerprint_pretrain.builder.build import BuildError
-from fingerprint_pretrain.builder.sizes import disk_bytes, human_bytes
-from fingerprint_pretrain.schemas.manifest import MANIFEST_NAME, StoreError, read_manifest
+from fingerprint_pretrain.schemas.manifest import (
+    GRAPHS_PART,
+    MANIFEST_NAME,
+    StoreError,
+    check_parts,
+    part_file,
+    read_manifest,
+    write_json_atomic,
+)
+from fingerprint_pretrain.schemas.store import ORIGIN_NAME
+
+if TYPE_CHECKING:
+    from fingerprint_pretrain.builder.datasets.download import Fetcher
 
 __all__ = [
     "FetchResult",
     "PackResult",
     "fetch_store",
+    "fetched_from",
     "is_store_source",
     "pack_store",
     "part_entries",
@@ -57,67 +70,39 @@ __all__ = [
     "store_name",
 ]
 
-GRAPHS = "graphs"
-ORIGIN_NAME = "origin.json"
+GRAPHS = GRAPHS_PART
 SUMS_NAME = "SHA256SUMS"
 #: a manifest is a few kB to a few MB (feature names of nine sets); anything larger is refused.
 MAX_MANIFEST_BYTES = 32 << 20
 SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-HEX64 = re.compile(r"[0-9a-f]{64}")
 BLOCK = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
 # Part entries of a manifest
 # --------------------------------------------------------------------------------------------
-def part_file(name: str) -> str:
-    """The file of part ``name``: ``graphs.mdb`` or ``labels-<set>.mdb``."""
-    return f"{GRAPHS}.mdb" if name == GRAPHS else f"labels-{name}.mdb"
-
-
 def part_entries(manifest: dict[str, Any], where: str | os.PathLike) -> dict[str, dict]:
     """The checked ``manifest["parts"]``: ``{part name: {"file", "bytes", "sha256"}}``, graphs
     first, then the label sets in the manifest's order.
 
+    The entries are checked by :func:`schemas.manifest.check_parts` (plain file names, sizes,
+    sha256, exactly graphs plus the descriptor sets); a manifest without ``parts`` is refused
+    here too, since a single-file store cannot be packed or fetched in parts.
+
     Raises:
-        StoreError: no ``parts`` (a single-file store), or an entry that is not well formed
-            (a file that is not its part's plain name, a size that is not a non-negative
-            integer, a sha256 that is not 64 hex digits), or label parts that are not exactly
-            the manifest's descriptor sets.
+        StoreError: no ``parts`` (a single-file store), or an entry that is not well formed.
     """
-    parts = manifest.get("parts")
-    if parts is None:
+    if manifest.get("parts") is None:
         raise StoreError(
             f"{where}: a single-file store (its manifest lists no parts); it cannot be packed "
             f"or fetched in parts (convert it first: fp-build convert STORE)"
         )
-    if not isinstance(parts, dict):
-        raise StoreError(f"{where}: malformed manifest (parts must be an object)")
-    sets = list(manifest.get("descriptors", {}))
-    expected = [GRAPHS, *sets]
-    if sorted(parts) != sorted(expected):
-        raise StoreError(
-            f"{where}: malformed manifest (parts {sorted(parts)} are not graphs plus the label "
-            f"sets {sets})"
-        )
-    out = {}
-    for name in expected:
-        entry = parts[name]
-        bad = f"{where}: malformed manifest (part {name!r}"
-        if name != GRAPHS and not SET_NAME.fullmatch(name):
-            raise StoreError(f"{bad}: not a plain label-set name)")
-        if not isinstance(entry, dict):
-            raise StoreError(f"{bad} must be an object)")
-        if entry.get("file") != part_file(name):
-            raise StoreError(f"{bad}: file {entry.get('file')!r} is not {part_file(name)!r})")
-        size = entry.get("bytes")
-        if type(size) is not int or size < 0:
-            raise StoreError(f"{bad}: bytes {size!r} is not a non-negative integer)")
-        sha = entry.get("sha256")
-        if not (isinstance(sha, str) and HEX64.fullmatch(sha)):
-            raise StoreError(f"{bad}: sha256 {sha!r} is not 64 lower-case hex digits)")
-        out[name] = {"file": entry["file"], "bytes": size, "sha256": sha}
-    return out
+    check_parts(manifest, where)
+    parts = manifest["parts"]
+    return {
+        name: {key: parts[name][key] for key in ("file", "bytes", "sha256")}
+        for name in (GRAPHS, *manifest.get("descriptors", {}))
+    }
 
 
 def sha256_of(path: Path) -> str:
@@ -460,6 +445,10 @@ def fetch_store(
 ) -> FetchResult:
     """Fetch the published store at ``source`` (URL or local folder) into ``store``.
 
+    In order: the remote manifest (:func:`read_remote_manifest`), what is already at ``store``
+    (:func:`_local_state`), the parts asked for that are not there (:func:`_fetch_parts`),
+    ``origin.json`` and the manifest (:func:`_write_manifest`), then verification.
+
     Args:
         store: the local store (default ``out_dir / store_name(url)``).
         out_dir: folder of the stores (default ``$FP_DATA/stores``).
@@ -476,18 +465,12 @@ def fetch_store(
         StoreError: the remote manifest is not acceptable, or the result fails verification.
         BuildError: ``store`` holds something else.
     """
-    from fingerprint_pretrain.builder.datasets.download import ChecksumError, Fetcher
-    from fingerprint_pretrain.builder.datasets.registry import RemoteFile
+    from fingerprint_pretrain.builder.datasets.download import Fetcher
 
     start = time.perf_counter()
     url = base_url(source)
     data, manifest, parts = read_remote_manifest(url, timeout, retries, backoff, log)
-    if store is None:
-        from fingerprint_pretrain.schemas.locations import data_home
-
-        store = Path(out_dir) if out_dir else data_home() / "stores"
-        store = store / store_name(url)
-    store = Path(store)
+    store = _store_path(url, store, out_dir)
     wanted = _choose(parts, labels, url)
     local = _local_state(store, manifest, url, overwrite, log)
     local_parts = part_entries(local, store / MANIFEST_NAME) if local else {}
@@ -497,7 +480,59 @@ def fetch_store(
         staging, progress=progress, retries=retries, backoff=backoff, timeout=timeout, log=log
     )
     result = FetchResult(store, url)
-    entries = dict(parts)  # the manifest's part entries as written locally
+    entries = _fetch_parts(fetcher, result, parts, local_parts, wanted, verify, log)
+    result.absent = [n for n in parts if n != GRAPHS and not _present(store, entries[n])]
+    _write_origin(store, url, parts, result)
+    _write_manifest(store, data, manifest, parts, entries)
+    shutil.rmtree(staging, ignore_errors=True)
+    if verify:
+        from fingerprint_pretrain.builder.info import verify_store
+
+        ok, lines = verify_store(store, progress=False)
+        if not ok:
+            raise StoreError(f"{store}: fetched from {url} but fails verification: {lines[-1]}")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _store_path(
+    url: str, store: str | os.PathLike | None, out_dir: str | os.PathLike | None
+) -> Path:
+    """The local store of :func:`fetch_store`: ``store``, else ``out_dir`` (default
+    ``$FP_DATA/stores``) / :func:`store_name`."""
+    if store is not None:
+        return Path(store)
+    from fingerprint_pretrain.schemas.locations import data_home
+
+    folder = Path(out_dir) if out_dir else data_home() / "stores"
+    return folder / store_name(url)
+
+
+def _fetch_parts(
+    fetcher: Fetcher,
+    result: FetchResult,
+    parts: dict[str, dict],
+    local_parts: dict[str, dict],
+    wanted: list[str],
+    verify: bool,
+    log: Callable[[str], None],
+) -> dict[str, dict]:
+    """Download the parts of ``wanted`` that are not at ``result.store`` already (present with
+    the listed size and, with ``verify``, sha256), recording each in ``result.fetched`` or
+    ``result.kept``.
+
+    Returns:
+        The part entries the local manifest lists: the remote ones, except that a part built
+        locally (present, in ``local_parts``) keeps its own entry.
+
+    Raises:
+        DownloadError / ChecksumError: a part could not be had, or did not match.
+    """
+    from fingerprint_pretrain.builder.datasets.download import ChecksumError
+    from fingerprint_pretrain.builder.datasets.registry import RemoteFile
+
+    store, url = result.store, result.url
+    entries = dict(parts)
     for name in wanted:
         entry = parts[name]
         mine = local_parts.get(name, entry)
@@ -524,23 +559,18 @@ def fetch_store(
     for name in parts:
         if name not in wanted and local_parts.get(name) and _present(store, local_parts[name]):
             entries[name] = local_parts[name]
-    result.absent = [n for n in parts if n != GRAPHS and not _present(store, entries[n])]
-    _write_origin(store, url, parts, result)
+    return entries
+
+
+def _write_manifest(
+    store: Path, data: bytes, manifest: dict, parts: dict[str, dict], entries: dict[str, dict]
+) -> None:
+    """The local manifest, last and atomically: the publisher's bytes unchanged when every part
+    entry is the publisher's, else its manifest with ``entries`` as its parts."""
     if entries == parts:
-        _write_bytes_atomic(store / MANIFEST_NAME, data)  # the publisher's bytes, unchanged
+        _write_bytes_atomic(store / MANIFEST_NAME, data)
     else:
-        from fingerprint_pretrain.schemas.manifest import write_json_atomic
-
         write_json_atomic(store / MANIFEST_NAME, {**manifest, "parts": entries})
-    shutil.rmtree(staging, ignore_errors=True)
-    if verify:
-        from fingerprint_pretrain.builder.info import verify_store
-
-        ok, lines = verify_store(store, progress=False)
-        if not ok:
-            raise StoreError(f"{store}: fetched from {url} but fails verification: {lines[-1]}")
-    result.seconds = time.perf_counter() - start
-    return result
 
 
 def _write_origin(store: Path, url: str, parts: dict[str, dict], result: FetchResult) -> None:
@@ -556,142 +586,14 @@ def _write_origin(store: Path, url: str, parts: dict[str, dict], result: FetchRe
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     for name in result.fetched:
         fetched[name] = {**parts[name], "fetched": now}
-    from fingerprint_pretrain.schemas.manifest import write_json_atomic
-
     write_json_atomic(path, {"url": url, "parts": fetched})
 
 
-# --------------------------------------------------------------------------------------------
-# Registry datasets with a published store (Source.prebuilt)
-# --------------------------------------------------------------------------------------------
-def fetch_prebuilt(dataset, opts, source_name: str | None = None, done: dict | None = None):
-    """``fp-build fetch NAME`` / ``make datasets`` for a dataset whose source has a published
-    store: fetch it (:func:`fetch_store`) into ``<out>/<store>.lmdb``, write its splits and its
-    ``<store>.dataset.json``.
-
-    Not used (returns None, the caller builds) when no source has ``prebuilt`` (or not the one
-    named), with ``--offline``, when a store not fetched from that URL is already there (a
-    local build stays the caller's to keep up to date), or, with ``opts.build_on_fail``, when
-    the fetch fails. Matbench folds need the source file's row order: they are written when
-    its file can be had (cache, mirror or download), else skipped with a note.
-
-    Returns:
-        The dataset's result row (see :func:`builder.datasets.make.make_datasets`) or None.
-
-    Raises:
-        DownloadError / StoreError: the published store could not be fetched (without
-            ``opts.build_on_fail``).
-    """
-    from fingerprint_pretrain.builder.datasets import make
-
-    sources = [s for s in dataset.sources if s.prebuilt and source_name in (None, s.name)]
-    if not sources or opts.offline:
-        return None
-    source = sources[0]
-    store = opts.out / f"{source.store}.lmdb"
-    origin = store / ORIGIN_NAME
-    if (store / MANIFEST_NAME).is_file() and not (
-        origin.is_file() and _origin_url(origin) == base_url(source.prebuilt)
-    ):
-        return None
-    row = {
-        "dataset": dataset.name,
-        "source": source.name,
-        "subset": source.subset,
-        "store": str(store),
-        "target": dataset.target_of(source),
-    }
-    if done is not None and source.store in done:
-        return {**done[source.store], **row}
-    labels = opts.labels
-    if labels is None and opts.descriptors and "all" not in opts.descriptors:
-        labels = make._descriptor_names(opts)
-    elif labels is None and not opts.descriptors:
-        labels = []
-    opts.log(f"  published store {source.prebuilt}")
+def fetched_from(store: str | os.PathLike) -> str | None:
+    """The URL ``store`` was fetched from (its ``origin.json``), or None (built locally, or an
+    unreadable ``origin.json``)."""
     try:
-        result = fetch_store(
-            source.prebuilt,
-            store=store,
-            labels=labels,
-            verify=opts.verify,
-            overwrite=opts.overwrite,
-            progress=opts.progress,
-            retries=opts.retries,
-            backoff=opts.backoff,
-            log=opts.log,
-        )
-    except (BuildError, StoreError) as err:
-        if opts.build_on_fail:
-            opts.log(f"  published store not fetched ({err}); building it (--build-on-fail)")
-            return None
-        raise type(err)(
-            f"{dataset.name}: the published store {source.prebuilt} could not be fetched: "
-            f"{err} (--build-on-fail builds it from the raw data instead)"
-        ) from None
-    protocols = tuple(
-        dict.fromkeys(p for d in make._users(source) if d.role == "task" for p in d.splits)
-    )
-    input_path = None
-    if "matbench" in protocols:
-        try:
-            input_path, _ = make.build_input(make.resolve(dataset, opts, source.name), opts)
-        except (BuildError, StoreError, KeyError) as err:
-            opts.log(f"  note: matbench folds not written (they need the source file): {err}")
-            protocols = tuple(p for p in protocols if p != "matbench")
-    splits = make.write_splits(store, source, input_path, protocols, log=opts.log)
-    manifest = read_manifest(store)
-    record = {
-        "store": store.name,
-        "source": source.name,
-        "subset": source.subset,
-        "datasets": {
-            d.name: {"target": d.target_of(source), "role": d.role}
-            for d in make._users(source)
-            if source in d.sources
-        },
-        "prebuilt": {
-            "url": result.url,
-            "fetched": result.fetched,
-            "kept": result.kept,
-            "absent": result.absent,
-            "seconds": round(result.seconds, 3),
-        },
-        "files": [],
-        "content_hash": manifest["content_hash"],
-        "records": manifest["counts"]["records"],
-        "rejected": manifest["counts"]["rejected"],
-        "descriptors": [n for n in manifest.get("descriptors", {}) if n not in result.absent],
-        "build_seconds": None,
-        "disk_bytes": disk_bytes(store),
-        "splits": str(splits) if splits else None,
-        "verified": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        if opts.verify
-        else None,
-    }
-    from fingerprint_pretrain.schemas.manifest import write_json_atomic
-
-    write_json_atomic(make._sidecar(opts.out, source.store), record)
-    row = {
-        **row,
-        "status": "fetched" if result.fetched else "up to date",
-        "records": record["records"],
-        "rejected": record["rejected"],
-        "build_seconds": None,
-        "disk_bytes": record["disk_bytes"],
-        "splits": record["splits"],
-    }
-    if done is not None:
-        done[source.store] = row
-    opts.log(
-        f"  {row['status']}: {store} ({row['records']:,} records, "
-        f"{human_bytes(row['disk_bytes'])}, label sets {record['descriptors']})"
-    )
-    return row
-
-
-def _origin_url(path: Path) -> str | None:
-    try:
-        return json.loads(path.read_text()).get("url")
+        url = json.loads((Path(store) / ORIGIN_NAME).read_text()).get("url")
     except (OSError, ValueError, AttributeError):
         return None
+    return url if isinstance(url, str) else None

@@ -37,9 +37,15 @@ from fingerprint_pretrain.builder.build import BuildError, BuildOptions, build_s
 from fingerprint_pretrain.builder.datasets.download import Fetched, Fetcher, data_home
 from fingerprint_pretrain.builder.datasets.registry import DATASETS, Dataset, Source, get
 from fingerprint_pretrain.builder.descriptors.registry import resolve_names, storage_codecs
+from fingerprint_pretrain.builder.publish import FetchResult, base_url, fetch_store, fetched_from
 from fingerprint_pretrain.builder.readers import InputError
 from fingerprint_pretrain.builder.sizes import disk_bytes, human_bytes
-from fingerprint_pretrain.schemas.manifest import StoreError, write_json_atomic
+from fingerprint_pretrain.schemas.manifest import (
+    MANIFEST_NAME,
+    StoreError,
+    read_manifest,
+    write_json_atomic,
+)
 from fingerprint_pretrain.schemas.splits import (
     MATBENCH_SEED,
     PAPER_SEEDS,
@@ -52,6 +58,7 @@ __all__ = [
     "NotAvailable",
     "Resolved",
     "fetch_dataset",
+    "fetch_prebuilt",
     "how_to_get",
     "make_datasets",
     "resolve",
@@ -490,11 +497,7 @@ def fetch_dataset(
     rows (a store shared by several datasets is built once)."""
     dataset = get(name)
     opts.log(f"{name}:")
-    if not download_only:
-        from fingerprint_pretrain.builder.publish import (
-            fetch_prebuilt,
-        )  # a published store instead of a build
-
+    if not download_only:  # a published store instead of a build
         row = fetch_prebuilt(dataset, opts, source_name, done)
         if row is not None:
             return row
@@ -552,11 +555,7 @@ def _dataset_record(
         "store": store.name,
         "source": source.name,
         "subset": source.subset,
-        "datasets": {
-            d.name: {"target": d.target_of(source), "role": d.role}
-            for d in _users(source)
-            if source in d.sources
-        },
+        "datasets": _datasets_of(source),
         "files": [
             {"name": f.spec.name, "path": str(f.path), "sha256": f.sha256, "check": f.check}
             for f in resolved.files
@@ -570,17 +569,22 @@ def _dataset_record(
         "add_seconds": _sum(previous.get("add_seconds"), result["add_seconds"]),
         "disk_bytes": disk_bytes(store),
         "splits": str(splits) if splits else None,
-        "verified": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        if opts.verify
-        else previous.get("verified"),
+        "verified": _now() if opts.verify else previous.get("verified"),
     }
 
 
 def _finish_row(
-    row: dict, status: str, record: dict, source: Source, done: dict | None, opts: MakeOptions
+    row: dict,
+    status: str,
+    record: dict,
+    source: Source,
+    done: dict | None,
+    opts: MakeOptions,
+    what: str | None = None,
 ) -> dict:
     """A dataset's result row: ``row`` with the status and the numbers of ``source``'s store
-    from its ``record``; remembered in ``done`` (by store) and logged."""
+    from its ``record``; remembered in ``done`` (by store) and logged (ending with ``what``,
+    default the dataset's target)."""
     store = opts.out / f"{source.store}.lmdb"
     row = {
         **row,
@@ -595,9 +599,173 @@ def _finish_row(
         done[source.store] = row
     opts.log(
         f"  {row['status']}: {store} ({row['records']:,} records, "
-        f"{human_bytes(row['disk_bytes'])}, target {row['target']})"
+        f"{human_bytes(row['disk_bytes'])}, {what or 'target ' + str(row['target'])})"
     )
     return row
+
+
+# --------------------------------------------------------------------------------------------
+# Registry datasets with a published store (Source.prebuilt)
+# --------------------------------------------------------------------------------------------
+def fetch_prebuilt(
+    dataset: Dataset, opts: MakeOptions, source_name: str | None = None, done: dict | None = None
+) -> dict | None:
+    """``fp-build fetch NAME`` / ``make datasets`` for a dataset whose source has a published
+    store: fetch it (:func:`builder.publish.fetch_store`) into ``<out>/<store>.lmdb``, write its
+    splits and its ``<store>.dataset.json``.
+
+    Not used (returns None, the caller builds) when no source has ``prebuilt`` (or not the one
+    named), with ``--offline``, when a store not fetched from that URL is already there (a
+    local build stays the caller's to keep up to date), or, with ``opts.build_on_fail``, when
+    the fetch fails. Matbench folds need the source file's row order: they are written when
+    its file can be had (cache, mirror or download), else skipped with a note.
+
+    Returns:
+        The dataset's result row (see :func:`make_datasets`) or None.
+
+    Raises:
+        DownloadError / StoreError: the published store could not be fetched (without
+            ``opts.build_on_fail``).
+    """
+    source = _published_source(dataset, opts, source_name)
+    if source is None:
+        return None
+    store = opts.out / f"{source.store}.lmdb"
+    row = {
+        "dataset": dataset.name,
+        "source": source.name,
+        "subset": source.subset,
+        "store": str(store),
+        "target": dataset.target_of(source),
+    }
+    if done is not None and source.store in done:
+        return {**done[source.store], **row}
+    result = _fetch_published(dataset, source, store, opts)
+    if result is None:
+        return None
+    splits = _prebuilt_splits(dataset, source, store, opts)
+    record = _prebuilt_record(source, store, result, splits, opts)
+    write_json_atomic(_sidecar(opts.out, source.store), record)
+    status = "fetched" if result.fetched else "up to date"
+    return _finish_row(
+        row, status, record, source, done, opts, f"label sets {record['descriptors']}"
+    )
+
+
+def _published_source(
+    dataset: Dataset, opts: MakeOptions, source_name: str | None
+) -> Source | None:
+    """The source of ``dataset`` to fetch a published store of, or None (see
+    :func:`fetch_prebuilt`: none published, offline, or a store there not fetched from it)."""
+    sources = [s for s in dataset.sources if s.prebuilt and source_name in (None, s.name)]
+    if not sources or opts.offline:
+        return None
+    source = sources[0]
+    store = opts.out / f"{source.store}.lmdb"
+    if (store / MANIFEST_NAME).is_file() and fetched_from(store) != base_url(source.prebuilt):
+        return None
+    return source
+
+
+def _prebuilt_labels(opts: MakeOptions) -> list[str] | None:
+    """Label sets to fetch: ``opts.labels``, else those of ``opts.descriptors`` (None: every
+    published set for ``all``; ``[]``: none when no descriptors are asked for)."""
+    if opts.labels is not None:
+        return opts.labels
+    if not opts.descriptors:
+        return []
+    return None if "all" in opts.descriptors else _descriptor_names(opts)
+
+
+def _fetch_published(
+    dataset: Dataset, source: Source, store: Path, opts: MakeOptions
+) -> FetchResult | None:
+    """Fetch ``source``'s published store into ``store``; None when it fails and
+    ``opts.build_on_fail`` allows a build instead.
+
+    Raises:
+        DownloadError / StoreError / BuildError: the fetch failed (without ``build_on_fail``),
+            the message naming the dataset and the URL.
+    """
+    opts.log(f"  published store {source.prebuilt}")
+    try:
+        return fetch_store(
+            source.prebuilt,
+            store=store,
+            labels=_prebuilt_labels(opts),
+            verify=opts.verify,
+            overwrite=opts.overwrite,
+            progress=opts.progress,
+            retries=opts.retries,
+            backoff=opts.backoff,
+            log=opts.log,
+        )
+    except (BuildError, StoreError) as err:
+        if opts.build_on_fail:
+            opts.log(f"  published store not fetched ({err}); building it (--build-on-fail)")
+            return None
+        raise type(err)(
+            f"{dataset.name}: the published store {source.prebuilt} could not be fetched: "
+            f"{err} (--build-on-fail builds it from the raw data instead)"
+        ) from None
+
+
+def _prebuilt_splits(
+    dataset: Dataset, source: Source, store: Path, opts: MakeOptions
+) -> Path | None:
+    """The splits of a fetched store; matbench folds only when the source file can be had."""
+    protocols = _protocols(source)
+    input_path = None
+    if "matbench" in protocols:
+        try:
+            input_path, _ = build_input(resolve(dataset, opts, source.name), opts)
+        except (BuildError, StoreError, KeyError) as err:
+            opts.log(f"  note: matbench folds not written (they need the source file): {err}")
+            protocols = tuple(p for p in protocols if p != "matbench")
+    return write_splits(store, source, input_path, protocols, log=opts.log)
+
+
+def _prebuilt_record(
+    source: Source, store: Path, result: FetchResult, splits: Path | None, opts: MakeOptions
+) -> dict:
+    """The ``<store>.dataset.json`` of a store fetched from ``source.prebuilt``."""
+    manifest = read_manifest(store)
+    return {
+        "store": store.name,
+        "source": source.name,
+        "subset": source.subset,
+        "datasets": _datasets_of(source),
+        "prebuilt": {
+            "url": result.url,
+            "fetched": result.fetched,
+            "kept": result.kept,
+            "absent": result.absent,
+            "seconds": round(result.seconds, 3),
+        },
+        "files": [],
+        "content_hash": manifest["content_hash"],
+        "records": manifest["counts"]["records"],
+        "rejected": manifest["counts"]["rejected"],
+        "descriptors": [n for n in manifest.get("descriptors", {}) if n not in result.absent],
+        "build_seconds": None,
+        "disk_bytes": disk_bytes(store),
+        "splits": str(splits) if splits else None,
+        "verified": _now() if opts.verify else None,
+    }
+
+
+def _datasets_of(source: Source) -> dict[str, dict]:
+    """``{dataset: {"target", "role"}}`` of the datasets that use ``source``'s store."""
+    return {
+        d.name: {"target": d.target_of(source), "role": d.role}
+        for d in _users(source)
+        if source in d.sources
+    }
+
+
+def _now() -> str:
+    """The time now, UTC, ISO 8601 to the second."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def make_datasets(opts: MakeOptions, only: list[str] | None = None) -> list[dict]:

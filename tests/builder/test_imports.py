@@ -13,12 +13,10 @@ from tests.conftest import REPO
 
 PACKAGES = ("builder",)  # builder imports schemas, never the reverse: no cycle runs through it
 
-# Known cycle, to be removed (issue 16): builder.publish.fetch_prebuilt (a dataset-level step
-# that uses builder.datasets.make's helpers) belongs in builder/datasets/make.py; make imports
-# publish for it. Delete the entry when it moves (the test below then says so).
-KNOWN_EDGES = {
-    ("fingerprint_pretrain.builder.publish", "fingerprint_pretrain.builder.datasets.make")
-}
+# Edges of known cycles, each to be removed with its cycle (the test below fails when an edge is
+# gone, so that its entry is dropped); none left (issue 16: builder.publish.fetch_prebuilt moved
+# to builder.datasets.make).
+KNOWN_EDGES: set[tuple[str, str]] = set()
 
 
 def module_files(
