@@ -13,8 +13,10 @@ from pathlib import Path
 
 import click
 from fingerprint_pretrain.builder import __version__
+from fingerprint_pretrain.builder.descriptors.registry import AUTO_COMPRESS_MIN_DIM
+from fingerprint_pretrain.schemas.record import CODECS
 
-CODEC_CHOICES = ("auto", "raw", "zlib", "shuffle-zlib")
+CODEC_CHOICES = ("auto", *CODECS)
 
 
 def _parse_units(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -74,7 +76,8 @@ _label_storage_options = _with_options(
         type=click.Choice(CODEC_CHOICES),
         default="auto",
         show_default=True,
-        help="Label compression; auto = byte shuffle + zlib for sets of >= 256 features.",
+        help=f"Label compression; auto = byte shuffle + zlib for sets of >= "
+        f"{AUTO_COMPRESS_MIN_DIM} features.",
     ),
 )
 

@@ -78,6 +78,7 @@ import numpy as np
 
 __all__ = [
     "ALLOWED_DTYPES",
+    "CODECS",
     "GRAPH_FIELDS",
     "MAX_FIELD_BYTES",
     "RecordError",
@@ -115,7 +116,8 @@ ALLOWED_DTYPES: dict[str, np.dtype] = {
 #: the largest decoded size one field may declare, bytes (1 GiB: ~140,000 atoms of EAD set 2).
 MAX_FIELD_BYTES = 1 << 30
 _MAX_NDIM = 8
-_CODECS = ("raw", "zlib", "shuffle-zlib")
+#: the codecs a field may be stored with (``fp-build --codec`` offers these and ``auto``).
+CODECS = ("raw", "zlib", "shuffle-zlib")
 # deflate cannot expand data by more than ~1032x: a declared size beyond that is a lie.
 _MAX_INFLATION = 1032
 _CRC_KEY = b',"crc32":"'
@@ -242,7 +244,7 @@ def _field_entry(entry, data_len: int) -> tuple[str, np.dtype, tuple, int, int, 
         or not all(type(d) is int and d >= 0 for d in shape)
     ):
         raise RecordError(f"field {name!r}: bad shape {str(shape)[:80]}")
-    if codec not in _CODECS:
+    if codec not in CODECS:
         raise RecordError(f"field {name!r}: unknown codec {str(codec)[:40]!r}")
     if not (type(offset) is int and type(nbytes) is int and offset >= 0 and nbytes >= 0):
         raise RecordError(f"field {name!r}: bad offset/length {offset!r}/{nbytes!r}")
