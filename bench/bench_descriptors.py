@@ -8,10 +8,11 @@ core (OMP_NUM_THREADS=1, set before NumPy loads), best of ``--repeat`` passes:
    ``builder/descriptors/gmp.py`` is absent) are reported as skipped.
 2. wACSF sets: DScribe ``ACSF`` (G2 only, the same (η, Rs) and cutoff, one species list per
    dataset) on the same structures in the same process, and our speed ratio.
-3. EAD sets: PyXtal_FF 0.2.3 ``EAD`` (derivative=False) as a subprocess in its own virtual
-   environment (``--pyxtal-python``, default ``/work/oracles/pyxtal-venv/bin/python``; skipped with
-   a note when missing), on the first ``--pyxtal-structures`` structures of each dataset (it runs
-   at ~500 atoms/s); our rate on that same subset, the ratio, and the largest relative difference.
+3. EAD sets: PyXtal_FF 0.2.3 ``EAD`` (derivative=False) as a subprocess (``--pyxtal-python``,
+   default ``$FP_PYXTAL_PYTHON``, else this interpreter when it imports ``pyxtal_ff``: ``make
+   install`` puts it in the venv; skipped with a note saying how to give it when there is none),
+   on the first ``--pyxtal-structures`` structures of each dataset (it runs at ~500 atoms/s); our
+   rate on that same subset, the ratio, and the largest relative difference.
    GMPFeaturizer comparisons are in ``bench/bench_gmp.py``.
 4. Work per atom of the EAD sets (the contraction's multiply-adds, 2·M·|η|·|Rs|·neighbours flops,
    M monomials) and this core's dgemm rate (a 2000³ product): the effective GFLOP/s reached.
@@ -58,7 +59,21 @@ from fingerprint_pretrain.builder.descriptors import ead_kernel  # noqa: E402
 from fingerprint_pretrain.builder.descriptors.registry import REGISTRY  # noqa: E402
 from fingerprint_pretrain.builder.neighbors import neighbour_list  # noqa: E402
 
-DEFAULT_PYXTAL_PYTHON = "/work/oracles/pyxtal-venv/bin/python"
+
+def default_pyxtal_python() -> str | None:
+    """PyXtal_FF's interpreter: ``$FP_PYXTAL_PYTHON``, else this one when it imports
+    ``pyxtal_ff`` (``make install`` installs it), else None."""
+    import importlib.util
+
+    if os.environ.get("FP_PYXTAL_PYTHON"):
+        return os.environ["FP_PYXTAL_PYTHON"]
+    return sys.executable if importlib.util.find_spec("pyxtal_ff") else None
+
+
+PYXTAL_MISSING = (
+    "PyXtal_FF not run: {where} (pip install --no-deps pyxtal-ff==0.2.3, as make install does, "
+    "or pass --pyxtal-python PATH / set FP_PYXTAL_PYTHON to an interpreter that imports it)"
+)
 PROJECTION_ATOMS = 1.9e6
 PROJECTION_CORES = 16
 
@@ -192,7 +207,12 @@ def main() -> None:
     parser.add_argument("--mp", type=int, default=500, help="structures of mp_20_subset")
     parser.add_argument("--repeat", type=int, default=3, help="passes; the fastest counts")
     parser.add_argument("--sets", default="all", help="comma-separated registry names")
-    parser.add_argument("--pyxtal-python", default=DEFAULT_PYXTAL_PYTHON)
+    parser.add_argument(
+        "--pyxtal-python",
+        default=default_pyxtal_python(),
+        help="interpreter that imports pyxtal_ff (default: $FP_PYXTAL_PYTHON, else this one if "
+        "it can)",
+    )
     parser.add_argument("--pyxtal-structures", type=int, default=100)
     parser.add_argument("--no-oracles", action="store_true", help="skip DScribe and PyXtal_FF")
     parser.add_argument("--quick", action="store_true", help="200 / 100 structures, one pass")
@@ -290,7 +310,7 @@ def main() -> None:
                     result["dscribe_atoms_per_s"] = round(reference)
                     result["ratio_vs_dscribe"] = round(rate / reference, 2)
             if not args.no_oracles and spec.family == "ead":
-                if Path(args.pyxtal_python).exists():
+                if args.pyxtal_python and Path(args.pyxtal_python).exists():
                     subset = structures[: args.pyxtal_structures]
                     sub_atoms = int(sum(len(s[0]) for s in subset))
 
@@ -325,7 +345,12 @@ def main() -> None:
                             "max_relative_difference": float(difference.max()),
                         }
                 else:
-                    result["pyxtal_ff"] = {"error": f"{args.pyxtal_python} missing"}
+                    where = (
+                        f"{args.pyxtal_python} not found"
+                        if args.pyxtal_python
+                        else "no interpreter imports pyxtal_ff"
+                    )
+                    result["pyxtal_ff"] = {"error": PYXTAL_MISSING.format(where=where)}
             entry[dname] = result
             print(f"{name} {dname}: {result}", flush=True)
 

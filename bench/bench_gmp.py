@@ -8,8 +8,9 @@ core (OMP_NUM_THREADS=1, set before NumPy loads):
    asks for) and for the radius of the elements present (``required_radius(elements=z, ...)``).
 2. GMP-featurizer (TRI-AMDD, built from source; not on any package registry) on the same
    structures in the same run, as a subprocess in its own virtual environment
-   (``--gmpfeaturizer-python``, default ``/work/oracles/gmp-venv/bin/python``; skipped with a
-   note when it is missing), ``cores=1``, periodic: atoms/s (its time includes its own
+   (``--gmpfeaturizer-python``, default ``$FP_GMPFEATURIZER_PYTHON``, else this interpreter
+   when it imports ``GMPFeaturizer``; skipped with a note saying how to give it when there is
+   none), ``cores=1``, periodic: atoms/s (its time includes its own
    neighbour search), our speed ratio, and the largest difference of the features.
 3. Work per atom: exp evaluations and multiply-adds of the ideal algorithm (every Gaussian term
    within its truncation radius once, no padding), and the time that work needs at this core's
@@ -49,7 +50,21 @@ from fingerprint_pretrain.builder.descriptors import gmp  # noqa: E402
 from fingerprint_pretrain.builder.descriptors.registry import get as get_set  # noqa: E402
 from fingerprint_pretrain.builder.neighbors import neighbour_list  # noqa: E402
 
-DEFAULT_ORACLE_PYTHON = "/work/oracles/gmp-venv/bin/python"
+
+def default_oracle_python() -> str | None:
+    """GMP-featurizer's interpreter: ``$FP_GMPFEATURIZER_PYTHON``, else this one when it imports
+    ``GMPFeaturizer``, else None."""
+    import importlib.util
+
+    if os.environ.get("FP_GMPFEATURIZER_PYTHON"):
+        return os.environ["FP_GMPFEATURIZER_PYTHON"]
+    return sys.executable if importlib.util.find_spec("GMPFeaturizer") else None
+
+
+ORACLE_MISSING = (
+    "GMP-featurizer not run: {python} (build it from source, github.com/TRI-AMDD/GMP-featurizer, "
+    "then pass --gmpfeaturizer-python PATH or set FP_GMPFEATURIZER_PYTHON to its interpreter)"
+)
 GMP_NAMES = ("gmpset1", "gmpset2", "gmpset3")
 
 
@@ -193,8 +208,9 @@ def bench_ours(structures, params, repeats: int) -> dict:
 
 def run_oracle(python: str, datasets: dict, sets: dict, repeats: int) -> tuple[dict, dict] | str:
     """GMP-featurizer timings and features, or a note why it did not run."""
-    if not Path(python).exists():
-        return f"GMP-featurizer not run: {python} not found"
+    if not python or not Path(python).exists():
+        where = f"{python} not found" if python else "no interpreter imports GMPFeaturizer"
+        return ORACLE_MISSING.format(python=where)
     psp = REPO / "builder" / "data" / "QE-kjpaw.gpsp"
     with tempfile.TemporaryDirectory() as tmp:
         arrays, names = {}, {}
@@ -224,7 +240,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "gmp.json"))
     parser.add_argument("--perov", type=int, default=500, help="first N structures of perov_5")
     parser.add_argument("--mp", type=int, default=300, help="first N of mp_20_subset")
-    parser.add_argument("--gmpfeaturizer-python", default=DEFAULT_ORACLE_PYTHON)
+    parser.add_argument(
+        "--gmpfeaturizer-python",
+        default=default_oracle_python(),
+        help="interpreter that imports GMPFeaturizer (default: $FP_GMPFEATURIZER_PYTHON, else "
+        "this one if it can)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="best of N timings")
     args = parser.parse_args()
 
