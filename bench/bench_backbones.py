@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_train import _train_step, cluster_graph, clusters  # noqa: E402
 from fingerprint_pretrain.trainer.backbones import PaiNN, SchNet  # noqa: E402
-from fingerprint_pretrain.trainer.model import MLPHead  # noqa: E402
+from fingerprint_pretrain.trainer.heads import MLPHead  # noqa: E402
 
 
 def cpu_name() -> str:

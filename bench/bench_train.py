@@ -34,7 +34,8 @@ RESULTS = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO))
 
 from fingerprint_pretrain.trainer.data import StoreDataset, collate  # noqa: E402
-from fingerprint_pretrain.trainer.model import ETConfig, GraphRegressor, load_torchmd_net_weights  # noqa: E402
+from fingerprint_pretrain.trainer.heads import GraphRegressor  # noqa: E402
+from fingerprint_pretrain.trainer.model import ETConfig, load_torchmd_net_weights  # noqa: E402
 from fingerprint_pretrain.trainer.train import EpochSampler, _autocast, device_name  # noqa: E402
 
 
@@ -229,7 +230,7 @@ def bench_loader(store: Path, workers: int, batch_size: int, seconds: float = 10
 
 def bench_consumption(store: Path, device, cfg: ETConfig, batch_size: int, steps: int) -> float:
     """Structures/s the model trains on, with batches prepared beforehand (no loader cost)."""
-    from fingerprint_pretrain.trainer.model import NodeRegressor
+    from fingerprint_pretrain.trainer.heads import NodeRegressor
 
     ds = StoreDataset(store, "node", ["wacsfset1"], 32)
     batches = [

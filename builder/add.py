@@ -56,6 +56,7 @@ from fingerprint_pretrain.builder.lmdb_writer import LmdbWriter
 from fingerprint_pretrain.builder.parallel import available_cores, progress_bar, run_parallel
 from fingerprint_pretrain.builder.parts import clean_leftovers, label_prefix, write_part
 from fingerprint_pretrain.builder.structure import element_label
+from fingerprint_pretrain.schemas.backends import open_store
 from fingerprint_pretrain.schemas.lmdb_store import LmdbStore, close_env, descriptor_key
 from fingerprint_pretrain.schemas.manifest import (
     GRAPHS_PART,
@@ -66,7 +67,6 @@ from fingerprint_pretrain.schemas.manifest import (
     schema_major,
     write_json_atomic,
 )
-from fingerprint_pretrain.schemas.store import open_store
 
 __all__ = ["add_descriptors"]
 

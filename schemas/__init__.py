@@ -21,6 +21,7 @@ label set whose part is absent is listed (``store.available_descriptors``) but n
 (schema 1.0, one ``data.mdb``) still read.
 """
 
+from fingerprint_pretrain.schemas.backends import open_store
 from fingerprint_pretrain.schemas.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -34,7 +35,7 @@ from fingerprint_pretrain.schemas.record import (
     decode_record,
     encode_record,
 )
-from fingerprint_pretrain.schemas.store import Store, compute_hashes, open_store
+from fingerprint_pretrain.schemas.store import Store, compute_hashes
 
 __all__ = [
     "GRAPH_FIELDS",

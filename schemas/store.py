@@ -1,4 +1,8 @@
-"""Read-only access to stores: ``open_store(path)`` for LMDB and Zarr alike.
+"""The read-only store interface (:class:`Store`) that the LMDB and Zarr readers implement.
+
+Stores are opened with :func:`schemas.backends.open_store` (re-exported as
+``fingerprint_pretrain.schemas.open_store``), which picks the backend; this module imports
+neither backend, so the dependency runs one way (backends -> store).
 
 >>> store = open_store("perovskites.lmdb")          # doctest: +SKIP
 >>> len(store), store.target_names, store.descriptor_names
@@ -18,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fingerprint_pretrain.schemas.manifest import StoreError, combine_content_hash, read_manifest
+from fingerprint_pretrain.schemas.manifest import StoreError, combine_content_hash
 from fingerprint_pretrain.schemas.record import descriptor_digest, record_digest
 
-__all__ = ["ORIGIN_NAME", "Store", "open_store", "compute_hashes"]
+__all__ = ["ORIGIN_NAME", "Store", "compute_hashes"]
 
 #: written by ``fp-build fetch URL`` beside the manifest: ``{"url": ..., "parts": {...}}``.
 ORIGIN_NAME = "origin.json"
@@ -145,33 +149,6 @@ class Store:
             f"{type(self).__name__}({str(self.path)!r}, records={self._len}, "
             f"targets={self.target_names}, descriptors={self.descriptor_names})"
         )
-
-
-def open_store(path: str | os.PathLike, descriptors: Iterable[str] | None = None) -> Store:
-    """Open a finished store read-only (LMDB or Zarr, told apart by the manifest's backend).
-
-    Args:
-        path: store directory (``*.lmdb`` or ``*.zarr``).
-        descriptors: descriptor sets to include in each record; ``None`` = all present here.
-
-    Raises:
-        StoreError: not a finished store, or a requested set that is not present (the message
-            names it and how to get it); SchemaVersionError: unknown schema major version.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: no such store")
-    manifest = read_manifest(path)
-    backend = manifest.get("backend")
-    if backend == "lmdb":
-        from fingerprint_pretrain.schemas.lmdb_store import LmdbStore
-
-        return LmdbStore(path, manifest, descriptors)
-    if backend == "zarr":
-        from fingerprint_pretrain.schemas.zarr_store import ZarrStore
-
-        return ZarrStore(path, manifest, descriptors)
-    raise StoreError(f"{path}: unknown backend {backend!r} in manifest")
 
 
 def compute_hashes(

@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from fingerprint_pretrain.trainer.config import ARCHITECTURE_KEYS, MODELS, TrainConfig
 from fingerprint_pretrain.trainer.errors import TrainingError
+from fingerprint_pretrain.trainer.heads import GraphRegressor, NodeRegressor
 from fingerprint_pretrain.trainer.hyperparameters import BACKBONE_CONFIGS, RENAMED, field_names
-from fingerprint_pretrain.trainer.model import GraphRegressor, NodeRegressor
 
 __all__ = [
     "ARCHITECTURE_KEYS",

@@ -14,17 +14,16 @@ from fingerprint_pretrain.trainer.checkpoint import (
     model_from_checkpoint,
 )  # re-exported: fingerprint_pretrain.trainer.inference API
 from fingerprint_pretrain.trainer.config import TrainConfig
-from fingerprint_pretrain.trainer.data import LabelScaler, StoreDataset, collate
+from fingerprint_pretrain.trainer.data import LabelScaler, StoreDataset
 from fingerprint_pretrain.trainer.errors import TrainingError
-from fingerprint_pretrain.trainer.train import EpochSampler, _device, evaluate_split
-from torch.utils.data import DataLoader
+from fingerprint_pretrain.trainer.evaluation import evaluate_split, ordered_loader, resolve_device
 
 __all__ = ["evaluate_checkpoint", "embed_store", "model_from_checkpoint"]
 
 
 def evaluate_checkpoint(checkpoint, store=None, split="test", out=None, device="auto") -> dict:
     """MAE of the checkpoint on ``split`` of its run's store, or on all of ``store``."""
-    dev = _device(device)
+    dev = resolve_device(device)
     model, ckpt = model_from_checkpoint(checkpoint, dev)
     args = ckpt["model_args"]
     cfg = TrainConfig(**ckpt["config"])
@@ -47,17 +46,12 @@ def evaluate_checkpoint(checkpoint, store=None, split="test", out=None, device="
 def embed_store(checkpoint, store, out, batch_size: int = 64, device="auto") -> tuple[int, int]:
     """Write ``out`` (.npz) with ``ids`` (R,) and ``embeddings`` (R, H) float32: the sum over
     atoms of the final node features of the checkpoint's representation."""
-    dev = _device(device)
+    dev = resolve_device(device)
     model, ckpt = model_from_checkpoint(checkpoint, dev)
     args = ckpt["model_args"]
     dataset = StoreDataset(store, "graph", [], args["max_neighbors"], args["cutoff"])
     dataset.check_atomic_numbers(args["max_z"])
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        collate_fn=collate,
-        sampler=EpochSampler(np.arange(len(dataset)), 0, False, 0, 1),
-    )
+    loader = ordered_loader(dataset, batch_size=batch_size)
     chunks, ids = [], []
     for batch in loader:
         batch = batch.to(dev)

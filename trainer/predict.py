@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from fingerprint_pretrain.trainer.checkpoint import model_from_checkpoint
-from fingerprint_pretrain.trainer.data import LabelScaler, StoreDataset, collate
+from fingerprint_pretrain.trainer.data import LabelScaler, StoreDataset
 from fingerprint_pretrain.trainer.errors import TrainingError
-from fingerprint_pretrain.trainer.train import EpochSampler, _device, _forward
-from torch.utils.data import DataLoader
+from fingerprint_pretrain.trainer.evaluation import forward, ordered_loader, resolve_device
 
 __all__ = ["Predictions", "predict_store", "target_descriptions"]
 
@@ -119,7 +118,7 @@ def predict_store(
         TrainingError: a pre-training checkpoint (it predicts descriptor labels per atom), or
             atomic numbers the model cannot embed.
     """
-    dev = _device(device)
+    dev = resolve_device(device)
     model, ckpt = model_from_checkpoint(checkpoint, dev)
     args = ckpt["model_args"]
     if args["mode"] != "finetune":
@@ -136,12 +135,7 @@ def predict_store(
     survey = dataset.survey()
     dataset.check_atomic_numbers(args["max_z"], survey)
     scaler = LabelScaler.from_dict(ckpt["scaler"])
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        collate_fn=collate,
-        sampler=EpochSampler(np.arange(len(dataset)), 0, False, 0, 1),
-    )
+    loader = ordered_loader(dataset, batch_size=batch_size)
     if progress:
         from tqdm import tqdm
 
@@ -149,7 +143,7 @@ def predict_store(
     chunks = []
     for batch in loader:
         batch = batch.to(dev)
-        chunks.append(scaler.inverse(_forward(model, batch).double()).cpu().numpy())
+        chunks.append(scaler.inverse(forward(model, batch).double()).cpu().numpy())
     values = np.concatenate(chunks) if chunks else np.zeros((0, len(names)))
     ids = [dataset.store.get(i, descriptors=[])["id"] for i in range(len(dataset))]
     targets = survey.targets if labels else None

@@ -49,15 +49,19 @@ from fingerprint_pretrain.trainer.checkpoint import (
 )
 from fingerprint_pretrain.trainer.config import TrainConfig, prepare_run_dir
 from fingerprint_pretrain.trainer.data import (
-    Batch,
     LabelScaler,
     StoreDataset,
-    collate,
     kfold_splits,
     random_split,
 )
 from fingerprint_pretrain.trainer.errors import TrainingError
-from torch.utils.data import DataLoader, Sampler
+from fingerprint_pretrain.trainer.evaluation import (
+    EpochSampler,
+    evaluate_split,
+    forward,
+    resolve_device,
+    store_loader,
+)
 
 __all__ = [
     "ADAPT_DIR",
@@ -73,14 +77,6 @@ __all__ = [
 # ------------------------------------------------------------------------------------------
 # Set-up helpers
 # ------------------------------------------------------------------------------------------
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return torch.device(name)
-
-
 def _init_distributed(device: torch.device) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not dist.is_initialized():
@@ -92,39 +88,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002  (third-party code may use the global RNG)
     torch.manual_seed(seed)
-
-
-class EpochSampler(Sampler[int]):
-    """Indices of one split in an order fixed by (seed, epoch), sharded over ranks.
-
-    Each rank gets every ``world``-th index of the list. Training (``shuffle``) lists are
-    padded by wrapping so all ranks take the same number of steps (DDP synchronises every
-    step); evaluation lists are not, so no structure is counted twice.
-    """
-
-    def __init__(self, indices: np.ndarray, seed: int, shuffle: bool, rank: int, world: int):
-        self.indices = np.asarray(indices)
-        self.seed, self.shuffle, self.rank, self.world = seed, shuffle, rank, world
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _order(self) -> np.ndarray:
-        order = self.indices
-        if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            order = order[rng.permutation(len(order))]
-        per_rank = math.ceil(len(order) / self.world)
-        if self.shuffle and per_rank * self.world > len(order) and len(order):
-            order = np.resize(order, per_rank * self.world)
-        return order[self.rank :: self.world]
-
-    def __iter__(self):
-        return iter(self._order().tolist())
-
-    def __len__(self) -> int:
-        return len(self._order())
 
 
 def cpu_has_native_bfloat16() -> bool:
@@ -220,23 +183,6 @@ def _load_whole(model: torch.nn.Module, state: dict[str, torch.Tensor], source) 
     return list(state)
 
 
-def _loader(dataset, sampler, cfg: TrainConfig, device: torch.device) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
-        collate_fn=collate,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
-        prefetch_factor=4 if cfg.num_workers > 0 else None,
-    )
-
-
-def _forward(model, batch: Batch) -> torch.Tensor:
-    return model(batch.z, batch.edge_index, batch.edge_vec, batch.batch, batch.num_graphs)
-
-
 def _l1(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean absolute error over the labels that are present (NaN targets are skipped)."""
     mask = ~torch.isnan(y)
@@ -292,7 +238,9 @@ def _pretrained_labels(pre: dict, source: str, store_path: str) -> list[str]:
 
     Raises:
         TrainingError: a fine-tuning checkpoint; a label set missing from the store (the
-            message names the ``fp-build add`` command that adds it).
+            message names the ``fp-build add`` command that adds it). StoreError: a set the
+            store lists but lacks here (the message names how to get it: ``fp-build fetch``
+            from the store's origin, else ``fp-build add``).
     """
     if pre["model_args"].get("mode") != "pretrain":
         raise TrainingError(
@@ -300,14 +248,15 @@ def _pretrained_labels(pre: dict, source: str, store_path: str) -> list[str]:
             f"pre-training (--adapt-epochs) continues a pre-training checkpoint"
         )
     labels = list(pre["labels"])
-    present = open_store(store_path).descriptor_names
-    missing = [n for n in labels if n not in present]
+    listed = open_store(store_path).available_descriptors
+    missing = [n for n in labels if n not in listed]
     if missing:
         flags = " ".join(f"--descriptor {n}" for n in missing)
         raise TrainingError(
             f"{store_path}: lacks the descriptor set(s) {', '.join(missing)} that {source} "
             f"was pre-trained on; add them with: fp-build add {store_path} {flags}"
         )
+    open_store(store_path, descriptors=labels)  # a listed set absent here: schemas' StoreError
     return labels
 
 
@@ -376,7 +325,7 @@ def adapt(cfg: TrainConfig) -> dict:
     """
     from fingerprint_pretrain.trainer.zoo import resolve, sha256_of
 
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     rank, _ = _init_distributed(device)
     prepare_run_dir(cfg, rank == 0)  # the fine-tuning run's directory, the adaptation's with it
     source = resolve(cfg.init)
@@ -535,7 +484,7 @@ def _train(cfg: TrainConfig, phase: _Phase | None = None) -> dict:
 def _start(cfg: TrainConfig, phase: _Phase) -> _Run:
     """Device, processes, the run directory (a run there: refused unless resume with the same
     configuration, or overwrite), the checkpoint resumed, and the seeds."""
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     rank, world = _init_distributed(device)
     prepare_run_dir(cfg, rank == 0)
     last_path = Path(cfg.run_dir) / "last.pt"
@@ -712,9 +661,9 @@ def _epoch_loop(
     net = _distributed(model, run)
     autocast = _autocast(cfg.amp, device)
     train_sampler = EpochSampler(data.splits["train"], cfg.seed, True, run.rank, world)
-    train_loader = _loader(data.dataset, train_sampler, cfg, device)
+    train_loader = store_loader(data.dataset, train_sampler, cfg, device)
     val_sampler = EpochSampler(data.splits["val"], cfg.seed, False, run.rank, world)
-    val_loader = _loader(data.dataset, val_sampler, cfg, device)
+    val_loader = store_loader(data.dataset, val_sampler, cfg, device)
     writer = _tensorboard(run.run_dir) if run.main else None
     step = sum(h["steps"] for h in progress.history)
     for epoch in range(progress.start_epoch, cfg.epochs):
@@ -764,7 +713,7 @@ def _train_epoch(
     for batch in bar:
         batch = batch.to(run.device, non_blocking=True)
         with autocast:
-            pred = _forward(net, batch)
+            pred = forward(net, batch)
         loss = _l1(pred, batch.y)
         if not torch.isfinite(loss):
             last = run.last_path
@@ -900,7 +849,7 @@ def _evaluate_loss(net, loader, device, autocast, scaler: LabelScaler, world: in
     for batch in loader:
         batch = batch.to(device, non_blocking=True)
         with autocast:
-            pred = _forward(net, batch).float()
+            pred = forward(net, batch).float()
         loss_sum += _l1(pred, batch.y).item() * batch.num_graphs
         n_graphs += batch.num_graphs
         err = (scaler.inverse(pred) - scaler.inverse(batch.y)).abs()
@@ -914,47 +863,6 @@ def _evaluate_loss(net, loader, device, autocast, scaler: LabelScaler, world: in
         dist.all_reduce(t)
         loss_sum, n_graphs, abs_sum, n_labels = t.tolist()
     return loss_sum / max(n_graphs, 1), abs_sum / max(n_labels, 1)
-
-
-@torch.no_grad()
-def evaluate_split(
-    model,
-    dataset: StoreDataset,
-    indices,
-    cfg: TrainConfig,
-    device,
-    scaler: LabelScaler,
-    predictions_csv: Path | None,
-) -> dict:
-    """MAE (label units) of ``model`` on ``indices``; writes (id, target, prediction) rows."""
-    model.eval()
-    loader = _loader(dataset, EpochSampler(indices, 0, False, 0, 1), cfg, device)
-    abs_sum, n_labels, rows = 0.0, 0, []
-    for batch in loader:
-        batch = batch.to(device)
-        pred = scaler.inverse(_forward(model, batch).double()).cpu()
-        if dataset.task == "graph":  # exact stored targets, not a float32 round trip
-            ids, labels = zip(*(dataset.raw(i) for i in batch.index.tolist()))
-            y = torch.tensor(np.concatenate(labels))
-            rows += [[i, *t.tolist(), *p.tolist()] for i, t, p in zip(ids, y, pred)]
-        else:
-            y = scaler.inverse(batch.y.double().cpu())
-        err = (pred - y).abs()
-        mask = ~torch.isnan(err)
-        abs_sum += err[mask].sum().item()
-        n_labels += int(mask.sum())
-    if predictions_csv is not None and dataset.task == "graph":
-        with open(predictions_csv, "w", newline="") as fh:
-            out = csv.writer(fh)
-            out.writerow(
-                [
-                    "id",
-                    *[f"target_{n}" for n in dataset.labels],
-                    *[f"prediction_{n}" for n in dataset.labels],
-                ]
-            )
-            out.writerows(rows)
-    return {"test_mae": abs_sum / max(n_labels, 1), "test_structures": int(len(indices))}
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

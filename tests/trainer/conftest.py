@@ -1,11 +1,17 @@
-"""Fixtures shared by the trainer tests: one tiny real store and tiny model settings."""
+"""Fixtures shared by the trainer tests: one tiny real store, tiny model settings, one torch
+thread, and killing a training process once it has saved an epoch."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from fingerprint_pretrain.trainer.checkpoint import load_checkpoint
 
 from tests.builder.helpers import MP_SAMPLE, build
 
@@ -42,3 +48,30 @@ def copy_store(store: Path, folder: Path) -> Path:
     here = folder / store.name
     shutil.copytree(store, here)
     return here
+
+
+@pytest.fixture
+def one_thread():
+    """Small graphs: one thread (on a shared machine, waking a second costs more than it
+    saves)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def kill_when(proc, path: Path, epoch: int) -> None:
+    """kill -9 ``proc``'s process group once checkpoint ``path`` holds epoch >= ``epoch``
+    (``proc`` started with ``start_new_session=True``); fails if it finished first."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists():
+            try:
+                if load_checkpoint(path)["epoch"] >= epoch:
+                    break
+            except Exception:  # being written: try again
+                pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -12,11 +12,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import numpy as np
@@ -33,6 +30,7 @@ from fingerprint_pretrain.trainer.train import TrainingError, train
 from fingerprint_pretrain.trainer.zoo import strip_checkpoint
 
 from tests.builder.helpers import MP_SAMPLE, PEROV_SAMPLE, build
+from tests.trainer.conftest import copy_store, kill_when
 from tests.trainer.test_train import TINY, fp_train, tiny
 
 
@@ -154,7 +152,7 @@ def test_head_is_carried_over_and_the_checkpoints_scaler_is_used(
     stripped = tmp_path / "stripped.pt"
     save_checkpoint(strip_checkpoint(pre, "et-tiny-test", "0" * 64), stripped)
     first = {}
-    real_forward = train_module._forward
+    real_forward = train_module.forward
 
     def spy(model, batch):
         if not first and model.training:
@@ -162,7 +160,7 @@ def test_head_is_carried_over_and_the_checkpoints_scaler_is_used(
             first["y"], first["index"] = batch.y.clone(), batch.index.tolist()
         return real_forward(model, batch)
 
-    monkeypatch.setattr(train_module, "_forward", spy)
+    monkeypatch.setattr(train_module, "forward", spy)
     run = tmp_path / "ft"
     train(_finetune(stores, stripped, run, adapt_epochs=1))
     # the first adaptation step ran the pre-trained model whole: head's last layer included
@@ -197,6 +195,19 @@ def test_a_missing_label_set_names_the_fp_build_add_command(stores, pretrained, 
     code = main(["finetune", "--store", str(stores["perov"]), "-t", "heat_all", "--run-dir",
                  str(run), "--adapt-epochs", "2"])  # fmt: skip
     assert code == 2 and "--adapt-epochs needs --init" in capsys.readouterr().err
+
+
+def test_a_label_set_absent_here_names_how_to_get_it(stores, pretrained, tmp_path, capsys):
+    here = copy_store(stores["perov"], tmp_path)
+    (here / "labels-wacsfset1.mdb").unlink()  # listed in the manifest, its part not here
+    url = "https://example.org/stores/perov.lmdb/"
+    (here / "origin.json").write_text(json.dumps({"url": url, "parts": {}}))
+    run = tmp_path / "ft"
+    code = _cli_finetune(stores | {"perov": here}, pretrained, run, "--adapt-epochs", "2")
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "'wacsfset1'" in err and f"fp-build fetch {url} --labels wacsfset1" in err, err
+    assert not (run / "adapt").exists() and not (run / "last.pt").exists()
 
 
 def test_a_fine_tuning_checkpoint_is_refused_and_overwrite_removes_the_adaptation(
@@ -236,22 +247,6 @@ def test_adapt_epochs_0_is_bit_identical_to_no_flag(stores, pretrained, tmp_path
     )
 
 
-def _kill_when(proc, path, epoch: int) -> None:
-    """kill -9 ``proc``'s process group once checkpoint ``path`` holds epoch >= ``epoch``."""
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if path.exists():
-            try:
-                if load_checkpoint(path)["epoch"] >= epoch:
-                    break
-            except Exception:  # being written: try again
-                pass
-        time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 @pytest.mark.slow
 def test_kill_9_in_adaptation_or_fine_tuning_and_resume_equals_an_uninterrupted_run(
     stores, pretrained, tmp_path
@@ -271,7 +266,7 @@ def test_kill_9_in_adaptation_or_fine_tuning_and_resume_equals_an_uninterrupted_
             str(run),
         ]
         proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL)
-        _kill_when(proc, run / checkpoint, 1)
+        kill_when(proc, run / checkpoint, 1)
         assert load_checkpoint(run / checkpoint)["epoch"] < 3, phase
         assert not (run / "result.json").exists()
         refused = fp_train(*args, "--run-dir", run, check=False)  # no --resume: refused

@@ -132,7 +132,7 @@ def test_fit_scaler_ignores_missing_targets():
 
 
 def test_epoch_sampler_shards_cover_each_split_once():
-    from fingerprint_pretrain.trainer.train import EpochSampler
+    from fingerprint_pretrain.trainer.evaluation import EpochSampler
 
     indices = np.arange(10, 21)  # 11 indices, 2 ranks
     # evaluation: disjoint shards covering every index exactly once

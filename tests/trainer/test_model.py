@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fingerprint_pretrain.trainer.heads import GraphRegressor
 from fingerprint_pretrain.trainer.model import (
     EquivariantTransformer,
     ETConfig,
-    GraphRegressor,
     load_torchmd_net_weights,
 )
 

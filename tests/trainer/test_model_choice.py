@@ -27,7 +27,8 @@ from fingerprint_pretrain.trainer.checkpoint import (
 from fingerprint_pretrain.trainer.cli import main
 from fingerprint_pretrain.trainer.config import MODEL_DEFAULTS, MODELS, ConfigError, TrainConfig
 from fingerprint_pretrain.trainer.data import StoreDataset, collate
-from fingerprint_pretrain.trainer.model import EquivariantTransformer, ETConfig, MLPHead
+from fingerprint_pretrain.trainer.heads import MLPHead
+from fingerprint_pretrain.trainer.model import EquivariantTransformer, ETConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = ["--num-workers", "0", "--no-progress", "--batch-size", "8"]

@@ -3,7 +3,8 @@
 Every backbone has the call of :class:`fingerprint_pretrain.trainer.model.EquivariantTransformer`:
 ``model(z, edge_index, edge_vec) -> (x (N, H), vec (N, 3, H) or None)``, and a config
 dataclass with at least ``hidden_channels``, ``head_channels`` and ``cutoff_upper``, so it can
-stand in ``NodeRegressor`` / ``GraphRegressor`` as their ``representation``.
+stand in :mod:`trainer.heads`' ``NodeRegressor`` / ``GraphRegressor`` as their
+``representation``.
 
 ==========  ======================================  =========================================
 name        model                                   reference it is tested against

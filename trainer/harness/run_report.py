@@ -139,9 +139,9 @@ def standardised_errors(run_dir: str | Path, store=None, device="cpu", batch_siz
         model_from_checkpoint,
     )
     from fingerprint_pretrain.trainer.data import LabelScaler, StoreDataset
-    from fingerprint_pretrain.trainer.train import _device
+    from fingerprint_pretrain.trainer.evaluation import resolve_device
 
-    dev = _device(device)
+    dev = resolve_device(device)
     model, ckpt = model_from_checkpoint(Path(run_dir) / "best.pt", dev)
     args, labels = ckpt["model_args"], list(ckpt["labels"])
     path = str(store or ckpt["store"]["path"])
@@ -161,16 +161,9 @@ def _per_feature_errors(model, dataset, indices, dev, batch_size: int):
     """(model MAE (D,), mean-predictor MAE (D,), atoms) per label feature over the records
     ``indices`` of ``dataset``, in its (scaled) label units, averaged over atoms."""
     import torch
-    from fingerprint_pretrain.trainer.data import collate
-    from fingerprint_pretrain.trainer.train import EpochSampler
-    from torch.utils.data import DataLoader
+    from fingerprint_pretrain.trainer.evaluation import ordered_loader
 
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        collate_fn=collate,
-        sampler=EpochSampler(indices, 0, False, 0, 1),
-    )
+    loader = ordered_loader(dataset, indices, batch_size)
     err_sum = np.zeros(dataset.label_dim)
     floor_sum = np.zeros(dataset.label_dim)
     atoms = 0
