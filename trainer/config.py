@@ -534,8 +534,10 @@ def load_config_file(path: str | Path) -> dict:
     as ``_``) to values, checked by :class:`TrainConfig` when the configuration is made.
 
     Raises:
-        ValueError: one line naming the file: it does not parse, is not a mapping, or has a
-            key that is no TrainConfig field (the first such key, in the file's order).
+        ValueError: one line naming the file: it does not parse, is not a mapping, has a
+            key that is no TrainConfig field (the first such key, in the file's order), or a
+            string that is no number for a numeric field (numeric strings, such as YAML 1.1's
+            ``3e-4``, are read as numbers).
     """
     text = Path(path).read_text()
     if str(path).endswith(".json"):
@@ -561,4 +563,30 @@ def load_config_file(path: str | Path) -> dict:
     for key in data:
         if key not in known:
             raise ValueError(f"{path}: unknown configuration key {key!r} (not a TrainConfig field)")
-    return data
+    return {key: _number_from_text(path, key, value, _hints()[key]) for key, value in data.items()}
+
+
+def _number_from_text(path, key: str, value, hint):
+    """``value`` of field ``key`` with numeric strings read as numbers where the field is an int
+    or a float (or a list of them): YAML 1.1 reads ``3e-4`` and ``1e3`` (no dot) as strings.
+    Other values are returned as they are (:class:`TrainConfig` checks them).
+
+    Raises:
+        ValueError: a string that is no number, naming the file and the field.
+    """
+    kind, _ = _unoptional(hint)
+    if typing.get_origin(kind) is list and isinstance(value, list):
+        (inner,) = typing.get_args(kind)
+        return [_number_from_text(path, key, v, inner) for v in value]
+    if kind not in (int, float) or not isinstance(value, str):
+        return value
+    what = "an integer" if kind is int else "a number"
+    try:
+        number = float(value)
+        if kind is int:
+            if not number.is_integer():
+                raise ValueError(value)
+            return int(value) if value.strip().lstrip("+-").isdigit() else int(number)
+        return number
+    except ValueError:
+        raise ValueError(f"{path}: {key} must be {what}, got {value!r}") from None

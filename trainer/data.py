@@ -168,13 +168,8 @@ class StoreDataset(torch.utils.data.Dataset):
                 f"{path}: model cutoff {self.cutoff} Å exceeds the store's {self.store_cutoff} Å "
                 f"(its edges stop there); rebuild the store with --cutoff {self.cutoff}"
             )
-        if task == "node":
-            missing = [n for n in self.labels if n not in store.descriptor_names]
-            if missing:
-                raise StoreError(
-                    f"{path}: descriptor set(s) {missing} not in store (present: "
-                    f"{store.descriptor_names or 'none'}); add with fp-build add"
-                )
+        if task == "node":  # every set is present: _open refused an absent or unknown one,
+            # naming how to get it (schemas: fp-build fetch from the store's origin, or add)
             self.label_dim = sum(store.manifest["descriptors"][n]["dim"] for n in self.labels)
         else:
             missing = [n for n in self.labels if n not in store.target_names]

@@ -22,24 +22,12 @@ from fingerprint_pretrain.trainer.backbones import (
     backbone_name,
     build_backbone,
 )
-from fingerprint_pretrain.trainer.model import (
-    EquivariantTransformer,
-    ETConfig,
-    GraphRegressor,
-    NodeRegressor,
-)
+from fingerprint_pretrain.trainer.heads import GraphRegressor, NodeRegressor
+from fingerprint_pretrain.trainer.model import EquivariantTransformer, ETConfig
 
 from tests.builder.test_neighbors import brute_force
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small graphs: one thread (on a shared machine, waking a second costs more than it
-    saves)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/trainer/conftest.py
 
 
 def perturb(module: torch.nn.Module, scale: float = 0.1) -> None:

@@ -5,6 +5,7 @@ validation split is an error; zoo names work wherever a checkpoint is asked for.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -22,6 +23,7 @@ from fingerprint_pretrain.trainer.errors import TrainingError
 from fingerprint_pretrain.trainer.train import train
 
 from tests.builder.helpers import MP_SAMPLE, build
+from tests.trainer.conftest import copy_store
 
 TINY = [
     "--hidden-channels", "16", "--num-layers", "1", "--num-rbf", "8", "--num-heads", "2",
@@ -196,6 +198,42 @@ def test_a_bad_config_file_is_a_one_line_usage_error(keys, named, tmp_path, monk
     code, _, err = _cli(capsys, "finetune", "--config", config, "--run-dir", tmp_path / "r")
     assert code == 2 and err.count("\n") == 1 and str(config) in err and named in err, err
     assert not made
+
+
+def test_a_yaml_config_file_with_lr_3e_4_trains_with_that_lr(store, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"store: {store}\nlabels: [wacsfset1]\nlr: 3e-4\nepochs: 1\nmax_train: 8\n")
+    run = tmp_path / "pre"
+    code, _, err = _cli(capsys, "pretrain", "--config", config, "--run-dir", run, *TINY)
+    assert code == 0, err
+    (row,) = csv.DictReader((run / "metrics.csv").open())
+    assert float(row["lr"]) == 3e-4  # the optimiser's learning rate in the epoch that ran
+    # a value that is no number: one line naming the file and the field, nothing run
+    config.write_text(f"store: {store}\nlabels: [wacsfset1]\nlr: abc\n")
+    code, _, err = _cli(capsys, "pretrain", "--config", config, "--run-dir", tmp_path / "r2")
+    assert code == 2 and err.count("\n") == 1 and f"{config}: lr must be a number" in err, err
+    assert not (tmp_path / "r2").exists()
+
+
+@pytest.mark.parametrize("origin", [None, "https://example.org/stores/mp.lmdb/"])
+def test_an_absent_label_set_is_one_line_naming_the_set_and_how_to_get_it(
+    tiny_store, origin, tmp_path, capsys
+):
+    here = copy_store(tiny_store, tmp_path)
+    (here / "labels-wacsfset1.mdb").unlink()  # listed in the manifest, its part not here
+    if origin:
+        (here / "origin.json").write_text(json.dumps({"url": origin, "parts": {}}))
+    run = tmp_path / "pre"
+    args = ["pretrain", "--store", here, "-d", "wacsfset1", "--run-dir", run, *TINY]
+    code, _, err = _cli(capsys, *args)
+    assert code == 1 and err.count("\n") == 1, err
+    how = f"fp-build fetch {origin} --labels wacsfset1" if origin else f"fp-build add {here}"
+    assert "'wacsfset1'" in err and "absent" in err and how in err, err
+    assert "--descriptor wacsfset1" in err or origin
+    # a set the store does not list at all: added with fp-build add, whatever the origin
+    code, _, err = _cli(capsys, *args[:4], "wacsfset2", *args[5:])
+    assert code == 1 and err.count("\n") == 1 and "wacsfset2" in err, err
+    assert f"fp-build add {here} --descriptor NAME" in err, err
 
 
 # ------------------------------------------------------------------------------------------

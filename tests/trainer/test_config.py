@@ -1,7 +1,7 @@
 """TrainConfig refuses what its annotations do not allow, naming the field; every field carries
 its help; a configuration survives a round trip through a JSON or YAML file
 (``load_config_file``, what ``fp-train --config`` reads), whose unknown keys are refused naming
-the file and the key."""
+the file and the key; YAML 1.1's numeric strings (``3e-4``) are read as numbers."""
 
 from __future__ import annotations
 
@@ -63,6 +63,20 @@ def test_config_file_keys_with_dashes_and_empty_files(tmp_path):
     assert load_config_file(path) == {}
 
 
+def test_numeric_strings_of_a_yaml_file_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "lr: 3e-4\nepochs: 1e1\nmax_train: '12'\nsplit: [0.6, 2e-1, 2e-1]\nstore: 1e3\n"
+    )
+    assert yaml.safe_load(path.read_text())["lr"] == "3e-4"  # YAML 1.1: a string
+    keys = load_config_file(path)
+    assert keys == {"lr": 3e-4, "epochs": 10, "max_train": 12, "split": [0.6, 0.2, 0.2]} | {
+        "store": "1e3"  # a string field keeps its text
+    }
+    assert type(keys["epochs"]) is int and type(keys["lr"]) is float
+    assert TrainConfig.defaults("pretrain").updated(**keys).lr == 3e-4
+
+
 @pytest.mark.parametrize(
     "name, text, expected",
     [
@@ -71,6 +85,9 @@ def test_config_file_keys_with_dashes_and_empty_files(tmp_path):
         ("c.yaml", "- epochs\n", "expected a mapping"),
         ("c.json", '{"epochs": 3,', "not valid JSON"),
         ("c.yaml", "epochs: [3\n", "not valid YAML (line"),
+        ("c.yaml", "lr: abc\n", "lr must be a number, got 'abc'"),
+        ("c.yaml", "epochs: 1e-1\n", "epochs must be an integer, got '1e-1'"),
+        ("c.yaml", "split: [0.6, 2e-1, x]\n", "split must be a number, got 'x'"),
     ],
 )
 def test_bad_config_files_are_one_line_naming_the_file(name, text, expected, tmp_path):

@@ -23,16 +23,6 @@ def store(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def one_thread():
-    """Small graphs: one thread (on a shared machine, waking a second costs more than it
-    saves)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def kept_edges(rec: dict, k: int, cutoff: float) -> np.ndarray:
     """Indices of the stored edges each centre keeps: its k nearest (0 = all) below the cutoff,
     by a plain loop over centres and the stored distances."""

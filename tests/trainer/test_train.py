@@ -7,10 +7,8 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +18,8 @@ from fingerprint_pretrain.trainer.config import TrainConfig
 from fingerprint_pretrain.trainer.train import TrainingError, load_checkpoint, train
 
 from tests.builder.helpers import MP_SAMPLE, build
+from tests.trainer.conftest import TINY as TINY_KEYS
+from tests.trainer.conftest import kill_when
 
 TINY = [
     "--hidden-channels",
@@ -39,16 +39,8 @@ TINY = [
 
 
 def tiny(mode: str, **kw) -> TrainConfig:
-    return TrainConfig.defaults(mode).updated(
-        hidden_channels=16,
-        num_layers=1,
-        num_rbf=8,
-        num_heads=2,
-        head_channels=16,
-        num_workers=0,
-        progress=False,
-        **kw,
-    )
+    """The defaults of ``mode`` with the tiny model (:data:`tests.trainer.conftest.TINY`)."""
+    return TrainConfig.defaults(mode).updated(**TINY_KEYS, **kw)
 
 
 def fp_train(*args, env=None, check=True):
@@ -98,22 +90,15 @@ def test_pretrain_writes_checkpoints_logs_and_split(pretrained, store):
     assert ckpt["model_args"]["out_dim"] == 48
 
 
+def _from_pretrained(store, pretrained, run) -> list:
+    """fp-train arguments: fine-tune band_gap on ``store`` from ``pretrained``/best.pt."""
+    return ["finetune", "--store", store, "-t", "band_gap", "--init", pretrained / "best.pt",
+            "--run-dir", run]  # fmt: skip
+
+
 def test_finetune_from_pretrained_and_from_scratch(pretrained, store, tmp_path):
     run = tmp_path / "ft"
-    out = fp_train(
-        "finetune",
-        "--store",
-        store,
-        "-t",
-        "band_gap",
-        "--init",
-        pretrained / "best.pt",
-        "--run-dir",
-        run,
-        "--epochs",
-        "2",
-        *TINY,
-    )
+    out = fp_train(*_from_pretrained(store, pretrained, run), "--epochs", "2", *TINY)
     assert "init: " in out.stdout
     pre = load_checkpoint(pretrained / "best.pt")["model"]
     # at initialisation every representation tensor and the head's hidden layers come across;
@@ -185,18 +170,7 @@ def test_kill_9_and_resume_equals_an_uninterrupted_run(store, tmp_path):
         ],
         start_new_session=True,
     )
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (run / "last.pt").exists():
-            try:
-                if load_checkpoint(run / "last.pt")["epoch"] >= 1:
-                    break
-            except Exception:  # being written: try again
-                pass
-        time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, run / "last.pt", 1)
     killed_at = load_checkpoint(run / "last.pt")["epoch"]
     assert killed_at < 5
     fp_train(*args, "--run-dir", run, "--resume")
@@ -250,15 +224,7 @@ def test_refuses_a_store_of_an_unknown_schema(store, tmp_path):
 
 def test_architecture_mismatch_with_init_is_refused(pretrained, store, tmp_path):
     result = fp_train(
-        "finetune",
-        "--store",
-        store,
-        "-t",
-        "band_gap",
-        "--init",
-        pretrained / "best.pt",
-        "--run-dir",
-        tmp_path / "r",
+        *_from_pretrained(store, pretrained, tmp_path / "r"),
         *[
             ("32" if a == "16" and TINY[k - 1] == "--hidden-channels" else a)
             for k, a in enumerate(TINY)
