@@ -327,3 +327,27 @@ def test_convert_refuses_a_zarr_store(sample, tmp_path):
     zarr = export_zarr(open_store(store), tmp_path / "s.zarr", progress=False)
     with pytest.raises(BuildError, match="only LMDB stores are made of parts"):
         convert(zarr)
+
+
+@pytest.mark.slow
+def test_add_while_a_training_run_reads_the_store_leaves_its_losses_unchanged(tmp_path):
+    """bench/bench_add_while_training.py (~55 s on two shared cores): fp-train pretrain of the
+    same seed alone, and while fp-build add writes gmpset1 (then again with --force, back to
+    back) into the store it reads; reference: the run alone's metrics.csv and test MAE (equal
+    to the last digit); the adds span the training's epochs (timestamps); then fp-build
+    verify."""
+    import importlib.util
+
+    path = REPO / "bench" / "bench_add_while_training.py"
+    spec = importlib.util.spec_from_file_location("bench_add_while_training", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.run(tmp_path, n=150, epochs=3, workers=1, add=("gmpset1",))
+    adds, ends = result["adds"], result["epoch_ends_s"]
+    assert result["train_rc"] == 0 and all(a["rc"] == 0 for a in adds), result
+    assert len(ends) == 3 and adds[0]["training_running"] and not adds[0]["force"], result
+    assert adds[-1]["end_s"] >= ends[-1] and adds[0]["start_s"] < ends[0], result
+    assert len(result["metrics_alone"]) == 3 and result["metrics_identical"], result
+    assert result["test_mae_identical"] and result["test_mae"][0] is not None, result
+    assert result["verify_rc"] == 0 and result["sets_listed"] == ["wacsfset1", "gmpset1"]
+    assert result["ok"]
