@@ -69,8 +69,9 @@ test: $(KERNEL)
 test-fast: $(KERNEL)
 	FP_REQUIRE_KERNEL=$(FP_REQUIRE_KERNEL) $(BIN)/python -m pytest -q -m "not slow"
 
-# Oracles that cannot be installed here (PyXtal_FF's own environment, GMPFeaturizer built from
-# source) are looked for under /work/oracles and skipped with a note when missing.
+# Oracles that may live in their own environment (PyXtal_FF, GMPFeaturizer built from source):
+# the interpreter named by $FP_PYXTAL_PYTHON / $FP_GMPFEATURIZER_PYTHON, else this venv's when
+# it imports them; a comparison whose oracle is missing is skipped with a note saying so.
 bench: $(KERNEL)
 	OMP_NUM_THREADS=1 $(BIN)/python bench/bench_build.py
 	$(BIN)/python bench/bench_descriptors.py --out bench/results/descriptors.json
