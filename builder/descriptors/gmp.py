@@ -256,7 +256,7 @@ def _truncation_radius(
     return np.where(reachable & np.isfinite(d), d, 0.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: _plan caches one per parameter set
 class _Plan:
     """Constants for one parameter set; slot s < n_sigma is σ_s, slot n_sigma is order −1.
 
@@ -344,7 +344,37 @@ def _plan(
     )
 
 
+_PARAMETERS = frozenset({"orders", "sigmas", "periodic", "overlap_threshold", "psp"})
+
+
 def _plan_for(params: dict) -> tuple[_Plan, bool]:
+    """(plan, periodic) of featurize parameters; validated once per distinct parameter set."""
+    if "orders" in params and params.keys() <= _PARAMETERS:
+        try:
+            key = (
+                tuple(params["orders"]),
+                tuple(params.get("sigmas", ())),
+                bool(params.get("periodic", True)),
+                float(params.get("overlap_threshold", DEFAULT_OVERLAP_THRESHOLD)),
+                str(params.get("psp", DEFAULT_PSP)),
+            )
+            hash(key)
+        except TypeError:
+            pass  # not hashable: validate (and report) below
+        else:
+            return _plan_for_key(key)
+    return _plan_for_uncached(params)
+
+
+@lru_cache(maxsize=64)
+def _plan_for_key(key: tuple) -> tuple[_Plan, bool]:
+    orders, sigmas, periodic, threshold, psp = key
+    return _plan_for_uncached(
+        dict(orders=orders, sigmas=sigmas, periodic=periodic, overlap_threshold=threshold, psp=psp)
+    )
+
+
+def _plan_for_uncached(params: dict) -> tuple[_Plan, bool]:
     orders = params.pop("orders")
     sigmas = params.pop("sigmas", ())
     periodic = bool(params.pop("periodic", True))
@@ -427,7 +457,7 @@ def featurize(z, pos, cell, pbc, nl: NeighbourList, **params) -> np.ndarray:
         (N, d) float64, columns as in ``feature_names(**params)``.
     """
     del pbc  # periodicity enters through the neighbour list
-    plan, periodic = _plan_for(dict(params))
+    plan, periodic = _plan_for(params)
     z = np.asarray(z, dtype=np.int64).reshape(-1)
     pos = np.asarray(pos, dtype=np.float64).reshape(-1, 3)
     cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
@@ -436,58 +466,154 @@ def featurize(z, pos, cell, pbc, nl: NeighbourList, **params) -> np.ndarray:
     out = np.zeros((n_atoms, n_features))
     if n_atoms == 0:
         return out
-    _check_elements(plan, z)
     elements = np.unique(z)
-    radius = float(plan.radius[:, elements].max())
-    if nl.cutoff < radius * (1.0 - 1e-12):
+    terms = _terms(plan, tuple(elements.tolist()))
+    if nl.cutoff < terms.radius * (1.0 - 1e-12):
         raise ValueError(
-            f"neighbour list cutoff {nl.cutoff} Å is below the GMP radius {radius:.4f} Å "
+            f"neighbour list cutoff {nl.cutoff} Å is below the GMP radius {terms.radius:.4f} Å "
             "for these elements (see required_radius)"
         )
-    nl = nl.within(radius)
+    nl = nl.within(terms.radius)
     neighbour, centre = nl.edge_index
-    shift, dist2 = nl.edge_shift, nl.edge_dist**2
+    shift, dist = nl.edge_shift, nl.edge_dist
     if not periodic:
         # The as-run cluster: the N atoms at their given positions, no periodic images.
         keep = ~shift.any(axis=1)
-        neighbour, centre, shift, dist2 = neighbour[keep], centre[keep], shift[keep], dist2[keep]
-    same_centre = centre[1:] == centre[:-1]
-    if np.any((centre[1:] < centre[:-1]) | (same_centre & (dist2[1:] < dist2[:-1]))):
-        # The layout below needs edges by centre, nearest first (builder.neighbors' order).
-        order = np.lexsort((dist2, centre))
-        neighbour, centre, shift, dist2 = (
-            neighbour[order],
-            centre[order],
-            shift[order],
-            dist2[order],
-        )
-    rank = np.searchsorted(elements, z)
-    edges = _Edges(neighbour, centre, shift, dist2, np.ascontiguousarray(pos.T), cell)
-
-    # Blocks of consecutive centres (edges are sorted by centre) bound the work arrays.
-    edge_start = np.searchsorted(centre, np.arange(n_atoms + 1))
+        neighbour, centre, shift, dist = neighbour[keep], centre[keep], shift[keep], dist[keep]
+    if np.any(centre[1:] < centre[:-1]):
+        # Blocks of centres need edges grouped by centre (builder.neighbors' order).
+        order = np.argsort(centre, kind="stable")
+        neighbour, centre, shift, dist = neighbour[order], centre[order], shift[order], dist[order]
+    edges = _Edges(
+        neighbour,
+        centre,
+        shift,
+        dist * dist,
+        np.searchsorted(elements, z)[neighbour],
+        np.ascontiguousarray(pos.T),
+        cell,
+    )
+    edge_start = np.zeros(n_atoms + 1, dtype=np.int64)
+    np.cumsum(np.bincount(centre, minlength=n_atoms), out=edge_start[1:])
+    # Blocks of consecutive centres bound the work arrays (~ terms × layers of the block).
     first = 0
     while first < n_atoms:
-        last = int(
-            np.searchsorted(edge_start, edge_start[first] + _EDGES_PER_BLOCK, side="right") - 1
-        )
-        last = min(max(last, first + 1), n_atoms)
-        lo, hi = edge_start[first], edge_start[last]
-        out[first:last] = _featurize_block(
-            plan, z[first:last], elements, rank[neighbour[lo:hi]], edges, first, slice(lo, hi)
+        if edge_start[-1] - edge_start[first] <= _EDGES_PER_BLOCK:
+            last = n_atoms
+        else:
+            last = int(
+                np.searchsorted(edge_start, edge_start[first] + _EDGES_PER_BLOCK, side="right") - 1
+            )
+            last = min(max(last, first + 1), n_atoms)
+        _featurize_block(
+            plan, terms, z[first:last], edges, edge_start[first : last + 1], out[first:last]
         )
         first = last
     return out
 
 
+class _Terms(NamedTuple):
+    """The (slot, element, Gaussian) terms of a plan for one set of elements, each with its
+    truncation radius as a threshold on the edge key ``rank · stride + d²`` (rank: the
+    neighbour's index in the structure's sorted elements).
+
+    ``thresholds`` holds, per element in rank order, the keys r² + rank · stride of its terms
+    sorted, then a sentinel (rank + ½) · stride (``end[rank]``, its position). For an edge,
+    b = #{thresholds ≤ key} (``searchsorted(..., side="right")``) is then the position of the
+    first of its element's terms whose radius it lies within, and those terms are exactly
+    positions b … end[rank] − 1: one contiguous run per edge.
+    """
+
+    radius: float  # widest truncation radius of these elements, Å
+    stride: float  # key stride per element rank, Å² (> 2 × the largest r²)
+    thresholds: np.ndarray  # (M,) float64 sorted keys
+    end: np.ndarray  # (elements,) int64 position of each element's sentinel
+    slot: np.ndarray  # (M,) int64 slot of each threshold's term (0 for sentinels)
+    table: np.ndarray  # (1 + layers, M) float64: −decay (Å⁻²), then weight per n = 0 … n_max
+
+
+@lru_cache(maxsize=4096)
+def _element_terms(
+    plan: _Plan, atomic_number: int
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """One element's terms by increasing radius: (widest radius Å, r² Å², slot, table rows)."""
+    n_gauss = int(plan.counts[atomic_number])
+    r = plan.radius[:, atomic_number, :n_gauss]
+    slot, gauss = np.nonzero(r > 0)
+    by_radius = np.argsort(r[slot, gauss], kind="stable")
+    slot, gauss = slot[by_radius], gauss[by_radius]
+    table = np.concatenate(
+        [
+            -plan.decay[slot, atomic_number, gauss][None, :],
+            plan.weight[slot, atomic_number, gauss].T,
+        ]
+    )
+    return float(r.max()), r[slot, gauss] ** 2, slot.astype(np.int64), table
+
+
+@lru_cache(maxsize=1024)
+def _terms(plan: _Plan, elements: tuple[int, ...]) -> _Terms:
+    """The terms of the elements ``elements`` (sorted, unique); ValueError for one without a
+    model density."""
+    counts = plan.counts
+    if any(not 0 < z < len(counts) or counts[z] == 0 for z in elements):
+        _check_elements(plan, np.asarray(elements, dtype=np.int64))  # raises
+    parts = [_element_terms(plan, atomic_number) for atomic_number in elements]
+    radius = max(part[0] for part in parts)
+    stride = 2.0 ** (math.ceil(math.log2(radius * radius + 1.0)) + 1)
+    sizes = np.array([len(part[1]) + 1 for part in parts])
+    thresholds = np.concatenate([np.append(part[1], 0.5 * stride) for part in parts])
+    thresholds += np.repeat(np.arange(len(parts)) * stride, sizes)
+    sentinel = np.zeros((plan.weight.shape[-1] + 1, 1))
+    arrays = (
+        thresholds,
+        np.cumsum(sizes) - 1,
+        np.concatenate([np.append(part[2], 0) for part in parts]),
+        np.concatenate([b for part in parts for b in (part[3], sentinel)], axis=1),
+    )
+    for array in arrays:
+        array.setflags(write=False)
+    return _Terms(radius, stride, *arrays)
+
+
+@cache
+def _moment_tables(
+    max_order: int, orders: tuple[int, ...]
+) -> tuple[np.ndarray, list[slice], np.ndarray, np.ndarray]:
+    """Monomials and harmonics of orders 1 … max_order, all components concatenated.
+
+    Returns:
+        exponents: (3, K) int64 powers of x, y, z of each monomial (``_components`` order).
+        rows: per order n = 1 … max_order, its slice of the K components.
+        harmonics: (K, K) float64 block-diagonal ``maxwell_cartesian`` coefficients.
+        invariants: (R, K) float64, row r: the invariant weights n!/(kx! ky! kz!) of the r-th
+            requested order n ≥ 1 on its components (0 elsewhere).
+    """
+    components = [k for n in range(1, max_order + 1) for k in _components(n)]
+    exponents = np.array(components, dtype=np.int64).T.reshape(3, -1)
+    harmonics = np.zeros((len(components), len(components)))
+    requested = [n for n in orders if n >= 1]
+    invariants = np.zeros((len(requested), len(components)))
+    rows, start = [], 0
+    for n in range(1, max_order + 1):
+        coefficients, weights, _ = maxwell_cartesian(n)
+        rows.append(slice(start, start + len(weights)))
+        harmonics[rows[-1], rows[-1]] = coefficients
+        if n in requested:
+            invariants[requested.index(n), rows[-1]] = weights
+        start += len(weights)
+    return exponents, rows, harmonics, invariants
+
+
 @dataclass(frozen=True)
 class _Edges:
-    """The edges a structure's features sum over (sorted by centre, nearest first)."""
+    """The edges a structure's features sum over (grouped by centre)."""
 
     neighbour: np.ndarray  # (E,) j
     centre: np.ndarray  # (E,) i
     shift: np.ndarray  # (E, 3) int image offsets
     dist2: np.ndarray  # (E,) |d|², Å²
+    rank: np.ndarray  # (E,) the neighbour's index in the structure's sorted elements
     pos_t: np.ndarray  # (3, N) positions by axis, Å
     cell: np.ndarray  # (3, 3) lattice vectors as rows, Å
 
@@ -505,167 +631,113 @@ class _Edges:
 
 def _featurize_block(
     plan: _Plan,
+    terms: _Terms,
     z_centre: np.ndarray,
-    elements: np.ndarray,
-    neighbour_rank: np.ndarray,
     edges: _Edges,
-    first_centre: int,
-    edge_range: slice,
-) -> np.ndarray:
-    """Features of consecutive centres 0..Nb−1 from their edges (sorted by centre, nearest first):
-    the edges laid out in a padded table (:func:`_padded_layout`), the radial weights of every
-    column (:func:`_radial_weights`), then the moments and their invariants
-    (:func:`_moment_features`)."""
-    layout = _padded_layout(
-        edges.centre[edge_range] - first_centre,
-        edges.dist2[edge_range],
-        neighbour_rank,
-        len(z_centre),
-        len(elements),
+    edge_start: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Features of consecutive centres (their edges ``edge_start[0] … edge_start[-1] − 1``,
+    grouped by centre) into ``out`` (Nb, d): the radial weights of every edge
+    (:func:`_radial_weights`) in a padded (centre, column) table, the density and order-0 sums,
+    then the moments of orders ≥ 1 (:func:`_moment_features`)."""
+    lo, hi = int(edge_start[0]), int(edge_start[-1])
+    n_centres = len(z_centre)
+    per_centre = np.diff(edge_start)
+    columns = max(int(per_centre.max()), 1)  # ≥ 1: a block may have no edges at all
+    # (centre, column) of every edge: the edges of centre c fill columns 0 … count_c − 1.
+    row = np.repeat(np.arange(n_centres), per_centre)
+    flat = row * columns + (np.arange(hi - lo) - np.repeat(edge_start[:-1] - lo, per_centre))
+    weights = _radial_weights(
+        plan, terms, edges.dist2[lo:hi], edges.rank[lo:hi], row, flat, n_centres, columns
     )
-    weights = _radial_weights(plan, elements, layout)
-    return _moment_features(plan, z_centre, weights, layout, edges, edge_range)
+    zeroth = weights[0].sum(axis=2)  # (Nb, slots): n = 0 sums over the edges
+    zeroth += plan.self_term[:, z_centre].T  # the centre's own d = 0 term (n = 0 only)
+    n_sigma = len(plan.sigmas)
+    column = 0
+    if plan.with_density:
+        np.abs(zeroth[:, -1], out=out[:, 0])
+        column = 1
+    if 0 in plan.orders:
+        np.abs(zeroth[:, :n_sigma], out=out[:, column : column + n_sigma])
+        column += n_sigma
+    if plan.max_order >= 1:
+        _moment_features(plan, weights, edges.vectors(slice(lo, hi)), flat, out[:, column:])
 
 
-class _Layout(NamedTuple):
-    """A block's edges in a padded (centre, column) table: one block of columns per neighbour
-    element, each row of a block sorted nearest first and padded with d² = ∞ (weight 0) and
-    d = 0 (monomials 0). Per-column minimum distances then tell how many leading columns of a
-    block can reach a Gaussian's truncation radius."""
-
-    order: np.ndarray  # (E',) edges in (centre, element, distance) order
-    flat: np.ndarray  # (E',) flat (centre, column) position of edge order[k]
-    offset: np.ndarray  # (n_elements + 1,) first column of each element's block
-    width: np.ndarray  # (n_elements,) columns of each element's block
-    dist2: np.ndarray  # (Nb, columns) d², Å², ∞ in padding
-
-
-def _padded_layout(
-    centre: np.ndarray,
+def _radial_weights(
+    plan: _Plan,
+    terms: _Terms,
     dist2: np.ndarray,
-    neighbour_rank: np.ndarray,
+    rank: np.ndarray,
+    row: np.ndarray,
+    flat: np.ndarray,
     n_centres: int,
-    n_elements: int,
-) -> _Layout:
-    """The padded layout of a block's edges (``centre`` 0..Nb−1, ``dist2`` Å², ``neighbour_rank``
-    the neighbour's index in the structure's sorted elements)."""
-    # Position of every edge in the padded layout (a radix sort on a small key keeps it cheap).
-    key = centre * n_elements + neighbour_rank
-    key_type = np.uint16 if n_centres * n_elements < 2**16 else np.int64
-    order = np.argsort(key.astype(key_type), kind="stable")  # (centre, element), nearest first
-    counts = np.bincount(key, minlength=n_centres * n_elements)
-    width = counts.reshape(n_centres, n_elements).max(axis=0)
-    offset = np.zeros(n_elements + 1, dtype=np.int64)
-    np.cumsum(width, out=offset[1:])
-    columns = int(offset[-1])
-    segment_start = np.cumsum(counts) - counts
-    row = centre[order]
-    col = offset[neighbour_rank[order]] + (np.arange(len(order)) - segment_start[key[order]])
-    flat = row * columns + col
-    padded_dist2 = np.full((n_centres, columns), np.inf)
-    padded_dist2.ravel()[flat] = dist2[order]
-    return _Layout(order, flat, offset, width, padded_dist2)
+    columns: int,
+) -> np.ndarray:
+    """weights[n, c, slot, column] = Σ_g weight_g λ_gⁿ exp(−decay_g d²) of that column's edge,
+    over the Gaussians of its element whose radius it lies within: (layers, Nb, slots, columns),
+    0 in padding.
 
-
-def _radial_weights(plan: _Plan, elements: np.ndarray, layout: _Layout) -> np.ndarray:
-    """weights[n, c, slot, column] = Σ_g weight_g λ_gⁿ exp(−decay_g d²) of that column's edge:
-    (layers, Nb, slots, columns), layout chosen so each (n, slot) is a unit-stride 2-D slab and
-    weights[n] is a transposed BLAS operand."""
-    offset, width, padded_dist2 = layout.offset, layout.width, layout.dist2
-    n_centres, columns = padded_dist2.shape
-    n_sigma, slots = len(plan.sigmas), plan.decay.shape[0]
-    layers = max(plan.max_order, 0) + 1
-    weights = np.zeros((layers, n_centres, slots, columns))
-    n_gauss_max = int(plan.counts[elements].max())
-    # Work buffer for the per-(slot, Gaussian) path, reused by every element and slot: fresh
-    # large arrays cost page faults, measurably so at these sizes.
-    buffer = np.empty(n_gauss_max * n_centres * int(width.max()))
-    for e, atomic_number in enumerate(elements):
-        if width[e] == 0:
-            continue
-        column_min = padded_dist2[:, offset[e] : offset[e + 1]].min(axis=0)  # non-decreasing
-        n_gauss = int(plan.counts[atomic_number])
-        # reach[s, g]: leading columns of the block that hold an edge within that radius.
-        reach = np.searchsorted(column_min, plan.radius[:, atomic_number, :n_gauss] ** 2)
-        used = int(reach.max())
-        if used == 0:
-            continue
-        d2 = padded_dist2[:, offset[e] : offset[e] + used]
-        decay = plan.decay[:, atomic_number, :n_gauss]
-        mixing = plan.weight[:, atomic_number, :n_gauss].transpose(0, 2, 1)  # (slots, layers, G)
-        # Either every term truncated at its own radius (one exp call per (slot, Gaussian)) or
-        # all (slot, Gaussian) terms up to the widest radius in one call, whichever costs less
-        # by a measured model: a NumPy call ≈ 700 exps, the one-call path ≈ 3× per exp (larger
-        # arrays, one more pass). It decides for small structures and narrow probes (gmpset2).
-        exact_cost = n_centres * int(reach.sum()) + 700 * 3 * reach.size
-        if 3 * n_centres * used * reach.size < exact_cost:
-            terms = np.empty((slots, n_gauss, n_centres * used))
-            np.multiply(d2.reshape(1, 1, -1), -decay[:, :, None], out=terms)
-            np.exp(terms, out=terms)
-            mixed = np.matmul(mixing, terms)  # (slots, layers, Nb·used)
-            weights[:, :, :, offset[e] : offset[e] + used] = mixed.reshape(
-                slots, layers, n_centres, used
-            ).transpose(1, 2, 0, 3)
-            continue
-        for s in range(slots):
-            n_layers, slot_used = (layers if s < n_sigma else 1), int(reach[s].max())
-            if slot_used == 0:
-                continue
-            terms = buffer[: n_gauss * n_centres * slot_used].reshape(n_gauss, n_centres, -1)
-            for g, cols in enumerate(reach[s].tolist()):
-                np.multiply(d2[:, :cols], -decay[s, g], out=terms[g, :, :cols])
-                np.exp(terms[g, :, :cols], out=terms[g, :, :cols])
-                terms[g, :, cols:] = 0.0
-            weights[:n_layers, :, s, offset[e] : offset[e] + slot_used] = (
-                mixing[s, :n_layers] @ terms.reshape(n_gauss, -1)
-            ).reshape(n_layers, n_centres, slot_used)
-    return weights
+    Every (edge, term) pair within the term's radius is evaluated once: an edge's terms are one
+    run of the thresholds (see :class:`_Terms`), the runs are concatenated into one exp call and
+    the products with each order's weight summed into the table by one ``bincount``.
+    """
+    slots, layers = plan.decay.shape[0], plan.weight.shape[-1]
+    first = np.searchsorted(terms.thresholds, rank * terms.stride + dist2, side="right")
+    count = terms.end[rank] - first
+    run_end = np.cumsum(count)
+    total = int(run_end[-1]) if len(run_end) else 0
+    # (edge, term) pairs edge-major: pair p belongs to edge #{runs ended at or before p} and is
+    # term first_e + (p − run start of e). Arrays are (layers, T): long unit-stride rows.
+    pair_edge = np.cumsum(np.bincount(run_end[:-1], minlength=total + 1)[:total])
+    term = np.arange(total) + (first - run_end + count)[pair_edge]
+    constants = np.take(terms.table, term, axis=1)  # (1 + layers, T)
+    values = dist2[pair_edge] * constants[0]
+    np.exp(values, out=values)
+    # flat = c · columns + column  ->  (c, slot, column) in (Nb, slots, columns), then + layer.
+    index = (flat + row * ((slots - 1) * columns))[pair_edge] + (terms.slot * columns)[term]
+    layer_stride = n_centres * slots * columns
+    index = index + np.arange(0, layers * layer_stride, layer_stride)[:, None]
+    products = constants[1:]
+    products *= values
+    weights = np.bincount(index.ravel(), weights=products.ravel(), minlength=layers * layer_stride)
+    # (float64 also when there are no pairs: bincount then returns int64 zeros)
+    return weights.astype(np.float64, copy=False).reshape(layers, n_centres, slots, columns)
 
 
 def _moment_features(
-    plan: _Plan,
-    z_centre: np.ndarray,
-    weights: np.ndarray,
-    layout: _Layout,
-    edges: _Edges,
-    edge_range: slice,
-) -> np.ndarray:
-    """(Nb, d) features of the block: the density and order-0 sums (with the centre's own
-    term), then per requested order n ≥ 1 the rotation invariants of the Maxwell–Cartesian
-    moments Σ_columns monomial · weight(n)."""
-    n_centres, columns = layout.dist2.shape
+    plan: _Plan, weights: np.ndarray, vectors: np.ndarray, flat: np.ndarray, out: np.ndarray
+) -> None:
+    """Per requested order n ≥ 1 the rotation invariants of the Maxwell–Cartesian moments
+    Σ_columns monomial · weight_n into ``out`` (Nb, n_sigma · requested orders ≥ 1),
+    order-major.
+
+    Args:
+        weights: (layers, Nb, slots, columns) from :func:`_radial_weights`.
+        vectors: (3, E') edge vectors d of the block, Å.
+        flat: (E',) padded (centre, column) position of each edge.
+    """
+    _, n_centres, _, columns = weights.shape
     n_sigma, max_order = len(plan.sigmas), plan.max_order
-    requested = set(plan.orders)
-    features = []
-    self_term = plan.self_term[:, z_centre].T  # (Nb, slots)
-    zeroth = weights[0].sum(axis=2) + self_term  # (Nb, slots): n = 0 sums incl. the centre
-    if plan.with_density:
-        features.append(np.abs(zeroth[:, -1:]))
-    if 0 in requested:
-        features.append(np.abs(zeroth[:, :n_sigma]))  # M_0 = 1, invariant weight 1
-    if max_order >= 1:
-        padded_vec = np.zeros((3, n_centres, columns))
-        vectors = edges.vectors(edge_range)
-        for axis in range(3):
-            padded_vec[axis].ravel()[layout.flat] = vectors[axis].take(layout.order)
-        lower_monomials: dict[tuple[int, int, int], np.ndarray] = {}
-        for n in range(1, max_order + 1):
-            components = _components(n)
-            monomials = np.empty((n_centres, len(components), columns))
-            for index, k in enumerate(components):
-                # x^a y^b z^c = (monomial with one power less on its first axis) × that axis.
-                axis = next(a for a in range(3) if k[a] > 0)
-                lower = (k[0] - (axis == 0), k[1] - (axis == 1), k[2] - (axis == 2))
-                if n == 1:
-                    monomials[:, index] = padded_vec[axis]
-                else:
-                    np.multiply(lower_monomials[lower], padded_vec[axis], out=monomials[:, index])
-            lower_monomials = {k: monomials[:, index] for index, k in enumerate(components)}
-            if n not in requested:
-                continue
-            # moments[c, m, s] = Σ_columns monomial_m · weight(n, s); then M_k = C · monomials.
-            moments = np.matmul(monomials, weights[n, :, :n_sigma].transpose(0, 2, 1))
-            coefficients, invariant_weights, _ = maxwell_cartesian(n)
-            mu = np.einsum("km,cms->cks", coefficients.astype(np.float64), moments)
-            features.append(np.sqrt(np.einsum("k,cks->cs", invariant_weights, mu * mu)))
-    return np.concatenate(features, axis=1)
+    exponents, rows, harmonics, invariants = _moment_tables(max_order, plan.orders)
+    # powers[axis, p] = (d_axis)^p in the padded layout (0 in padding for p ≥ 1).
+    powers = np.empty((3, max_order + 1, n_centres * columns))
+    powers[:, 0] = 1.0
+    powers[:, 1] = 0.0
+    powers[:, 1, flat] = vectors
+    for p in range(2, max_order + 1):
+        np.multiply(powers[:, p - 1], powers[:, 1], out=powers[:, p])
+    monomials = powers[0, exponents[0]]
+    monomials *= powers[1, exponents[1]]
+    monomials *= powers[2, exponents[2]]
+    monomials = monomials.reshape(-1, n_centres, columns).transpose(1, 0, 2)  # (Nb, K, columns)
+    # moments[c, m, s] = Σ_columns monomial_m · weight(n, s); then M_k = C · monomials.
+    moments = np.empty((n_centres, monomials.shape[1], n_sigma))
+    for n, components in enumerate(rows, start=1):
+        moments[:, components] = np.matmul(
+            monomials[:, components], weights[n, :, :n_sigma].transpose(0, 2, 1)
+        )
+    mu = np.matmul(harmonics, moments)  # (Nb, K, n_sigma)
+    mu *= mu
+    np.sqrt(np.matmul(invariants, mu).reshape(n_centres, -1), out=out)
