@@ -78,6 +78,7 @@ bench: $(KERNEL)
 	$(BIN)/python bench/bench_gmp.py --out bench/results/gmp.json
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_fetch.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/bench_scaling.py
 	$(BIN)/python bench/summarize.py
 
 # The paper's experiment at CPU scale (needs `make datasets`); resumable: rerun to continue.
