@@ -93,8 +93,9 @@ __all__ = [
 MAX_ORDER = 4
 DEFAULT_PSP = "QE-kjpaw"
 DEFAULT_OVERLAP_THRESHOLD = 1e-16
-# Edges per block of centres: bounds the padded work arrays (~ edges × σ × (n_max + 1) doubles).
-_EDGES_PER_BLOCK = 65536
+# Edges per block of centres: bounds the work arrays (~ edges × terms per edge × layers) so that
+# they stay in a core's L2 cache; measured best 2,500-4,000 on gmpset1-3 (65,536: 1.6-1.8x slower).
+_EDGES_PER_BLOCK = 4096
 
 
 # --------------------------------------------------------------------------------------------
