@@ -16,6 +16,11 @@ core (OMP_NUM_THREADS=1, set before NumPy loads):
    within its truncation radius once, no padding), and the time that work needs at this core's
    measured exp throughput and dgemm rate: the fraction of the CPU's limit we reach.
 
+Times are process CPU time (the machine may be shared), best of ``--repeats`` rounds; each round
+runs GMP-featurizer, then per structure the neighbour lists and each implementation in turn
+(``--baseline REV`` adds ``builder/descriptors/gmp.py`` as of git revision REV, timed on the same
+lists, with the largest difference of its features from the current ones).
+
 Run: ``python bench/bench_gmp.py --out bench/results/gmp.json`` (also writes ``gmp.md`` beside).
 """
 
@@ -73,7 +78,7 @@ def gmp_params(name: str) -> dict:
 
 
 # Runs inside GMP-featurizer's environment: reads structures from an .npz, featurizes each set
-# with cores=1 (no Ray), writes features and the best wall time of `repeats` runs.
+# with cores=1 (no Ray), writes features and the best CPU time of `repeats` runs.
 ORACLE_WORKER = r"""
 import json, sys, time
 import numpy as np
@@ -96,9 +101,9 @@ for set_name, params in sets.items():
                   for k in keys]
         best = float("inf")
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = time.process_time()  # CPU time of this process: the machine may be shared
             out = featurizer.prepare_features(images, cores=1)
-            best = min(best, time.perf_counter() - start)
+            best = min(best, time.process_time() - start)
         timings[set_name + "|" + dataset] = best
         for k, entry in zip(keys, out):
             results[set_name + "|" + k] = entry["features"]
@@ -127,16 +132,16 @@ def cpu_limits() -> dict:
     x = -np.random.default_rng(0).random(1 << 20) * 30
     y = np.empty_like(x)
     np.exp(x, out=y)
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(20):
         np.exp(x, out=y)
-    exp_ns = (time.perf_counter() - start) / (20 * x.size) * 1e9
+    exp_ns = (time.process_time() - start) / (20 * x.size) * 1e9
     a = np.random.default_rng(1).random((1024, 1024))
     a @ a
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(5):
         a @ a
-    gflops = 5 * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
+    gflops = 5 * 2 * 1024**3 / (time.process_time() - start) / 1e9
     return {"exp_ns": exp_ns, "dgemm_gflops": gflops}
 
 
@@ -165,45 +170,61 @@ def ideal_work(z, nl, params) -> tuple[int, int]:
     return exps, macs
 
 
-def bench_ours(structures, params, repeats: int) -> dict:
-    """Best-of-``repeats`` times (s) of the neighbour lists and of ``featurize``, and work."""
+def load_revision(revision: str):
+    """``builder/descriptors/gmp.py`` as it was at a git revision, imported as a module (the
+    baseline that ``--baseline`` compares with, in the same run)."""
+    source = subprocess.run(
+        ["git", "show", f"{revision}:builder/descriptors/gmp.py"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    import importlib.util
+
+    path = Path(tempfile.mkdtemp()) / f"gmp_{revision}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"gmp_{revision}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def time_round(structures, params, modules: dict) -> tuple[dict, dict]:
+    """One round over the structures: process CPU time (s) of the neighbour lists (global and
+    elements radius) and of each module's ``featurize`` on the same list, alternating module by
+    module per structure; and each module's features."""
     pbc = np.ones(3, bool)
     global_radius = gmp.required_radius(**params)
-    radii = [gmp.required_radius(elements=z, **params) for z, _, _ in structures]
-    best = {"nl_global_s": np.inf, "nl_elements_s": np.inf, "featurize_s": np.inf}
-    for _ in range(repeats):
+    spent = {"nl_global_s": 0.0, "nl_elements_s": 0.0, **{name: 0.0 for name in modules}}
+    features = {name: [] for name in modules}
+    clock = time.process_time  # CPU time of this process: other jobs share the machine
+    for z, pos, cell in structures:
+        radius = gmp.required_radius(elements=z, **params)
         # Per structure, nothing kept but the features: holding all lists (~1e7 edges) would
         # time the memory system instead.
-        spent = dict.fromkeys(best, 0.0)
-        features, exps, macs = [], 0, 0
-        for (z, pos, cell), radius in zip(structures, radii):
-            start = time.perf_counter()
-            # sort=False: descriptors need no distance order (the builder skips the sort too)
-            neighbour_list(pos, cell, pbc, global_radius, sort=False)
-            spent["nl_global_s"] += time.perf_counter() - start
-            start = time.perf_counter()
-            nl = neighbour_list(pos, cell, pbc, radius, sort=False)
-            spent["nl_elements_s"] += time.perf_counter() - start
-            start = time.perf_counter()
-            features.append(gmp.featurize(z, pos, cell, pbc, nl, **params))
-            spent["featurize_s"] += time.perf_counter() - start
-            e, m = ideal_work(z, nl, params)
-            exps, macs = exps + e, macs + m
-        best = {k: min(best[k], spent[k]) for k in best}
-    timings = best
+        start = clock()
+        # sort=False: descriptors need no distance order (the builder skips the sort too)
+        neighbour_list(pos, cell, pbc, global_radius, sort=False)
+        spent["nl_global_s"] += clock() - start
+        start = clock()
+        nl = neighbour_list(pos, cell, pbc, radius, sort=False)
+        spent["nl_elements_s"] += clock() - start
+        for name, module in modules.items():
+            start = clock()
+            features[name].append(module.featurize(z, pos, cell, pbc, nl, **params))
+            spent[name] += clock() - start
+    return spent, features
+
+
+def work(structures, params) -> tuple[float, float]:
+    """(exp evaluations, multiply-adds) per atom of the ideal algorithm on the structures."""
+    pbc = np.ones(3, bool)
+    exps = macs = 0
+    for z, pos, cell in structures:
+        nl = neighbour_list(pos, cell, pbc, gmp.required_radius(elements=z, **params), sort=False)
+        e, m = ideal_work(z, nl, params)
+        exps, macs = exps + e, macs + m
     atoms = sum(len(s[0]) for s in structures)
-    return {
-        "structures": len(structures),
-        "atoms": atoms,
-        **timings,
-        "featurize_atoms_per_s": atoms / timings["featurize_s"],
-        "nl_elements_atoms_per_s": atoms / timings["nl_elements_s"],
-        "nl_global_atoms_per_s": atoms / timings["nl_global_s"],
-        "total_atoms_per_s": atoms / (timings["featurize_s"] + timings["nl_elements_s"]),
-        "exps_per_atom": exps / atoms,
-        "macs_per_atom": macs / atoms,
-        "_features": features,
-    }
+    return exps / atoms, macs / atoms
 
 
 def run_oracle(python: str, datasets: dict, sets: dict, repeats: int) -> tuple[dict, dict] | str:
@@ -246,37 +267,55 @@ def main() -> None:
         help="interpreter that imports GMPFeaturizer (default: $FP_GMPFEATURIZER_PYTHON, else "
         "this one if it can)",
     )
-    parser.add_argument("--repeats", type=int, default=2, help="best of N timings")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; best of N timings")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="git revision whose gmp.py is timed beside the current one in every round",
+    )
     args = parser.parse_args()
 
     datasets = {"perov_5": load_structures("perov_5", args.perov)}
     datasets["mp_20_subset"] = load_structures("mp_20_subset", args.mp)
     limits = cpu_limits()
     sets = {name: gmp_params(name) for name in GMP_NAMES}
+    modules = {"current": gmp}
+    if args.baseline:
+        modules = {"baseline": load_revision(args.baseline), "current": gmp}
 
-    results, oracle = {}, None
+    results, oracle_note = {}, None
     for set_name, params in sets.items():
-        # GMP-featurizer and ours alternate set by set so that load from other processes on a
-        # shared machine hits both alike; each timing is the best of --repeats.
-        oracle = run_oracle(args.gmpfeaturizer_python, datasets, {set_name: params}, args.repeats)
-        for dataset, structures in datasets.items():
-            row = bench_ours(structures, params, args.repeats)
-            features = row.pop("_features")
-            ideal_s = row["atoms"] * (
-                row["exps_per_atom"] * limits["exp_ns"] * 1e-9
-                + 2 * row["macs_per_atom"] / (limits["dgemm_gflops"] * 1e9)
-            )
-            row["ideal_work_s"] = ideal_s
-            row["fraction_of_cpu_limit"] = ideal_s / row["featurize_s"]
+        best: dict[str, dict] = {ds: {} for ds in datasets}
+        features: dict[str, dict] = {}
+        reference = None
+        for _ in range(args.repeats):
+            # Rounds: GMP-featurizer, then per structure the neighbour lists and each module
+            # in turn, so that load from other processes hits all alike; best of the rounds.
+            oracle = run_oracle(args.gmpfeaturizer_python, datasets, {set_name: params}, 1)
             if isinstance(oracle, tuple):
                 timings, reference = oracle
-                seconds = timings[f"{set_name}|{dataset}"]
-                row["gmpfeaturizer_s"] = seconds
-                row["gmpfeaturizer_atoms_per_s"] = row["atoms"] / seconds
-                row["speedup_featurize"] = seconds / row["featurize_s"]
-                row["speedup_with_nl"] = seconds / (row["featurize_s"] + row["nl_elements_s"])
+                for dataset in datasets:
+                    seconds = timings[f"{set_name}|{dataset}"]
+                    previous = best[dataset].get("gmpfeaturizer_s", np.inf)
+                    best[dataset]["gmpfeaturizer_s"] = min(previous, seconds)
+            else:
+                oracle_note = oracle
+            for dataset, structures in datasets.items():
+                spent, features[dataset] = time_round(structures, params, modules)
+                for key, seconds in spent.items():
+                    best[dataset][key] = min(best[dataset].get(key, np.inf), seconds)
+        for dataset, structures in datasets.items():
+            row = summarise(best[dataset], structures, params, limits)
+            current = features[dataset]["current"]
+            if "baseline" in modules:
+                old = features[dataset]["baseline"]
+                row["identical_to_baseline"] = all(map(np.array_equal, current, old))
+                row["max_abs_diff_vs_baseline"] = max(
+                    float(np.abs(a - b).max(initial=0.0)) for a, b in zip(current, old)
+                )
+            if reference is not None:
                 worst = 0.0
-                for k, ours in enumerate(features):
+                for k, ours in enumerate(current):
                     theirs = reference[f"{set_name}|{dataset}/{k}"]
                     scale = np.abs(theirs).max(axis=1, keepdims=True)
                     worst = max(worst, float((np.abs(ours - theirs) / scale).max()))
@@ -284,13 +323,15 @@ def main() -> None:
             results[f"{set_name}|{dataset}"] = row
             print(set_name, dataset, {k: round(v, 3) for k, v in row.items()}, flush=True)
 
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    models = [ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")]
-    cpu = models[0] if models else platform.processor()
     report = {
-        "machine": {"cpu": cpu, "python": platform.python_version(), "numpy": np.__version__},
+        "machine": {
+            "cpu": cpu_model(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
         "cpu_limits": limits,
-        "gmpfeaturizer": "ran" if isinstance(oracle, tuple) else oracle,
+        "gmpfeaturizer": oracle_note or "ran",
+        "baseline": args.baseline,
         "results": results,
     }
     out = Path(args.out)
@@ -300,23 +341,73 @@ def main() -> None:
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
+def summarise(best: dict, structures, params, limits: dict) -> dict:
+    """A result row from the best CPU times of a set on a dataset: rates and ratios."""
+    atoms = sum(len(s[0]) for s in structures)
+    exps, macs = work(structures, params)
+    row = {"structures": len(structures), "atoms": atoms, **best}
+    row["featurize_s"] = row.pop("current")
+    row["featurize_atoms_per_s"] = atoms / row["featurize_s"]
+    row["nl_elements_atoms_per_s"] = atoms / row["nl_elements_s"]
+    row["nl_global_atoms_per_s"] = atoms / row["nl_global_s"]
+    row["total_atoms_per_s"] = atoms / (row["featurize_s"] + row["nl_elements_s"])
+    row["exps_per_atom"], row["macs_per_atom"] = exps, macs
+    ideal_s = atoms * (exps * limits["exp_ns"] * 1e-9 + 2 * macs / (limits["dgemm_gflops"] * 1e9))
+    row["ideal_work_s"] = ideal_s
+    row["fraction_of_cpu_limit"] = ideal_s / row["featurize_s"]
+    if "baseline" in row:
+        row["baseline_featurize_s"] = row.pop("baseline")
+        row["speedup_vs_baseline"] = row["baseline_featurize_s"] / row["featurize_s"]
+    if "gmpfeaturizer_s" in row:
+        seconds = row["gmpfeaturizer_s"]
+        row["gmpfeaturizer_atoms_per_s"] = atoms / seconds
+        row["speedup_featurize"] = seconds / row["featurize_s"]
+        row["speedup_with_nl"] = seconds / (row["featurize_s"] + row["nl_elements_s"])
+        if "baseline_featurize_s" in row:
+            row["baseline_speedup_with_nl"] = seconds / (
+                row["baseline_featurize_s"] + row["nl_elements_s"]
+            )
+    return row
+
+
+def cpu_model() -> str:
+    """``lscpu``'s model name and the widest SIMD extension the CPU reports."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        fields = dict(ln.split(":", 1) for ln in text.splitlines() if ":" in ln)
+        model = fields.get("Model name", "").strip()
+        flags = fields.get("Flags", "").split()
+    except (OSError, subprocess.CalledProcessError):
+        model, flags = platform.processor(), []
+    isa = "AVX-512F" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model} ({isa})"
+
+
 def markdown(report: dict, args) -> str:
+    baseline = report.get("baseline")
     lines = [
         "# GMP descriptors (gmpset1..3)",
         "",
         f"Machine: {report['machine']['cpu']}, one core (OMP_NUM_THREADS=1), Python "
         f"{report['machine']['python']}, NumPy {report['machine']['numpy']}. Structures: first "
-        f"{args.perov} of perov_5, first {args.mp} of mp_20_subset; best of {args.repeats} "
-        "timings, ours and GMP-featurizer alternating set by set. GMP-featurizer: "
-        f"{report['gmpfeaturizer']} (built from source, cores=1, periodic; its time includes its "
-        "own neighbour search). Core limits measured: "
+        f"{args.perov} of perov_5, first {args.mp} of mp_20_subset. Times are process CPU time, "
+        f"best of {args.repeats} rounds; each round runs GMP-featurizer, then per structure the "
+        "neighbour lists and "
+        + (f"gmp.py of {baseline} and the current one in turn" if baseline else "ours")
+        + f". GMP-featurizer: {report['gmpfeaturizer']} (built from source, cores=1, periodic; "
+        "its time includes its own neighbour search). Core limits measured: "
         f"exp {report['cpu_limits']['exp_ns']:.2f} ns, dgemm "
         f"{report['cpu_limits']['dgemm_gflops']:.1f} GFLOP/s.",
         "",
         "| set | dataset | atoms | featurize atoms/s | NL atoms/s (elements / global radius) | "
-        "GMP-featurizer atoms/s | speed-up (featurize / with NL) | max diff | exps/atom | "
-        "MACs/atom | % of CPU limit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "GMP-featurizer atoms/s | speed-up (featurize / with NL) | max diff | "
+        + (
+            "baseline: speed-up with NL, current/baseline featurize, max abs diff | "
+            if baseline
+            else ""
+        )
+        + "exps/atom | MACs/atom | % of CPU limit |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if baseline else "") + "---|---|---|",
     ]
     for key, r in report["results"].items():
         set_name, dataset = key.split("|")
@@ -326,18 +417,28 @@ def markdown(report: dict, args) -> str:
             if "gmpfeaturizer_s" in r
             else "– | – | –"
         )
+        old = ""
+        if baseline:
+            old = (
+                f" {r.get('baseline_speedup_with_nl', float('nan')):.2f}, "
+                f"{r['speedup_vs_baseline']:.2f}, {r['max_abs_diff_vs_baseline']:.1e}"
+                + (" (identical)" if r["identical_to_baseline"] else "")
+                + " |"
+            )
         lines.append(
             f"| {set_name} | {dataset} | {r['atoms']} | {r['featurize_atoms_per_s']:.0f} | "
-            f"{r['nl_elements_atoms_per_s']:.0f} / {r['nl_global_atoms_per_s']:.0f} | {oracle} | "
-            f"{r['exps_per_atom']:.3g} | {r['macs_per_atom']:.3g} | "
+            f"{r['nl_elements_atoms_per_s']:.0f} / {r['nl_global_atoms_per_s']:.0f} | {oracle} |"
+            f"{old} {r['exps_per_atom']:.3g} | {r['macs_per_atom']:.3g} | "
             f"{100 * r['fraction_of_cpu_limit']:.0f} |"
         )
     lines += [
         "",
-        "max diff: largest |ours − GMP-featurizer| over all atoms and features, divided by the "
-        "atom's largest feature. Work: the ideal algorithm's exp evaluations and multiply-adds "
-        "(each Gaussian term within its truncation radius once); % of CPU limit = time that work "
-        "needs at the measured exp and dgemm rates / our featurize time.",
+        "speed-up: GMP-featurizer's time / ours (featurize alone, or featurize + the neighbour "
+        "list of the elements' radius). max diff: largest |ours − GMP-featurizer| over all atoms "
+        "and features, divided by the atom's largest feature. Work: the ideal algorithm's exp "
+        "evaluations and multiply-adds (each Gaussian term within its truncation radius once); "
+        "% of CPU limit = time that work needs at the measured exp and dgemm rates / our "
+        "featurize time.",
         "",
     ]
     return "\n".join(lines)

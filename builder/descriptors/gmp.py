@@ -49,12 +49,9 @@ Decisions and why:
   14.5 / 18.5 Å for sets 1 / 2 / 3), so a registry can build one neighbour list per set without
   looking at the structure; ``required_radius(..., elements=z)`` gives the (often much smaller)
   radius for the elements present, and ``featurize`` itself only uses edges within that radius
-  (``nl.within``). Inside it each Gaussian is evaluated only on the neighbour columns that can
-  reach its own radius (edges are laid out per centre and element, nearest first), so narrow
-  Gaussians cost little; for small structures, where NumPy's per-call cost dominates, all of an
-  element's Gaussians are instead evaluated in one call up to the widest radius (a measured cost
-  model picks). Terms beyond a Gaussian's radius that get evaluated this way are kept (harmless:
-  more accurate, never less); the results of the two paths differ by ~1e-16 relative.
+  (``nl.within``). Inside it every (edge, Gaussian term) pair within the term's own radius is
+  evaluated exactly once (each element's terms sorted by radius; an edge's terms are then one
+  contiguous run, found by one ``searchsorted`` of all edges), so narrow Gaussians cost little.
 * **Neighbour lists**: ``featurize`` needs a list complete to ``required_radius(elements=z,
   ...)``; any edge order is accepted (re-sorted by centre and distance if needed).
 
@@ -62,10 +59,13 @@ Accuracy (tests): NaCl reference values of descriptors.md to 2e-13 (periodic) an
 (cluster; both limited by the digits quoted), GMP-featurizer to ≤ 1e-13 of each atom's largest
 feature, a brute-force real-space grid integration to ~6e-14.
 
-Costs are dominated by ``exp`` over (edges × σ × Gaussians), memory passes over the padded edge
-layout and a batched matrix product (monomials × edges × σ); there is no Python loop over atoms
-or edges (loops run over blocks of centres, elements present, σ, Gaussians and orders). Rates
-against GMP-featurizer's, one core: ``bench/results/gmp.md`` (``bench/bench_gmp.py``).
+Costs: per block of centres (≤ ``_EDGES_PER_BLOCK`` edges, so the work arrays stay in cache) one
+exp over all (edge, term) pairs, one ``bincount`` summing them times each order's weight into a
+padded (centre, column) table, and per order one batched matrix product of the monomials of d
+with that table; there is no Python loop over atoms, edges, elements or Gaussians. Set by set
+the pair bookkeeping (gathers and the ``bincount``, ~4 exps' worth per pair on AVX2) and, for
+small structures, NumPy's per-call cost dominate. Rates against GMP-featurizer's, one core:
+``bench/results/gmp.md`` (``bench/bench_gmp.py``).
 """
 
 from __future__ import annotations
