@@ -51,7 +51,8 @@ __all__ = [
 GRAPH_PREFIXES = (b"g/", b"m/")
 _TMP = ".tmp"  # suffix of a part being written (hidden name: ".<file>.tmp")
 _WORK = ".work"  # suffix of the uncompacted copy a part is compacted from
-_BATCH = 4096  # keys per write transaction while copying
+_BATCH = 4096  # keys per write transaction while copying ...
+_BATCH_BYTES = 32 << 20  # ... or fewer: at most this many value bytes held at once (memory)
 
 
 def label_prefix(name: str) -> bytes:
@@ -91,6 +92,7 @@ def _copy_prefixes(source: lmdb.Transaction, prefixes: Sequence[bytes], work: Pa
     )
     try:
         batch: list[tuple[bytes, bytes]] = []
+        held = 0  # value bytes in batch: bounded, whatever the records' sizes
         for prefix in prefixes:
             cursor = source.cursor()
             if not cursor.set_range(prefix):
@@ -99,9 +101,10 @@ def _copy_prefixes(source: lmdb.Transaction, prefixes: Sequence[bytes], work: Pa
                 if not key.startswith(prefix):
                     break
                 batch.append((bytes(key), bytes(value)))
-                if len(batch) >= _BATCH:
+                held += len(value)
+                if len(batch) >= _BATCH or held >= _BATCH_BYTES:
                     _put_all(env, batch)
-                    batch = []
+                    batch, held = [], 0
         _put_all(env, batch)
         env.sync(True)
     finally:
