@@ -45,6 +45,9 @@ def test_fit_exponent_of_noisy_linear_data_and_degenerate_input():
     # zero values (a peak below the counter's resolution) are skipped; one size: no exponent
     assert bs.fit_exponent([100, 100, 200], [1.0, 2.0, 0.0], 20)["points"] == 2
     assert math.isnan(bs.fit_exponent([100, 100, 200], [1.0, 2.0, 0.0], 20)["b"])
+    # values at or below min_value (memory peaks under 1 MiB) are left out too
+    fit = bs.fit_exponent([100, 200, 400, 800], [0.5, 2.0, 4.0, 8.0], 20, min_value=1.0)
+    assert fit["points"] == 3 and fit["b"] == pytest.approx(1.0)
 
 
 def test_supercell_factors_near_target_and_near_cube():
@@ -125,7 +128,7 @@ def test_markdown_and_plot_of_synthetic_results(tmp_path):
                 "structures": n,
                 "atoms": 10 * n,
                 "cpu_s": 1.0,
-                "maxrss_kib": 2**18,
+                "peak_rss_kib": 2**18,
                 "RssAnon": 2**17,
                 "RssFile": 2**16,
             }
