@@ -577,7 +577,13 @@ def markdown(results: dict) -> str:
         f"{meta['date']}, {meta['cpu']}, {meta['cores']} cores shared with other jobs, Python "
         f"{meta['python']}, one thread; `python bench/bench_scaling.py"
         f"{' --quick' if meta['quick'] else ''}` ({meta['wall_s'] / 60:.1f} min). Plot: "
-        "`scaling.png`.",
+        "`scaling.png`."
+        + (
+            f" Rerun later: {', '.join(meta['parts_rerun']['parts'])} "
+            f"({meta['parts_rerun']['date']})."
+            if meta.get("parts_rerun")
+            else ""
+        ),
         "",
         "Per-structure CPU time (best of ≥ 3 repeats) and peak memory (growth of the resident set "
         "during the stage) of each stage against atoms per cell N, at the fixed 8 Å cutoff. "
