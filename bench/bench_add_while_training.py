@@ -21,7 +21,7 @@ every add must end with status 0, and the store must then verify (``fp-build ver
 the added set.
 
 Run: ``python bench/bench_add_while_training.py`` (about a minute on two shared cores);
-``--json PATH`` writes the result; ``bench/results/parts_reader.md`` records it.
+``--json PATH`` writes the result; ``bench/results/add_while_training.md`` records it.
 ``tests/builder/test_parts.py`` runs it as a slow test.
 """
 
