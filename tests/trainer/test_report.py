@@ -140,3 +140,53 @@ def test_report_of_one_pretraining_run_in_standardised_units(runs, store, tmp_pa
     ckpt_store = tmp_path / "elsewhere.lmdb"
     path = write_run_report(run, tmp_path / "r2", store=ckpt_store)
     assert "Not computed: " in path.read_text() and str(ckpt_store) in path.read_text()
+
+
+def _fake_run(run, mae: float, epoch_seconds: list[float], adapted: dict | None, where: str):
+    """A hand-written finished fine-tuning run: result.json, metrics.csv, test_predictions.csv,
+    and the adaptation record in result.json (``where="result"``) or adapt/adapted.json."""
+    run.mkdir(parents=True)
+    result = {"epochs": len(epoch_seconds), "test_mae": mae, "test_structures": 2}
+    if adapted and where == "result":
+        result["adapted"] = adapted
+    elif adapted:
+        (run / "adapt").mkdir()
+        (run / "adapt" / "adapted.json").write_text(json.dumps(adapted))
+    (run / "result.json").write_text(json.dumps(result))
+    lines = ["epoch,train_loss,val_loss,val_mae,lr,seconds,steps"]
+    lines += [f"{k + 1},1.0,1.0,{mae},0.001,{s},3" for k, s in enumerate(epoch_seconds)]
+    (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+    (run / "test_predictions.csv").write_text("id,target_y,prediction_y\n0,1.0,1.5\n1,2.0,2.5\n")
+
+
+def test_sweep_report_shows_the_cost_of_task_adaptive_pretraining(tmp_path):
+    from fingerprint_pretrain.trainer.harness.report import write_report
+
+    runs = tmp_path / "runs"
+    base = runs / "finetune" / "jdft2d" / "n100"
+    for seed, mae in ((111, 50.0), (222, 60.0)):
+        _fake_run(base / "none" / f"seed{seed}", mae, [1.0, 1.0], None, "")
+    adapted = {"on": "train", "structures": 100, "epochs": 20, "labels": ["eadset1"]}
+    # seed 111 records it in result.json, seed 222 only in adapt/adapted.json (older runs)
+    _fake_run(base / "eadset1+adapt" / "seed111", 40.0, [1.5, 2.5], adapted | {"seconds": 10.0},
+              "result")  # fmt: skip
+    _fake_run(base / "eadset1+adapt" / "seed222", 45.0, [3.0, 5.0], adapted | {"seconds": 30.0},
+              "file")  # fmt: skip
+    text = write_report(runs, tmp_path / "r.md", tsne=False).read_text()
+    section = text.split("## Task-adaptive pre-training cost")[1].split("\n## ")[0]
+    row = next(ln for ln in section.splitlines() if ln.startswith("| jdft2d |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # by hand: adaptation (10 + 30) / 2 = 20 s, std sqrt(200) = 14.1; fine-tuning (1.5 + 2.5)
+    # = 4 and (3 + 5) = 8 s: mean 6, std sqrt(8) = 2.83; ratio 20 / 6 = 3.33
+    assert cells == [
+        "jdft2d", "100", "eadset1+adapt", "20", "100 (train)",
+        "20 ± 14 (2)", "6 ± 2.8 (2)", "3.3",
+    ]  # fmt: skip
+    table = [ln for ln in section.splitlines() if ln.startswith("| ")]
+    assert len(table) == 2 and table[1] == row  # header + the adapted init's only row
+    # the test-MAE table keeps its layout: one row per init, no extra column
+    assert "| pre-training | jdft2d | avg % improvement |" in text
+    assert _cell(text, "eadset1+adapt", 1).startswith("42.5 ± 3.5 (2; better on 2/2)")
+    # a sweep without adapted runs gets no such section
+    (base / "eadset1+adapt").rename(tmp_path / "gone")
+    assert "Task-adaptive" not in write_report(runs, tmp_path / "s.md", tsne=False).read_text()

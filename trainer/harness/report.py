@@ -8,6 +8,9 @@ Reads every finished run under RUNS_DIR (:mod:`trainer.harness.results`) and the
   column = average % improvement over the baseline across the tasks present (each task's
   improvement on the seeds both runs have, so an unfinished sweep compares like with like);
   the paper's numbers beside ours where the plan gives them;
+- for fine-tuning runs that adapted their initial weights to the task first (an init named
+  ``LABEL+adapt``, ``fp-train finetune --adapt-epochs``), the cost of that adaptation beside
+  the fine-tuning's own time;
 - the data-efficiency table (test MAE against training-set size) and the epoch ablation
   (fine-tuning MAE against pre-training epochs) when the sweep has them;
 - PNG figures (:mod:`fingerprint_pretrain.trainer.harness.figures`): parity plots, learning curves,
@@ -77,6 +80,7 @@ def write_report(
         *_setup(plan, runs_dir, target),
         *_units_line(tasks, task_info),
         *_mae_tables(rows, tasks, inits, task_info),
+        *_adaptation_table(rows, tasks),
         *_ablation_table(rows, runs_dir),
         *_pretrain_table(runs_dir),
         *_notes(runs_dir),
@@ -123,6 +127,74 @@ def _mae_tables(rows: list[dict], tasks: list[str], inits: list, task_info: dict
             )
             lines += [f"## Test MAE, {title}", "", *table, ""]
     return lines
+
+
+def _adaptation_table(rows: list[dict], tasks: list[str]) -> list[str]:
+    """Task-adaptive pre-training cost: per task, size and adapted init, the adaptation's wall
+    seconds (mean ± std over seeds, from ``adapted``) and the fine-tuning's (sum of its
+    ``metrics.csv`` ``seconds`` column, mean over the seeds that have one); [] when no run
+    adapted."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["adapted"]:
+            groups[(r["task"], r["n"], r["init"], r["pretrain_epoch"])].append(r)
+    if not groups:
+        return []
+    order = {t: k for k, t in enumerate(tasks)}
+
+    def sort_key(k: tuple) -> tuple:  # tasks in table order, sizes ascending (full split last)
+        return order.get(k[0], len(order)), k[0], k[1] or 1e18, k[2], k[3] or 0
+
+    lines = [
+        "## Task-adaptive pre-training cost",
+        "",
+        "Wall seconds of the adaptation (pre-training objective on the task's own structures, "
+        "before fine-tuning) beside those of the fine-tuning itself (sum of its epochs); mean ± "
+        "sample std over seeds (number of seeds).",
+        "",
+        "| task | training structures | pre-training | adaptation epochs | structures adapted "
+        "on | adaptation s | fine-tuning s | adaptation / fine-tuning |",
+        "|" + "---|" * 8,
+    ]
+    for key in sorted(groups, key=sort_key):
+        task, n, init, epoch = key
+        runs = groups[key]
+        adapt_s = [float(r["adapted"]["seconds"]) for r in runs]
+        mean, std, count = mean_std(adapt_s)
+        tune_s = [s for s in (_finetune_seconds(r["run_dir"]) for r in runs) if s is not None]
+        tune = mean_std(tune_s) if tune_s else None
+        ratio = f"{mean / tune[0]:.2g}" if tune and tune[0] > 0 else "–"
+        lines.append(
+            f"| {task} | {n or 'full split'} | {init}{f'-e{epoch}' if epoch else ''} | "
+            f"{_distinct(runs, 'epochs')} | {_distinct(runs, 'structures', 'on')} | "
+            f"{mean:.4g} ± {std:.2g} ({count}) | "
+            + (f"{tune[0]:.4g} ± {tune[1]:.2g} ({tune[2]}) | " if tune else "– | ")
+            + f"{ratio} |"
+        )
+    return [*lines, ""]
+
+
+def _distinct(runs: list[dict], key: str, split_key: str | None = None) -> str:
+    """The distinct values of ``adapted[key]`` over ``runs`` (with ``(adapted[split_key])``
+    after each where given), comma-separated; – where missing."""
+    values = []
+    for r in runs:
+        value = r["adapted"].get(key)
+        text = "–" if value is None else str(value)
+        if split_key and r["adapted"].get(split_key):
+            text += f" ({r['adapted'][split_key]})"
+        if text not in values:
+            values.append(text)
+    return ", ".join(values)
+
+
+def _finetune_seconds(run_dir: Path) -> float | None:
+    """Wall seconds of a fine-tuning run's epochs: sum of ``metrics.csv``'s ``seconds``; None
+    without the file."""
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return None
+    return float(read_metrics(path)["seconds"].sum())
 
 
 def _notes(runs_dir: Path) -> list[str]:

@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "ablation_points",
+    "adaptation",
     "best_pretrain_epoch",
     "collect",
     "improvement",
@@ -27,13 +28,16 @@ __all__ = [
 
 
 def collect(runs_dir: str | Path) -> list[dict]:
-    """One row per finished fine-tuning run: task, n, init, pretrain_epoch, seed, test_mae."""
+    """One row per finished fine-tuning run: task, n, init, pretrain_epoch, seed, test_mae,
+    n_train, run_dir, and ``adapted`` (:func:`adaptation`: None unless the run was task-adapted
+    first)."""
     rows = []
     base = Path(runs_dir) / "finetune"
     for result in sorted(base.glob("*/*/*/seed*/result.json")):
         run = result.parent
         task, size, name, seed = run.parts[-4:]
         init, _, epoch = name.partition("-e")
+        result_json = json.loads(result.read_text())
         rows.append(
             {
                 "task": task,
@@ -41,12 +45,23 @@ def collect(runs_dir: str | Path) -> list[dict]:
                 "init": None if init == "none" else init,
                 "pretrain_epoch": int(epoch) if epoch else None,
                 "seed": int(seed[4:]),
-                "test_mae": json.loads(result.read_text())["test_mae"],
+                "test_mae": result_json["test_mae"],
                 "n_train": _train_count(run),
                 "run_dir": run,
+                "adapted": adaptation(run, result_json),
             }
         )
     return rows
+
+
+def adaptation(run_dir: Path, result: dict) -> dict | None:
+    """The task-adaptive pre-training a fine-tuning run did first (``--adapt-epochs``): the
+    ``adapted`` entry of its ``result.json`` (``result``), else its ``adapt/adapted.json``;
+    None when it did none. Keys include ``seconds`` (wall s), ``epochs``, ``structures``, ``on``."""
+    if result.get("adapted"):
+        return result["adapted"]
+    path = run_dir / "adapt" / "adapted.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _train_count(run_dir: Path) -> int | None:
