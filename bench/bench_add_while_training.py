@@ -32,13 +32,15 @@ import csv
 import gzip
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 JDFT2D = REPO.parent / "shared" / "datasets" / "mdl_jdft2d.json.gz"
@@ -51,18 +53,6 @@ MODEL = [
 ]  # fmt: skip
 #: metrics.csv columns that must be equal (the seconds differ)
 COMPARED = ("epoch", "train_loss", "val_loss", "val_mae", "lr", "steps")
-
-
-def cpu_name() -> str:
-    """The CPU's model name as ``lscpu`` gives it."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def small_input(folder: Path, n: int) -> Path:

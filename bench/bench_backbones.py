@@ -29,8 +29,6 @@ import copy
 import importlib.util
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 import types
@@ -48,17 +46,8 @@ from bench_train import _train_step, cluster_graph, clusters  # noqa: E402
 from fingerprint_pretrain.trainer.backbones import PaiNN, SchNet  # noqa: E402
 from fingerprint_pretrain.trainer.heads import MLPHead  # noqa: E402
 
-
-def cpu_name() -> str:
-    """The CPU's model name as ``lscpu`` gives it."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
 
 
 def schnetpack_painn():

@@ -51,6 +51,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
+
 DATASETS = REPO.parent / "shared" / "datasets"
 sys.path.insert(0, str(REPO))
 csv.field_size_limit(sys.maxsize)
@@ -229,7 +232,7 @@ def main() -> None:
     gflops = dgemm_gflops()
     report = {
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "python": platform.python_version(),
             "numpy": np.__version__,
             "dgemm_gflops_one_core": round(gflops, 1),
@@ -483,16 +486,6 @@ def markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -19,12 +19,14 @@ import json
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -44,18 +46,6 @@ class CountingHandler(http.server.SimpleHTTPRequestHandler):
         before = source.tell()
         super().copyfile(source, outputfile)
         self.server.sent += source.tell() - before
-
-
-def cpu_name() -> str:
-    """The CPU's model name as ``lscpu`` gives it."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def build_store(out: Path, jobs: int) -> Path:

@@ -47,6 +47,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_label  # noqa: E402
+
 DATASETS = REPO.parent / "shared" / "datasets"
 sys.path.insert(0, str(REPO))
 csv.field_size_limit(sys.maxsize)
@@ -325,7 +328,7 @@ def main() -> None:
 
     report = {
         "machine": {
-            "cpu": cpu_model(),
+            "cpu": cpu_label(),
             "python": platform.python_version(),
             "numpy": np.__version__,
         },
@@ -368,19 +371,6 @@ def summarise(best: dict, structures, params, limits: dict) -> dict:
                 row["baseline_featurize_s"] + row["nl_elements_s"]
             )
     return row
-
-
-def cpu_model() -> str:
-    """``lscpu``'s model name and the widest SIMD extension the CPU reports."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        fields = dict(ln.split(":", 1) for ln in text.splitlines() if ":" in ln)
-        model = fields.get("Model name", "").strip()
-        flags = fields.get("Flags", "").split()
-    except (OSError, subprocess.CalledProcessError):
-        model, flags = platform.processor(), []
-    isa = "AVX-512F" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{model} ({isa})"
 
 
 def markdown(report: dict, args) -> str:

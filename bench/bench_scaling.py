@@ -80,6 +80,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("FP_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 RESULTS = REPO / "bench" / "results"
@@ -511,18 +514,6 @@ FINDINGS: list[str] = [
     "store's size. They are the page cache, shared and reclaimable under memory pressure, "
     "not heap.",
 ]
-
-
-def cpu_name() -> str:
-    """The CPU's model name as ``lscpu`` gives it."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def fits(
