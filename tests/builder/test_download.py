@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.server
 import io
 import json
 import os
 import pickle
-import re
-import threading
 
 import numpy as np
 import pytest
@@ -27,83 +24,6 @@ from fingerprint_pretrain.builder.datasets.registry import RemoteFile
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, not compressible by accident
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
-
-
-class Server(http.server.ThreadingHTTPServer):
-    """Serves ``files`` (path -> bytes) with Range support. ``drop[path] = n``: the next GET of
-    ``path`` announces the full length, sends ``n`` bytes and closes the connection.
-    ``fail[path] = [codes]``: answer the next GETs with these HTTP errors. ``requests`` logs
-    (path, Range header) of every GET."""
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.files: dict[str, bytes] = {}
-        self.drop: dict[str, int] = {}
-        self.fail: dict[str, list[int]] = {}
-        self.ignore_range = False
-        self.requests: list[tuple[str, str | None]] = []
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):  # quiet
-        pass
-
-    def do_GET(self):
-        srv: Server = self.server
-        rng = self.headers.get("Range")
-        srv.requests.append((self.path, rng))
-        if srv.fail.get(self.path):
-            code = srv.fail[self.path].pop(0)
-            self.send_error(code)
-            return
-        data = srv.files.get(self.path)
-        if data is None:
-            self.send_error(404, "Not Found")
-            return
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", rng or "")
-        if match and not srv.ignore_range:
-            start = int(match.group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Content-Type", "application/octet-stream")
-        self.end_headers()
-        cut = srv.drop.pop(self.path, None)
-        if cut is not None:  # an interrupted transfer: part of the body, then hang up
-            self.wfile.write(body[:cut])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def server(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
 
 
 def fetcher(tmp_path, **kw) -> Fetcher:

@@ -8,12 +8,10 @@ points at a published store. References are independent of the code under test: 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import re
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,81 +27,6 @@ from fingerprint_pretrain.schemas import StoreError, open_store
 from tests.builder.helpers import MP_SAMPLE, MP_TARGETS, build
 
 SETS = ["wacsfset1", "gmpset1"]
-
-
-class Server(http.server.ThreadingHTTPServer):
-    """Serves ``files`` (URL path -> bytes) with Range support.
-
-    ``drop[path] = n``: the next GET of ``path`` announces the full length, sends ``n`` bytes
-    and hangs up. ``sent`` counts body bytes per path; ``requests`` logs (path, Range)."""
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.files: dict[str, bytes] = {}
-        self.drop: dict[str, int] = {}
-        self.sent: dict[str, int] = {}
-        self.requests: list[tuple[str, str | None]] = []
-        self.lock = threading.Lock()
-
-    def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-    def serve_dir(self, folder: Path, prefix: str = "/pub/") -> str:
-        for f in folder.iterdir():
-            self.files[prefix + f.name] = f.read_bytes()
-        return self.url(prefix)
-
-    def total(self) -> int:
-        return sum(self.sent.values())
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        srv: Server = self.server
-        rng = self.headers.get("Range")
-        with srv.lock:
-            srv.requests.append((self.path, rng))
-        data = srv.files.get(self.path)
-        if data is None:
-            self.send_error(404, "Not Found")
-            return
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", rng or "")
-        if match:
-            start = int(match.group(1))
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        cut = srv.drop.pop(self.path, None)
-        if cut is not None:
-            body, self.close_connection = body[:cut], True
-        self.wfile.write(body)
-        self.wfile.flush()
-        with srv.lock:
-            srv.sent[self.path] = srv.sent.get(self.path, 0) + len(body)
-
-
-@pytest.fixture
-def server(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
 
 
 @pytest.fixture(scope="module")
