@@ -24,13 +24,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps pyxtal-ff==0.2.3 torchmd-net==3.1.0 schnetpack==2.1.1
 	touch $(STAMP)
 
-# The compiled EAD kernel is optional (a failed build only warns): require it in the tests
-# wherever a C compiler exists, and rebuild it when its source changes (an editable install
-# does not).
+# The compiled EAD and GMP kernels are optional (a failed build only warns): require them in
+# the tests wherever a C compiler exists, and rebuild them when a source changes (an editable
+# install does not).
 FP_REQUIRE_KERNEL ?= $(shell command -v $(CC) >/dev/null 2>&1 && echo 1 || echo 0)
 KERNEL := $(VENV)/.ead_kernel
 
-$(KERNEL): $(STAMP) setup.py builder/descriptors/_ead_kernel.c
+$(KERNEL): $(STAMP) setup.py builder/descriptors/_ead_kernel.c builder/descriptors/_gmp_kernel.c
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(KERNEL)
 

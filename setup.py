@@ -1,4 +1,4 @@
-"""Build of the optional compiled EAD kernel; all other configuration is in pyproject.toml.
+"""Build of the optional compiled EAD and GMP kernels; all other configuration is in pyproject.toml.
 
 ``builder.descriptors._ead_kernel`` (``builder/descriptors/_ead_kernel.c``, plain C99 + the
 CPython API) is an *optional* extension: when no C compiler or no Python headers are available
@@ -7,6 +7,8 @@ NumPy path. Flags are portable (no ``-march``): the C file compiles its hot loop
 and AVX-512 itself and picks one at run time. The sha256 of the source is compiled in, so that
 :mod:`builder.descriptors.ead_kernel` can refuse a build older than the source (an editable
 install does not rebuild extensions by itself: rerun ``pip install -e .``).
+``builder.descriptors._gmp_kernel`` (``_gmp_kernel.c``) is optional in the same way; without it
+:mod:`builder.descriptors.gmp` uses its NumPy path, and ``gmp_kernel.py`` refuses a stale build.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 SOURCE = "builder/descriptors/_ead_kernel.c"
+GMP_SOURCE = "builder/descriptors/_gmp_kernel.c"
 # -O3: auto-vectorisation; -ffp-contract=fast: a*b+c as one FMA where the CPU has it (also in
 # ISO C mode, where GCC's default is off); no -march/-mavx*: the binary runs on any x86-64.
 UNIX_FLAGS = ["-O3", "-ffp-contract=fast"]
@@ -49,8 +52,8 @@ def packages() -> tuple[list[str], dict[str, str]]:
     return names, dirs
 
 
-def source_hash() -> str:
-    return hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
+def source_hash(source: str = SOURCE) -> str:
+    return hashlib.sha256((Path(__file__).parent / source).read_bytes()).hexdigest()
 
 
 PACKAGES, PACKAGE_DIR = packages()
@@ -64,7 +67,13 @@ setup(
             sources=[SOURCE],
             define_macros=[("EAD_SOURCE_HASH", f'"{source_hash()}"')],
             optional=True,
-        )
+        ),
+        Extension(
+            "fingerprint_pretrain.builder.descriptors._gmp_kernel",
+            sources=[GMP_SOURCE],
+            define_macros=[("GMP_SOURCE_HASH", f'"{source_hash(GMP_SOURCE)}"')],
+            optional=True,
+        ),
     ],
     cmdclass={"build_ext": BuildExt},
 )

@@ -59,12 +59,20 @@ Accuracy (tests): NaCl reference values of descriptors.md to 2e-13 (periodic) an
 (cluster; both limited by the digits quoted), GMP-featurizer to ≤ 1e-13 of each atom's largest
 feature, a brute-force real-space grid integration to ~6e-14.
 
-Costs: per block of centres (≤ ``_EDGES_PER_BLOCK`` edges, so the work arrays stay in cache) one
-exp over all (edge, term) pairs, one ``bincount`` summing them times each order's weight into a
-padded (centre, column) table, and per order one batched matrix product of the monomials of d
-with that table; there is no Python loop over atoms, edges, elements or Gaussians. Set by set
-the pair bookkeeping (gathers and the ``bincount``, ~4 exps' worth per pair on AVX2) and, for
-small structures, NumPy's per-call cost dominate. Rates against GMP-featurizer's, one core:
+Evaluation paths (``featurize(..., method=...)``): the compiled kernel
+(:mod:`builder.descriptors.gmp_kernel`, the optional C extension ``_gmp_kernel.c``) when it is
+built, else the NumPy path below, which stays the reference and the fallback; both evaluate the
+same (edge, term) pairs with the same truncation and agree to ~1e-14 of each atom's largest
+feature (tests: ``test_gmp.py`` runs the default, ``test_gmp_kernel.py`` the kernel per
+instruction set, the NumPy path, and the independent references on both).
+
+Costs of the NumPy path: per block of centres (≤ ``_EDGES_PER_BLOCK`` edges, so the work arrays
+stay in cache) one exp over all (edge, term) pairs, one ``bincount`` summing them times each
+order's weight into a padded (centre, column) table, and per order one batched matrix product
+of the monomials of d with that table; there is no Python loop over atoms, edges, elements or
+Gaussians. Set by set the pair bookkeeping (gathers and the ``bincount``, ~4 exps' worth per
+pair on AVX2) and, for small structures, NumPy's per-call cost dominate; the kernel removes
+both (one pass over the edges, 8 at a time). Rates of both against GMP-featurizer's, one core:
 ``bench/results/gmp.md`` (``bench/bench_gmp.py``).
 """
 
@@ -77,10 +85,12 @@ from importlib import resources
 from typing import NamedTuple
 
 import numpy as np
+from fingerprint_pretrain.builder.descriptors import gmp_kernel
 from fingerprint_pretrain.builder.neighbors import NeighbourList
 
 __all__ = [
     "MAX_ORDER",
+    "METHODS",
     "Density",
     "feature_names",
     "featurize",
@@ -91,6 +101,8 @@ __all__ = [
 ]
 
 MAX_ORDER = 4
+# Evaluation paths of featurize: "auto" = the compiled kernel when available, else "numpy".
+METHODS = ("auto", "kernel", "numpy")
 DEFAULT_PSP = "QE-kjpaw"
 DEFAULT_OVERLAP_THRESHOLD = 1e-16
 # Edges per block of centres: bounds the work arrays (~ edges × terms per edge × layers) so that
@@ -440,7 +452,9 @@ def required_radius(elements=None, **params) -> float:
     return float(plan.radius[:, z].max()) if len(z) else 0.0
 
 
-def featurize(z, pos, cell, pbc, nl: NeighbourList, **params) -> np.ndarray:
+def featurize(
+    z, pos, cell, pbc, nl: NeighbourList, *, method: str = "auto", **params
+) -> np.ndarray:
     """GMP features of every atom.
 
     Args:
@@ -453,11 +467,17 @@ def featurize(z, pos, cell, pbc, nl: NeighbourList, **params) -> np.ndarray:
         **params: ``orders`` (increasing ints in −1..4), ``sigmas`` (increasing, Å),
             ``periodic`` (default True), ``overlap_threshold`` (default 1e-16), ``psp`` (default
             ``"QE-kjpaw"``). See the module docstring.
+        method: evaluation path (not a parameter of the features): ``"auto"``, the compiled
+            kernel (:mod:`builder.descriptors.gmp_kernel`) when it is available, else
+            ``"numpy"``; ``"kernel"`` requires it; ``"numpy"``, the NumPy path (the kernel's
+            reference and fallback). All agree to ~1e-14 of each atom's largest feature.
 
     Returns:
         (N, d) float64, columns as in ``feature_names(**params)``.
     """
     del pbc  # periodicity enters through the neighbour list
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     plan, periodic = _plan_for(params)
     z = np.asarray(z, dtype=np.int64).reshape(-1)
     pos = np.asarray(pos, dtype=np.float64).reshape(-1, 3)
@@ -474,6 +494,10 @@ def featurize(z, pos, cell, pbc, nl: NeighbourList, **params) -> np.ndarray:
             f"neighbour list cutoff {nl.cutoff} Å is below the GMP radius {terms.radius:.4f} Å "
             "for these elements (see required_radius)"
         )
+    if method == "kernel" or (method == "auto" and gmp_kernel.available()):
+        rank = np.searchsorted(elements, z)
+        kernel_plan = _kernel_plan(plan, tuple(elements.tolist()))
+        return gmp_kernel.featurize(rank, pos, cell, nl, kernel_plan, periodic=periodic)
     nl = nl.within(terms.radius)
     neighbour, centre = nl.edge_index
     shift, dist = nl.edge_shift, nl.edge_dist
@@ -575,6 +599,21 @@ def _terms(plan: _Plan, elements: tuple[int, ...]) -> _Terms:
     for array in arrays:
         array.setflags(write=False)
     return _Terms(radius, stride, *arrays)
+
+
+@lru_cache(maxsize=1024)
+def _kernel_plan(plan: _Plan, elements: tuple[int, ...]) -> gmp_kernel.KernelPlan:
+    """The compiled kernel's constants for the elements ``elements`` (sorted, unique, checked)."""
+    parts = [_element_terms(plan, atomic_number) for atomic_number in elements]
+    return gmp_kernel.kernel_plan(
+        [(r2, slot, -table[0], table[1:]) for _, r2, slot, table in parts],
+        plan.self_term[:, list(elements)],
+        len(plan.sigmas),
+        plan.with_density,
+        plan.orders,
+        plan.max_order,
+        [maxwell_cartesian(n)[:2] for n in range(1, plan.max_order + 1)],
+    )
 
 
 @cache
