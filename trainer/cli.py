@@ -432,6 +432,23 @@ def report(runs_dir, out, no_tsne, store, device) -> None:
     click.echo(f"wrote {path}")
 
 
+@cli.command("report-scale")
+@click.argument("runs_dirs", nargs=-1, required=True)
+@click.option("--init", "init", required=True, help="The label set pre-trained in every sweep.")
+@click.option(
+    "--out",
+    required=True,
+    help="Output folder, or a .md file with its figure in a folder of the same name.",
+)
+def report_scale(runs_dirs, init, out) -> None:
+    """Fine-tuning gain against pre-training set size: one row per sweep (RUNS_DIRS, each
+    pre-trained INIT on its own number of structures), one column per task and training size
+    every sweep finished, each gain against that sweep's own from-scratch runs."""
+    from fingerprint_pretrain.trainer.harness.scale import write_scale_report
+
+    click.echo(f"wrote {write_scale_report(list(runs_dirs), init, out)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from fingerprint_pretrain.schemas import SchemaVersionError, StoreError
     from fingerprint_pretrain.trainer.train import TrainingError
