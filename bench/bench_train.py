@@ -34,9 +34,10 @@ RESULTS = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO))
 
 from fingerprint_pretrain.trainer.data import StoreDataset, collate  # noqa: E402
+from fingerprint_pretrain.trainer.evaluation import EpochSampler  # noqa: E402
 from fingerprint_pretrain.trainer.heads import GraphRegressor  # noqa: E402
 from fingerprint_pretrain.trainer.model import ETConfig, load_torchmd_net_weights  # noqa: E402
-from fingerprint_pretrain.trainer.train import EpochSampler, _autocast, device_name  # noqa: E402
+from fingerprint_pretrain.trainer.train import autocast_for, device_name  # noqa: E402
 
 
 def clusters(n: int, cutoff: float, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -240,7 +241,7 @@ def bench_consumption(store: Path, device, cfg: ETConfig, batch_size: int, steps
     model = NodeRegressor(cfg, ds.label_dim).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    autocast = _autocast(True, device)  # as fp-train runs by default
+    autocast = autocast_for(True, device)  # as fp-train runs by default
 
     def step(b):
         with autocast:

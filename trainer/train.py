@@ -67,7 +67,9 @@ __all__ = [
     "ADAPT_DIR",
     "TrainingError",
     "adapt",
+    "autocast_for",
     "build_model",
+    "device_name",
     "load_checkpoint",
     "train",
     "transfer_weights",
@@ -120,7 +122,7 @@ def _uses_bf16(amp: bool, device: torch.device) -> bool:
     return amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bfloat16()))
 
 
-def _autocast(amp: bool, device: torch.device):
+def autocast_for(amp: bool, device: torch.device):
     """bfloat16 autocast where ``_uses_bf16``; float32 elsewhere. Losses are always computed
     in float32."""
     if _uses_bf16(amp, device):
@@ -659,7 +661,7 @@ def _epoch_loop(
     schedule, append to ``progress`` and save (:func:`_save_epoch`)."""
     cfg, device, world = run.cfg, run.device, run.world
     net = _distributed(model, run)
-    autocast = _autocast(cfg.amp, device)
+    autocast = autocast_for(cfg.amp, device)
     train_sampler = EpochSampler(data.splits["train"], cfg.seed, True, run.rank, world)
     train_loader = store_loader(data.dataset, train_sampler, cfg, device)
     val_sampler = EpochSampler(data.splits["val"], cfg.seed, False, run.rank, world)
