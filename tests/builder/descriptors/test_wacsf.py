@@ -105,7 +105,7 @@ def test_isolated_atoms_get_zeros():
     assert not values.any()
 
 
-@pytest.mark.parametrize("method", ["auto", "direct"])
+@pytest.mark.parametrize("method", ["auto", "fused", "direct"])  # auto: the ladder
 def test_blocks_of_centres_and_lone_atoms(method, monkeypatch):
     """Many blocks of centres (tiny work budget) give the same values; a lone atom among
     others gets zeros and changes nothing for them (reduceat skips its empty segment)."""
