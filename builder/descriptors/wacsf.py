@@ -95,6 +95,24 @@ _MAX_POWER = 10_000
 _RUNGS_IN_CACHE = 1 << 15
 
 
+def _numpy_exp_vectorised() -> bool:
+    """Whether numpy dispatches its SIMD float64 exp here (AVX512F; numpy's CPU features)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy < 2
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            return False
+    return bool(__cpu_features__.get("AVX512F", False))
+
+
+# Whether numpy's float64 exp is vectorised on this CPU (it is for AVX-512 only; on AVX2 it is
+# libm's, ~25 products). Where it is, an η's own two exps cost less than its chain of products
+# plus their numpy calls, so the ladder exponentiates every η (module docstring).
+_CHEAP_EXP = _numpy_exp_vectorised()
+
+
 @dataclass(frozen=True)
 class _Ladder:
     """Constants of the ladder path (module docstring) for one parameter set.
@@ -239,7 +257,7 @@ def _ladder_plan(etas: np.ndarray, rs: np.ndarray, rc: float) -> _Ladder | None:
         return None
     program, base_register, n_registers, sources = (), 0, len(etas), etas
     multiples = _integer_multiples(etas, _MAX_MULTIPLE)
-    if multiples is not None and len(etas) > 1:
+    if multiples is not None and len(etas) > 1 and not _CHEAP_EXP:
         unit, n = multiples
         if int(n.max()) * max(int(m.max()), 1) <= _MAX_POWER:
             program, base_register, n_registers = _power_program([int(k) for k in n])
@@ -350,7 +368,8 @@ def featurize(
     if method not in METHODS:
         raise ValueError(f"unknown wACSF method {method!r} (one of {', '.join(METHODS)})")
     plan = _validated(etas, rs, rc)
-    z = np.asarray(z, dtype=np.int64).reshape(-1)
+    if not (type(z) is np.ndarray and z.dtype == np.int64 and z.ndim == 1):
+        z = np.asarray(z, dtype=np.int64).reshape(-1)
     n_atoms = len(z)
     nl = check_radius(nl, plan.rc, "wACSF")
     if nl.num_edges == 0:
@@ -392,17 +411,16 @@ def _ladder(z: np.ndarray, nl: NeighbourList, ladder: _Ladder, rc: float) -> np.
     np.cos(weight, out=weight)
     weight += 1.0
     weight *= z.astype(np.float64)[neighbour]
-    starts = centre.searchsorted(np.arange(n_atoms))  # first edge of each centre
+    bounds = centre.searchsorted(np.arange(n_atoms + 1))  # edges of centre i: bounds[i:i+2]
+    starts = bounds[:-1]
+    counts = bounds[1:] - starts
     work_per_edge = (ladder.n_rungs + 3) * n_etas
     if (
-        n_edges * work_per_edge <= _common._WORK_ELEMENTS
-        and starts[-1] < n_edges
-        and np.count_nonzero(starts[1:] > starts[:-1]) == n_atoms - 1
+        n_edges * work_per_edge <= _common._WORK_ELEMENTS and np.count_nonzero(counts) == n_atoms
     ):  # the common case: one block, every centre has neighbours
         out = np.empty((n_atoms, n_etas, n_rs))
         _ladder_block(dist, weight, starts, ladder, out)
         return out.reshape(n_atoms, n_etas * n_rs)
-    counts = np.bincount(centre, minlength=n_atoms)
     out = np.zeros((n_atoms, n_etas, n_rs))
     for first, last in centre_blocks(counts, work_per_edge):
         rows = first + np.flatnonzero(counts[first:last])  # reduceat needs non-empty segments

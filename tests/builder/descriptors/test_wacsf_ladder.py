@@ -140,3 +140,26 @@ def test_unknown_method_is_refused():
     structure = small_real_structure(PEROV, 0)
     with pytest.raises(ValueError, match="unknown wACSF method 'exact'"):
         featurize(structure, [1.0], [0.0], method="exact")
+
+
+@pytest.fixture
+def fresh_plans():
+    """Plans built under a monkeypatched mode, and none of them kept afterwards."""
+    wacsf._cached_plan.cache_clear()
+    yield
+    wacsf._cached_plan.cache_clear()
+
+
+@pytest.mark.parametrize("cheap_exp", [True, False])
+def test_ladder_mode_follows_the_cost_of_exp(cheap_exp, monkeypatch, fresh_plans):
+    """Where numpy's exp is vectorised (AVX-512) every η gets its own exps; elsewhere the η₀
+    chain. Both match the reference on every paper set."""
+    monkeypatch.setattr(wacsf, "_CHEAP_EXP", cheap_exp)
+    structure = small_real_structure(MP, 1)
+    for name in WACSF_SETS:
+        params = REGISTRY[name].params
+        ladder = wacsf._validated(params["etas"], params["rs"], params["rc"]).ladder
+        assert ladder is not None and bool(ladder.program) is not cheap_exp
+        assert ladder.exponent_scale.shape[1] == (len(params["etas"]) if cheap_exp else 1)
+        reference = reference_wacsf(*structure[:3], params["etas"], params["rs"], params["rc"])
+        np.testing.assert_allclose(featurize(structure, **params), reference, rtol=LADDER_RTOL)
