@@ -136,6 +136,12 @@ def test_power_program_makes_every_multiple(multiples):
     assert len(program) <= 3 * len(multiples) + 10
 
 
+def test_power_program_reuses_temporaries():
+    """Set 2's chain 1 → 2 → 4 → 5 → 10 → 20 → 40 → 50 → 100 needs one temporary, not five."""
+    program, base, n_registers = wacsf._power_program([1, 10, 40, 100])
+    assert (len(program), base, n_registers) == (8, 0, 5)
+
+
 def test_unknown_method_is_refused():
     structure = small_real_structure(PEROV, 0)
     with pytest.raises(ValueError, match="unknown wACSF method 'exact'"):
