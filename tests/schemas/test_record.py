@@ -139,12 +139,13 @@ def crafted(header: dict, body: bytes, checksum: bool = True) -> bytes:
     return record[: end - 10] + b"%08x" % crc + record[end - 2 :]
 
 
-def test_every_single_byte_change_is_detected():
+@pytest.mark.parametrize("codec", ["shuffle-zlib", "shuffle-zstd"])
+def test_every_single_byte_change_is_detected(codec):
     """The integrity check: no changed byte anywhere (magic, header, padding, buffers) decodes
     silently, for raw and compressed fields alike."""
     rec = sample_record()
     arrays = dict(fields(rec), ead=np.linspace(0, 1, 64, dtype=np.float32).reshape(4, 16))
-    buf = encode_record(rec["id"], arrays, {"ead": "shuffle-zlib"})
+    buf = encode_record(rec["id"], arrays, {"ead": codec})
     assert has_checksum(buf)
     rng = np.random.default_rng(0)
     for k in range(len(buf)):
@@ -269,3 +270,92 @@ def test_edge_vectors_are_the_image_differences_edge_by_edge():
             expected = [pos[j, a] + image[a] - pos[i, a] for a in range(3)]
             np.testing.assert_allclose(got[e], expected, rtol=0, atol=1e-9)
     assert got.dtype == np.float64 and got.shape == (40, 3)
+
+
+# -- the shuffle codecs ------------------------------------------------------------------------
+def planes(arr: np.ndarray) -> bytes:
+    """The documented byte shuffle, written out: byte k of every element, k = 0 … itemsize − 1."""
+    raw = np.ascontiguousarray(arr).tobytes()
+    size = arr.dtype.itemsize
+    return b"".join(raw[k::size] for k in range(size))
+
+
+def zstd_frame(content: bytes, fcs_bytes: int = 2) -> bytes:
+    """A Zstandard frame built by hand from RFC 8878 (single segment, one raw block), so the
+    reader is checked against the specification rather than against an encoder."""
+    assert fcs_bytes in (1, 2, 4, 8) and len(content) < 1 << 17
+    flag = {1: 0, 2: 1, 4: 2, 8: 3}[fcs_bytes]
+    size = len(content) - 256 if fcs_bytes == 2 else len(content)
+    header = bytes([(flag << 6) | 0x20]) + size.to_bytes(fcs_bytes, "little")
+    block = (1 | (0 << 1) | (len(content) << 3)).to_bytes(3, "little")  # last, raw, size
+    return b"\x28\xb5\x2f\xfd" + header + block + content
+
+
+def one_field(arr: np.ndarray, codec: str, block: bytes) -> bytes:
+    entry = ["a", arr.dtype.str, list(arr.shape), 0, len(block), codec]
+    return crafted({"id": "x", "fields": [entry]}, block + b"\0" * ((-len(block)) % 8))
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "<f2", "<f8", "|u1", "<i2"])
+@pytest.mark.parametrize("shape", [(5, 1920), (1, 7), (0, 1920), (0,)])
+def test_shuffle_codecs_are_lossless_and_read_only(dtype, shape):
+    arr = (np.random.default_rng(3).normal(size=shape) * 1e3).astype(dtype)
+    for codec in ("shuffle-zlib", "shuffle-zstd"):
+        buf = encode_record("x", {"a": arr}, {"a": codec})
+        assert buf == encode_record("x", {"a": arr}, {"a": codec})  # deterministic
+        out = decode_record(buf)["a"]
+        assert out.dtype == arr.dtype and out.shape == arr.shape and not out.flags.writeable
+        np.testing.assert_array_equal(out, arr)
+        assert descriptor_digest("a", out) == descriptor_digest("a", arr)
+
+
+def test_shuffle_zlib_records_built_from_the_documented_rule_still_decode():
+    """Stores written before the faster unshuffle: zlib level 1 of the byte planes."""
+    arr = np.random.default_rng(4).normal(size=(9, 240)).astype(np.float32)
+    out = decode_record(one_field(arr, "shuffle-zlib", zlib.compress(planes(arr), 1)))["a"]
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_shuffle_zstd_reads_frames_built_from_the_rfc():
+    arr = np.arange(300, dtype="<f4").reshape(3, 100) * 0.5
+    for fcs_bytes in (2, 4, 8):
+        buf = one_field(arr, "shuffle-zstd", zstd_frame(planes(arr), fcs_bytes))
+        np.testing.assert_array_equal(decode_record(buf)["a"], arr)
+
+
+def test_shuffle_zstd_is_plain_zstd_of_the_byte_planes():
+    """Any Zstandard decoder reads the field: here the ``zstd`` command-line tool."""
+    import shutil
+    import subprocess
+
+    if shutil.which("zstd") is None:
+        pytest.skip("no zstd command")
+    arr = np.random.default_rng(5).normal(size=(11, 1920)).astype(np.float32)
+    buf = encode_record("x", {"ead": arr}, {"ead": "shuffle-zstd"})
+    (hlen,) = struct.unpack("<I", buf[4:8])
+    start = 8 + hlen + (-(8 + hlen)) % 8
+    name, dtype, shape, offset, nbytes, codec = json.loads(buf[8 : 8 + hlen])["fields"][0]
+    assert (name, dtype, shape, codec) == ("ead", "<f4", [11, 1920], "shuffle-zstd")
+    block = buf[start + offset : start + offset + nbytes]
+    raw = subprocess.run(["zstd", "-dc"], input=block, capture_output=True, check=True).stdout
+    assert raw == planes(arr)
+    assert nbytes < 0.95 * arr.nbytes  # it does compress
+
+
+def test_hostile_zstd_fields_are_refused():
+    arr = np.arange(100, dtype="<f4")
+    good = zstd_frame(planes(arr))
+    cases = [
+        (zstd_frame(planes(arr[:-1])), "frame holds 396"),  # declares another size
+        (good[:4] + bytes([good[4] | 0x01]) + good[5:], "no readable frame header"),  # dict
+        (b"\x28\xb5\x2f\xfd\x00\x00" + good[7:], "no readable frame header"),  # no size
+        (b"not a zstd frame at all", "no readable frame header"),
+        (good[:-9], "damaged zstd data"),  # truncated raw block
+        (good + good, "damaged zstd data"),  # a second frame: more than declared
+    ]
+    for block, message in cases:
+        with pytest.raises(RecordError, match=message):
+            decode_record(one_field(arr, "shuffle-zstd", block))
+    huge = crafted({"id": "x", "fields": [["a", "<f4", [1 << 27], 0, 16, "shuffle-zstd"]]}, good)
+    with pytest.raises(RecordError, match="from a 16-byte zstd block"):
+        decode_record(huge)
