@@ -6,23 +6,24 @@
  * Plain C99 plus the CPython API (buffer protocol only, no NumPy headers); GNU vector extensions
  * and target attributes where the compiler has them. Single-threaded; the GIL is released.
  *
- * Per centre i (edges sorted by centre), per chunk of EB = 8 of its edges (the last one padded
- * with zero weights):
+ * Per centre i (edges sorted by centre), per chunk of up to KC = 64 of its edges:
  *   1. chunk_edges: d, Z_j f_c(d) with f_c = sin^2(pi (rc - d) / (2 rc)), the edge vectors
  *      pos[j] + shift @ cell - pos[i] and the M monomial weights w[m] = Z_j f_c x^lx y^ly z^lz
- *      (each from the monomial with one power less), vectorised over the 8 edges;
+ *      (each from the monomial with one power less), vectorised over the chunk's edges;
  *   2. per eta with a block shape (B, blocks) (B a multiple of 8; the plan's choice): the shifts
  *      are blocks of B grid points R_b + t Delta, R_b = Rs[bB], and
  *          exp(-eta (d - R_b - t Delta)^2) = A_b * P_t * S_bt,
  *          A_b = exp(-eta (d - R_b)^2),  P_t = exp(2 eta Delta d)^t,
  *          S_bt = exp(-2 eta Delta t R_b - eta Delta^2 t^2)  (a table of the plan):
  *      the recurrence restarted exactly at every block. Per edge: blocks + 1 exps (vectorised
- *      over the chunk), P_t by products, the weights wa[m][b] = w[m] A_b, then
- *          T[m][eta][bB + t] += sum over the chunk's edges of wa[m][b] P_t
- *      (accumulate_blocks: M * blocks * B multiply-adds per edge, ~90 % of the work; T stays
- *      in L1: M * |eta| * (blocks B) doubles, 25-31 KB for the registered sets);
+ *      over the chunk), P_t by products, the weights wa[m blocks + b] = w[m] A_b, then
+ *          T[m][eta][bB + t] += sum over the chunk's edges of wa[m blocks + b] P_t,
+ *      a small matrix product (M blocks rows x edges) (edges x B) run GEMM-style (contract:
+ *      register tiles of C held over all the chunk's edges, ~90 % of the work; T stays in L1:
+ *      M * |eta| * (blocks B) doubles, 25-31 KB for the registered sets);
  *      per eta without a block shape (irregular or short grids, very steep Gaussians): the
- *      Gaussians g[k] = exp(-eta (d - Rs_k)^2) directly and rho[m][eta][k] += sum w[m] g[k];
+ *      Gaussians g[k] = exp(-eta (d - Rs_k)^2) directly and rho[m][eta] += w[m] g by the same
+ *      contraction;
  *   3. per centre: rho = S * T (after the sum over neighbours, as the NumPy path), then
  *      x[l][eta][k] = sum_m reduce[l][m] rho[m][eta][k]^2.
  * Exponentials are a branch-free polynomial (ead_exp, ~1 ulp) that the compiler vectorises.
@@ -49,7 +50,7 @@
 #define EAD_SOURCE_HASH ""
 #endif
 
-#define EB 8 /* edges per chunk (the accumulation's unrolling) */
+#define KC 64 /* edges per chunk: the K extent of the register-blocked contraction */
 #define ALIGN 64
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -98,17 +99,16 @@ typedef struct {
 } ead_args;
 
 typedef struct {
-    int64_t rs_pad;  /* |Rs| rounded up to a multiple of 8 */
-    int64_t g_pad;   /* row stride of rho and g: >= rs_pad and >= every B * blocks, 8 | g_pad */
-    int64_t p_len;   /* row stride of p: the largest B rounded up to 8 */
-    double *rho;     /* (M, |eta|, g_pad): rho, or T (unscaled) for a block eta */
-    double *g;       /* (EB, g_pad): Gaussians of a direct eta */
-    double *x;       /* (EB * (largest blocks + 1),): exponents, then exps */
-    double *p;       /* (EB, p_len): powers P_t per edge */
-    double *wa;      /* (M, largest blocks, EB): weights times anchors */
-    double *w;       /* (M, EB): monomial weights */
-    double *d;       /* (EB,): distances */
-    void *block;     /* the allocation */
+    int64_t rs_pad; /* |Rs| rounded up to a multiple of 8 */
+    int64_t g_pad;  /* row stride of rho: >= rs_pad and >= every B * blocks, 8 | g_pad */
+    double *rho;    /* (M, |eta|, g_pad): rho, or T (unscaled) for a block eta */
+    double *d;      /* (KC,): distances */
+    double *v;      /* (3, KC): edge vectors */
+    double *w;      /* (M, KC): monomial weights */
+    double *x;      /* (largest blocks + 1, KC): exponents, then exps */
+    double *wa;     /* (M * largest blocks, KC): weights times anchors */
+    double *p;      /* (KC, largest B or rs_pad): powers P_t, or Gaussians of a direct eta */
+    void *block;    /* the allocation */
 } ead_work;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -178,223 +178,248 @@ EAD_INLINE void direct_gaussians(double *restrict g, const double *restrict rs, 
 }
 
 /* Powers P_t = p^t, t < B rounded up to 8, of one edge: t < 8 by a product chain, then
- * P_{s+t} = P_{s-8+t} p^8, 8 at a time. The relative error of P_t is <= ~t ulp (t < B <= 64).
- * Entries past B may overflow; they are never read. */
+ * P_{s+t} = P_{s-8+t} p^8, 8 at a time (kept in registers: no store-to-load round trip). The
+ * relative error of P_t is <= ~t ulp (t < B <= 64). Entries past B may overflow; never read. */
 EAD_INLINE void edge_powers(double *restrict p, double base, int64_t length)
 {
     const int64_t p_len = (length + 7) & ~(int64_t)7;
-    p[0] = 1.0;
+    double q[8];
+    q[0] = 1.0;
     for (int t = 1; t < 8; t++)
-        p[t] = p[t - 1] * base;
-    const double base8 = p[7] * base;
+        q[t] = q[t - 1] * base;
+    const double base8 = q[7] * base;
+    for (int t = 0; t < 8; t++)
+        p[t] = q[t];
     for (int64_t s = 8; s < p_len; s += 8)
-        for (int t = 0; t < 8; t++)
-            p[s + t] = p[s - 8 + t] * base8;
+        for (int t = 0; t < 8; t++) {
+            q[t] *= base8;
+            p[s + t] = q[t];
+        }
 }
 
-/* x[b][q] = -eta (d_q - R_b)^2, R_b = rs[bB] (b < blocks), and x[blocks][q] = 2 eta Delta d_q. */
+/* x[b][k] = -eta (d_k - R_b)^2, R_b = rs[bB] (b < blocks), and x[blocks][k] = 2 eta Delta d_k,
+ * k < n (rows KC apart). */
 EAD_INLINE void chunk_exponents(double *restrict x, const double *restrict d,
                                 const double *restrict rs, double eta, double step,
-                                int64_t length, int64_t n_blocks)
+                                int64_t length, int64_t n_blocks, int64_t n)
 {
     for (int64_t b = 0; b < n_blocks; b++) {
         const double anchor = rs[b * length];
-        for (int q = 0; q < EB; q++) {
-            const double u = d[q] - anchor;
-            x[b * EB + q] = -eta * u * u;
+        for (int64_t k = 0; k < n; k++) {
+            const double u = d[k] - anchor;
+            x[b * KC + k] = -eta * u * u;
         }
     }
-    for (int q = 0; q < EB; q++)
-        x[n_blocks * EB + q] = 2.0 * eta * step * d[q];
+    for (int64_t k = 0; k < n; k++)
+        x[n_blocks * KC + k] = 2.0 * eta * step * d[k];
 }
 
-/* wa[m][b][q] = w[m][q] A_b[q]: the chunk's weights times the block anchors. */
+/* wa[m blocks + b][k] = w[m][k] A_b[k], k < n: the chunk's weights times the block anchors
+ * (the rows of the contraction's left operand, KC apart). */
 EAD_INLINE void chunk_block_weights(double *restrict wa, const double *restrict w,
                                     const double *restrict anchors, int64_t n_mono,
-                                    int64_t n_blocks)
+                                    int64_t n_blocks, int64_t n)
 {
     for (int64_t m = 0; m < n_mono; m++)
         for (int64_t b = 0; b < n_blocks; b++)
-            for (int q = 0; q < EB; q++)
-                wa[(m * n_blocks + b) * EB + q] = w[m * EB + q] * anchors[b * EB + q];
+            for (int64_t k = 0; k < n; k++)
+                wa[(m * n_blocks + b) * KC + k] = w[m * KC + k] * anchors[b * KC + k];
 }
 
 /*
- * T[m][bB + t] += sum_q wa[m][b][q] P_q[t] for every monomial m, block b and t < B: the core
- * of the kernel (M * blocks * B multiply-adds per edge and eta). Per tile of VW shifts the 8
- * edges' powers stay in 8 vector registers and each (m, b) costs 8 FMAs with broadcast weights,
- * one load and one store. With GCC/Clang the tile is an explicit vector (GNU vector extension;
- * VW = 8 / 4 / 2 doubles for AVX-512 / AVX2 / SSE2): left to itself the auto-vectoriser
- * vectorises this loop nest across blocks (strided gathers) or permutes the weights on the FMA
- * ports. Other compilers get the plain loop. B is a multiple of 8, so of VW.
+ * The contraction, ~90 % of the work: for every row r < n_rows and column c < n_cols,
+ *     C[r][c] += sum_{k < n} wa[r][k] P[k][c],
+ * C[r] = t_rows + (r / blocks) m_stride + (r % blocks) B (the sums T[m][eta][bB + t] of block b
+ * of monomial m; a direct eta has one block and C[m] = rho[m][eta]). It is a small matrix
+ * product (rows x n) (n x columns), run GEMM-style: a tile of RT rows x CV vectors of C stays
+ * in registers over all n edges of the chunk, each edge costing CV vector loads of P, RT
+ * broadcasts of wa and RT * CV independent multiply-adds (no dependency chain, no load or store
+ * of C inside the loop). Tiles: CV vectors of VW doubles as wide as the columns allow, rows
+ * split evenly into tiles of at most RT_MAX(CV) (the register file: RT CV + CV + 1 vectors).
+ * With GCC/Clang the tile is explicit GNU vectors (RT and CV compile-time constants, the loops
+ * unrolled: the accumulators live in registers); other compilers get the plain loops.
  */
-#define EAD_ACCUMULATE_BLOCKS_BODY(VT, VW)                                                     \
-    for (int64_t tv = 0; tv < length; tv += VW) {                                              \
-        VT p0, p1, p2, p3, p4, p5, p6, p7;                                                     \
-        memcpy(&p0, p + tv, sizeof p0);                                                        \
-        memcpy(&p1, p + p_stride + tv, sizeof p1);                                             \
-        memcpy(&p2, p + 2 * p_stride + tv, sizeof p2);                                         \
-        memcpy(&p3, p + 3 * p_stride + tv, sizeof p3);                                         \
-        memcpy(&p4, p + 4 * p_stride + tv, sizeof p4);                                         \
-        memcpy(&p5, p + 5 * p_stride + tv, sizeof p5);                                         \
-        memcpy(&p6, p + 6 * p_stride + tv, sizeof p6);                                         \
-        memcpy(&p7, p + 7 * p_stride + tv, sizeof p7);                                         \
-        for (int64_t m = 0; m < n_mono; m++) {                                                 \
-            double *row = t_rows + m * m_stride + tv;                                          \
-            const double *c = wa + m * n_blocks * EB;                                          \
-            for (int64_t b = 0; b < n_blocks; b++, row += length, c += EB) {                   \
-                VT s;                                                                          \
-                memcpy(&s, row, sizeof s);                                                     \
-                s += c[0] * p0;                                                                \
-                s += c[1] * p1;                                                                \
-                s += c[2] * p2;                                                                \
-                s += c[3] * p3;                                                                \
-                s += c[4] * p4;                                                                \
-                s += c[5] * p5;                                                                \
-                s += c[6] * p6;                                                                \
-                s += c[7] * p7;                                                                \
-                memcpy(row, &s, sizeof s);                                                     \
-            }                                                                                  \
-        }                                                                                      \
-    }
+#define EAD_MAX_RT 12
+#define EAD_MAX_CV 4
 
-#define EAD_ACCUMULATE_BLOCKS_ARGS                                                             \
-    double *restrict t_rows, int64_t m_stride, const double *restrict p, int64_t p_stride,     \
-        const double *restrict wa, int64_t n_mono, int64_t n_blocks, int64_t length
+#define EAD_TILE_PARAMS                                                                        \
+    double *restrict t_rows, int64_t m_stride, int64_t n_blocks, int64_t length, int64_t r0,  \
+        int64_t col, const double *restrict wa, const double *restrict p, int64_t ldp,        \
+        int64_t n, int first
+#define EAD_TILE_ARGS t_rows, m_stride, n_blocks, length, r0, col, wa, p, ldp, n, first
 
 #if defined(__GNUC__) || defined(__clang__)
+#define EAD_HAVE_VECTORS 1
+#define EAD_UNROLL _Pragma("GCC unroll 16")
 typedef double ead_v2 __attribute__((vector_size(16)));
 typedef double ead_v4 __attribute__((vector_size(32)));
 typedef double ead_v8 __attribute__((vector_size(64)));
-EAD_INLINE void accumulate_blocks_v2(EAD_ACCUMULATE_BLOCKS_ARGS)
+
+#define EAD_DEFINE_TILE(NAME, VT, VW)                                                          \
+    EAD_INLINE void NAME(EAD_TILE_PARAMS, const int rt, const int cv)                         \
+    {                                                                                          \
+        VT acc[EAD_MAX_RT][EAD_MAX_CV];                                                        \
+        double *rows[EAD_MAX_RT];                                                              \
+        const double *left[EAD_MAX_RT];                                                        \
+        EAD_UNROLL for (int i = 0; i < rt; i++)                                                \
+        {                                                                                      \
+            const int64_t r = r0 + i;                                                          \
+            rows[i] = t_rows + (r / n_blocks) * m_stride + (r % n_blocks) * length + col;     \
+            left[i] = wa + r * KC;                                                             \
+            EAD_UNROLL for (int j = 0; j < cv; j++)                                            \
+            {                                                                                  \
+                if (first)                                                                     \
+                    acc[i][j] = (VT){0};                                                       \
+                else                                                                           \
+                    memcpy(&acc[i][j], rows[i] + j * VW, sizeof(VT));                          \
+            }                                                                                  \
+        }                                                                                      \
+        const double *pk = p + col;                                                            \
+        for (int64_t k = 0; k < n; k++, pk += ldp) {                                           \
+            VT pv[EAD_MAX_CV];                                                                 \
+            EAD_UNROLL for (int j = 0; j < cv; j++) memcpy(&pv[j], pk + j * VW, sizeof(VT));   \
+            EAD_UNROLL for (int i = 0; i < rt; i++)                                            \
+            {                                                                                  \
+                const double s = left[i][k];                                                   \
+                EAD_UNROLL for (int j = 0; j < cv; j++) acc[i][j] += s * pv[j];                \
+            }                                                                                  \
+        }                                                                                      \
+        EAD_UNROLL for (int i = 0; i < rt; i++) EAD_UNROLL for (int j = 0; j < cv; j++)        \
+            memcpy(rows[i] + j * VW, &acc[i][j], sizeof(VT));                                  \
+    }
+
+EAD_DEFINE_TILE(tile_v2, ead_v2, 2)
+EAD_DEFINE_TILE(tile_v4, ead_v4, 4)
+EAD_DEFINE_TILE(tile_v8, ead_v8, 8)
+
+#define EAD_CASE(TILE, RT, CV)                                                                 \
+    case RT:                                                                                   \
+        TILE(EAD_TILE_ARGS, RT, CV);                                                           \
+        break;
+#define EAD_CASES_6(TILE, CV)                                                                  \
+    EAD_CASE(TILE, 1, CV)                                                                      \
+    EAD_CASE(TILE, 2, CV)                                                                      \
+    EAD_CASE(TILE, 3, CV) EAD_CASE(TILE, 4, CV) EAD_CASE(TILE, 5, CV) EAD_CASE(TILE, 6, CV)
+#define EAD_CASES_12(TILE, CV)                                                                 \
+    EAD_CASES_6(TILE, CV)                                                                      \
+    EAD_CASE(TILE, 7, CV)                                                                      \
+    EAD_CASE(TILE, 8, CV)                                                                      \
+    EAD_CASE(TILE, 9, CV) EAD_CASE(TILE, 10, CV) EAD_CASE(TILE, 11, CV) EAD_CASE(TILE, 12, CV)
+
+/* SSE2 and AVX2 (16 vector registers): tiles of up to 6 rows x 2 vectors (12 accumulators);
+ * the columns (B or |Rs| padded, multiples of 8) always hold whole pairs of vectors. */
+EAD_INLINE void tile_16reg_v2(EAD_TILE_PARAMS, int rt, int cv)
 {
-    EAD_ACCUMULATE_BLOCKS_BODY(ead_v2, 2)
+    (void)cv;
+    switch (rt) { EAD_CASES_6(tile_v2, 2) }
 }
-EAD_INLINE void accumulate_blocks_v4(EAD_ACCUMULATE_BLOCKS_ARGS)
+EAD_INLINE void tile_16reg_v4(EAD_TILE_PARAMS, int rt, int cv)
 {
-    EAD_ACCUMULATE_BLOCKS_BODY(ead_v4, 4)
+    (void)cv;
+    switch (rt) { EAD_CASES_6(tile_v4, 2) }
 }
-EAD_INLINE void accumulate_blocks_v8(EAD_ACCUMULATE_BLOCKS_ARGS)
+/* AVX-512 (32 registers): 6 rows x 4 vectors, 12 x 2 or 12 x 1 (24, 24 or 12 accumulators). */
+EAD_INLINE void tile_32reg_v8(EAD_TILE_PARAMS, int rt, int cv)
 {
-    EAD_ACCUMULATE_BLOCKS_BODY(ead_v8, 8)
+    if (cv == 4) {
+        switch (rt) { EAD_CASES_6(tile_v8, 4) }
+    } else if (cv == 2) {
+        switch (rt) { EAD_CASES_12(tile_v8, 2) }
+    } else {
+        switch (rt) { EAD_CASES_12(tile_v8, 1) }
+    }
 }
-#define EAD_HAVE_VECTORS 1
+
+#define EAD_DEFINE_CONTRACT(NAME, TILE, VW, CV_MAX, RT_MAX)                                    \
+    EAD_INLINE void NAME(double *restrict t_rows, int64_t m_stride, int64_t n_blocks,          \
+                         int64_t length, const double *restrict wa, const double *restrict p,  \
+                         int64_t ldp, int64_t n, int first, int64_t n_rows, int64_t n_cols)   \
+    {                                                                                          \
+        const int64_t vectors = n_cols / VW;                                                   \
+        const int cv = (CV_MAX >= 4 && vectors % 4 == 0) ? 4                                   \
+                       : (CV_MAX >= 2 && vectors % 2 == 0) ? 2                                 \
+                                                           : 1;                                \
+        const int64_t rt_max = RT_MAX(cv);                                                     \
+        const int64_t n_tiles = (n_rows + rt_max - 1) / rt_max;                                \
+        for (int64_t col = 0; col < n_cols; col += cv * VW) {                                  \
+            int64_t r0 = 0;                                                                    \
+            for (int64_t tile = 0; tile < n_tiles; tile++) {                                   \
+                const int rt = (int)(n_rows / n_tiles + (tile < n_rows % n_tiles));            \
+                TILE(EAD_TILE_ARGS, rt, cv);                                                   \
+                r0 += rt;                                                                      \
+            }                                                                                  \
+        }                                                                                      \
+    }
+#define EAD_RT_16REG(cv) 6
+#define EAD_RT_32REG(cv) ((cv) == 4 ? 6 : 12)
+EAD_DEFINE_CONTRACT(contract_v2, tile_16reg_v2, 2, 2, EAD_RT_16REG)
+EAD_DEFINE_CONTRACT(contract_v4, tile_16reg_v4, 4, 2, EAD_RT_16REG)
+EAD_DEFINE_CONTRACT(contract_v8, tile_32reg_v8, 8, 4, EAD_RT_32REG)
 #else
 #define EAD_HAVE_VECTORS 0
 #endif
 
-EAD_INLINE void accumulate_blocks(EAD_ACCUMULATE_BLOCKS_ARGS, int vector_width)
+#define EAD_CONTRACT_PARAMS                                                                    \
+    double *restrict t_rows, int64_t m_stride, int64_t n_blocks, int64_t length,               \
+        const double *restrict wa, const double *restrict p, int64_t ldp, int64_t n,           \
+        int first, int64_t n_rows, int64_t n_cols
+#define EAD_CONTRACT_ARGS t_rows, m_stride, n_blocks, length, wa, p, ldp, n, first, n_rows, n_cols
+
+/* The contraction for a vector width (8, 4 or 2 doubles; plain loops without GNU vectors). */
+EAD_INLINE void contract(EAD_CONTRACT_PARAMS, int vector_width)
 {
 #if EAD_HAVE_VECTORS
-    if (vector_width == 8) {
-        accumulate_blocks_v8(t_rows, m_stride, p, p_stride, wa, n_mono, n_blocks, length);
-        return;
-    }
-    if (vector_width == 4) {
-        accumulate_blocks_v4(t_rows, m_stride, p, p_stride, wa, n_mono, n_blocks, length);
-        return;
-    }
-    accumulate_blocks_v2(t_rows, m_stride, p, p_stride, wa, n_mono, n_blocks, length);
+    if (vector_width == 8)
+        contract_v8(EAD_CONTRACT_ARGS);
+    else if (vector_width == 4)
+        contract_v4(EAD_CONTRACT_ARGS);
+    else
+        contract_v2(EAD_CONTRACT_ARGS);
 #else
     (void)vector_width;
-    for (int64_t m = 0; m < n_mono; m++)
-        for (int64_t b = 0; b < n_blocks; b++)
-            for (int64_t t = 0; t < length; t++) {
-                double s = t_rows[m * m_stride + b * length + t];
-                for (int q = 0; q < EB; q++)
-                    s += wa[(m * n_blocks + b) * EB + q] * p[q * p_stride + t];
-                t_rows[m * m_stride + b * length + t] = s;
-            }
+    for (int64_t r = 0; r < n_rows; r++) {
+        double *row = t_rows + (r / n_blocks) * m_stride + (r % n_blocks) * length;
+        if (first)
+            for (int64_t c = 0; c < n_cols; c++)
+                row[c] = 0.0;
+        for (int64_t k = 0; k < n; k++) {
+            const double s = wa[r * KC + k];
+            for (int64_t c = 0; c < n_cols; c++)
+                row[c] += s * p[k * ldp + c];
+        }
+    }
 #endif
 }
 
-/* r0[k] += sum_q c[q] g[q][k] and r1[k] += sum_q c[EB + q] g[q][k], k < n (g rows g_pad apart).
- * Separate functions with restrict parameters: GCC keeps that no-alias information through
- * inlining (restrict-qualified locals it mostly ignores, and then gives up on the alias checks). */
-EAD_INLINE void accumulate2(double *restrict r0, double *restrict r1, const double *restrict g,
-                            int64_t g_pad, const double *restrict c, int64_t n)
-{
-    const double *g0 = g, *g1 = g0 + g_pad, *g2 = g1 + g_pad, *g3 = g2 + g_pad,
-                 *g4 = g3 + g_pad, *g5 = g4 + g_pad, *g6 = g5 + g_pad, *g7 = g6 + g_pad;
-    const double a0 = c[0], a1 = c[1], a2 = c[2], a3 = c[3], a4 = c[4], a5 = c[5], a6 = c[6],
-                 a7 = c[7];
-    const double b0 = c[8], b1 = c[9], b2 = c[10], b3 = c[11], b4 = c[12], b5 = c[13],
-                 b6 = c[14], b7 = c[15];
-    for (int64_t k = 0; k < n; k++) {
-        const double x0 = g0[k], x1 = g1[k], x2 = g2[k], x3 = g3[k], x4 = g4[k], x5 = g5[k],
-                     x6 = g6[k], x7 = g7[k];
-        double s = r0[k], u = r1[k];
-        s += a0 * x0;
-        u += b0 * x0;
-        s += a1 * x1;
-        u += b1 * x1;
-        s += a2 * x2;
-        u += b2 * x2;
-        s += a3 * x3;
-        u += b3 * x3;
-        s += a4 * x4;
-        u += b4 * x4;
-        s += a5 * x5;
-        u += b5 * x5;
-        s += a6 * x6;
-        u += b6 * x6;
-        s += a7 * x7;
-        u += b7 * x7;
-        r0[k] = s;
-        r1[k] = u;
-    }
-}
-
-/* r0[k] += sum_q c[q] g[q][k], k < n. */
-EAD_INLINE void accumulate1(double *restrict r0, const double *restrict g, int64_t g_pad,
-                            const double *restrict c, int64_t n)
-{
-    const double *g0 = g, *g1 = g0 + g_pad, *g2 = g1 + g_pad, *g3 = g2 + g_pad,
-                 *g4 = g3 + g_pad, *g5 = g4 + g_pad, *g6 = g5 + g_pad, *g7 = g6 + g_pad;
-    const double a0 = c[0], a1 = c[1], a2 = c[2], a3 = c[3], a4 = c[4], a5 = c[5], a6 = c[6],
-                 a7 = c[7];
-    for (int64_t k = 0; k < n; k++) {
-        double s = r0[k];
-        s += a0 * g0[k];
-        s += a1 * g1[k];
-        s += a2 * g2[k];
-        s += a3 * g3[k];
-        s += a4 * g4[k];
-        s += a5 * g5[k];
-        s += a6 * g6[k];
-        s += a7 * g7[k];
-        r0[k] = s;
-    }
-}
-
-/* One chunk of EB edges, one eta: add its terms to rho[m][ia][.] (T for a block eta). */
+/* One chunk of n <= KC edges (weights and distances in w, padded to n_pad), one eta: add its
+ * terms to rho[m][ia][.] (T for a block eta). */
 EAD_INLINE void chunk_eta(const ead_args *restrict a, const ead_work *restrict w, int64_t ia,
-                          int rows, int tile)
+                          int64_t n, int64_t n_pad, int first, int vector_width)
 {
     const double eta = a->etas[ia];
     const int64_t length = a->shape[2 * ia], n_blocks = a->shape[2 * ia + 1];
-    const int64_t g_pad = w->g_pad, m_stride = a->n_etas * g_pad;
-    double *rho = w->rho + ia * g_pad;
-    int64_t m = 0;
-    if (length == 0) { /* direct: one exp per shift, then rho[m] += sum_q w[m][q] g[q] */
-        for (int q = 0; q < EB; q++)
-            direct_gaussians(w->g + q * g_pad, a->rs, w->d[q], eta, a->n_rs);
-        if (rows == 2)
-            for (; m + 1 < a->n_mono; m += 2)
-                accumulate2(rho + m * m_stride, rho + (m + 1) * m_stride, w->g, g_pad,
-                            w->w + m * EB, w->rs_pad);
-        for (; m < a->n_mono; m++)
-            accumulate1(rho + m * m_stride, w->g, g_pad, w->w + m * EB, w->rs_pad);
+    const int64_t m_stride = a->n_etas * w->g_pad, rs_pad = w->rs_pad;
+    double *rho = w->rho + ia * w->g_pad;
+    if (length == 0) { /* direct: one exp per shift, then rho[m] += sum_k w[m][k] g[k] */
+        for (int64_t k = 0; k < n; k++) {
+            double *g = w->p + k * rs_pad;
+            direct_gaussians(g, a->rs, w->d[k], eta, a->n_rs);
+            for (int64_t s = a->n_rs; s < rs_pad; s++)
+                g[s] = 0.0;
+        }
+        contract(rho, m_stride, 1, 0, w->w, w->p, rs_pad, n, first, a->n_mono, rs_pad,
+                 vector_width);
         return;
     }
     /* block recurrence, scaled by S_bt after the sum over neighbours (in ead_body) */
-    chunk_exponents(w->x, w->d, a->rs, eta, a->step, length, n_blocks);
-    ead_exp_inplace(w->x, EB * (n_blocks + 1));
-    const int64_t p_stride = w->p_len;
-    for (int q = 0; q < EB; q++)
-        edge_powers(w->p + q * p_stride, w->x[n_blocks * EB + q], length);
-    chunk_block_weights(w->wa, w->w, w->x, a->n_mono, n_blocks);
-    accumulate_blocks(rho, m_stride, w->p, p_stride, w->wa, a->n_mono, n_blocks, length, tile);
+    chunk_exponents(w->x, w->d, a->rs, eta, a->step, length, n_blocks, n_pad);
+    for (int64_t b = 0; b <= n_blocks; b++)
+        ead_exp_inplace(w->x + b * KC, n_pad);
+    for (int64_t k = 0; k < n; k++)
+        edge_powers(w->p + k * length, w->x[n_blocks * KC + k], length);
+    chunk_block_weights(w->wa, w->w, w->x, a->n_mono, n_blocks, n_pad);
+    contract(rho, m_stride, n_blocks, length, w->wa, w->p, length, n, first,
+             a->n_mono * n_blocks, length, vector_width);
 }
 
 /* sin(v) for |v| <= pi/2: Taylor polynomial to v^23 (truncation < 1e-20), ~1 ulp relative. */
@@ -415,47 +440,44 @@ EAD_INLINE double ead_sin(double v)
     return v + v * (v2 * s);
 }
 
-/* The chunk's edges c0 .. c0 + count - 1 (count <= EB; the other slots get weight 0): distances
- * w->d[q] and monomial weights w->w[m][q] = Z_j f_c(d) x^lx y^ly z^lz, with
+/* The chunk's edges c0 .. c0 + n - 1 (n <= KC; slots n .. n_pad - 1 get weight 0): distances
+ * w->d[k] and monomial weights w->w[m][k] = Z_j f_c(d) x^lx y^ly z^lz, with
  * f_c = (cos(pi d / rc) + 1) / 2 = sin^2(pi (rc - d) / (2 rc)) (no cancellation near rc). */
 EAD_INLINE void chunk_edges(const ead_args *restrict a, ead_work *restrict w, int64_t c0,
-                            int64_t count, const double *restrict pi)
+                            int64_t n, int64_t n_pad, const double *restrict pi)
 {
-    double zj[EB], sh[3][EB], rel[3][EB], v[3][EB];
-    for (int q = 0; q < EB; q++) { /* gather (scalar) */
-        const double d = q < count ? a->dist[c0 + q] : -1.0;
-        if (d >= 0.0 && d < a->rc) {
-            const int64_t e = c0 + q, j = a->neighbour[e];
-            zj[q] = (double)a->z[j];
-            w->d[q] = d;
-            for (int c = 0; c < 3; c++) {
-                sh[c][q] = (double)a->shift[3 * e + c];
-                rel[c][q] = a->pos[3 * j + c] - pi[c];
-            }
+    double *restrict d = w->d, *restrict zj = w->w, *restrict v = w->v;
+    const double *cell = a->cell;
+    for (int64_t k = 0; k < n_pad; k++) { /* gather (scalar) */
+        const double dist = k < n ? a->dist[c0 + k] : -1.0;
+        if (dist >= 0.0 && dist < a->rc) {
+            const int64_t e = c0 + k, j = a->neighbour[e];
+            const double s0 = (double)a->shift[3 * e], s1 = (double)a->shift[3 * e + 1],
+                         s2 = (double)a->shift[3 * e + 2];
+            zj[k] = (double)a->z[j];
+            d[k] = dist;
+            for (int c = 0; c < 3; c++)
+                v[c * KC + k] = (a->pos[3 * j + c] - pi[c]) +
+                                (s0 * cell[c] + s1 * cell[3 + c] + s2 * cell[6 + c]);
         } else { /* padding slot, or a distance outside [0, rc) (none in a list cut at rc; the
                   * plan's bounds assume d < rc): weight 0, a finite distance */
-            zj[q] = 0.0;
-            w->d[q] = 0.0;
+            zj[k] = 0.0;
+            d[k] = 0.0;
             for (int c = 0; c < 3; c++)
-                sh[c][q] = rel[c][q] = 0.0;
+                v[c * KC + k] = 0.0;
         }
     }
-    const double *cell = a->cell;
-    for (int c = 0; c < 3; c++)
-        for (int q = 0; q < EB; q++)
-            v[c][q] = rel[c][q] + (sh[0][q] * cell[c] + sh[1][q] * cell[3 + c] +
-                                   sh[2][q] * cell[6 + c]);
     const double half_pi_over_rc = 1.57079632679489661923 / a->rc;
-    for (int q = 0; q < EB; q++) {
-        const double f = ead_sin((a->rc - w->d[q]) * half_pi_over_rc);
-        w->w[q] = zj[q] * (f * f);
+    for (int64_t k = 0; k < n_pad; k++) {
+        const double f = ead_sin((a->rc - d[k]) * half_pi_over_rc);
+        zj[k] = zj[k] * (f * f);
     }
     for (int64_t m = 1; m < a->n_mono; m++) {
-        const double *restrict source = w->w + a->rec[2 * (m - 1)] * EB;
-        const double *restrict axis = v[a->rec[2 * (m - 1) + 1]];
-        double *restrict out = w->w + m * EB;
-        for (int q = 0; q < EB; q++)
-            out[q] = source[q] * axis[q];
+        const double *restrict source = w->w + a->rec[2 * (m - 1)] * KC;
+        const double *restrict axis = v + a->rec[2 * (m - 1) + 1] * KC;
+        double *restrict out = w->w + m * KC;
+        for (int64_t k = 0; k < n_pad; k++)
+            out[k] = source[k] * axis[k];
     }
 }
 
@@ -472,11 +494,10 @@ EAD_INLINE void square_row(double *restrict row, const double *restrict scale, i
             row[k] *= row[k];
 }
 
-EAD_INLINE void ead_body(const ead_args *restrict a, ead_work *restrict w, int rows, int tile)
+EAD_INLINE void ead_body(const ead_args *restrict a, ead_work *restrict w, int vector_width)
 {
     const int64_t n_rs = a->n_rs, g_pad = w->g_pad, n_etas = a->n_etas, n_mono = a->n_mono;
     const int64_t n_features = a->n_l * n_etas * n_rs;
-    const int64_t rho_len = n_mono * n_etas * g_pad;
     int64_t e0 = 0;
     for (int64_t i = 0; i < a->n_atoms; i++) {
         int64_t e1 = e0;
@@ -487,13 +508,12 @@ EAD_INLINE void ead_body(const ead_args *restrict a, ead_work *restrict w, int r
             memset(row, 0, (size_t)n_features * sizeof(double));
             continue;
         }
-        memset(w->rho, 0, (size_t)rho_len * sizeof(double));
         const double *pi = a->pos + 3 * i;
-        for (int64_t c0 = e0; c0 < e1; c0 += EB) {
-            const int64_t count = e1 - c0 < EB ? e1 - c0 : EB;
-            chunk_edges(a, w, c0, count, pi);
+        for (int64_t c0 = e0; c0 < e1; c0 += KC) {
+            const int64_t n = e1 - c0 < KC ? e1 - c0 : KC, n_pad = (n + 7) & ~(int64_t)7;
+            chunk_edges(a, w, c0, n, n_pad, pi);
             for (int64_t ia = 0; ia < n_etas; ia++)
-                chunk_eta(a, w, ia, rows, tile);
+                chunk_eta(a, w, ia, n, n_pad, c0 == e0, vector_width);
         }
         /* rho^2 (rho = S T for the block etas; k < |Rs| only: T past |Rs| is never scaled),
          * then x[l][eta][k] = sum_m reduce[l][m] rho[m][eta][k]^2 */
@@ -520,18 +540,18 @@ EAD_INLINE void ead_body(const ead_args *restrict a, ead_work *restrict w, int r
     }
 }
 
-static void ead_run_generic(const ead_args *a, ead_work *w) { ead_body(a, w, 1, 2); }
+static void ead_run_generic(const ead_args *a, ead_work *w) { ead_body(a, w, 2); }
 
 #if EAD_X86_DISPATCH
 __attribute__((target("avx2,fma"))) static void ead_run_avx2(const ead_args *a, ead_work *w)
 {
-    ead_body(a, w, 1, 4);
+    ead_body(a, w, 4);
 }
 
 __attribute__((target("avx512f,avx2,fma"))) static void ead_run_avx512(const ead_args *a,
                                                                         ead_work *w)
 {
-    ead_body(a, w, 2, 8);
+    ead_body(a, w, 8);
 }
 #endif
 
@@ -581,16 +601,16 @@ static int ead_run(const ead_args *a, int isa)
             w.g_pad = length * n_blocks;
     }
     w.g_pad = (w.g_pad + 7) & ~(int64_t)7;
-    w.p_len = (max_length + 7) & ~(int64_t)7;
+    const int64_t p_cols = max_length > w.rs_pad ? max_length : w.rs_pad;
     enum { N_WORK = 7 };
     const int64_t sizes[N_WORK] = {
-        a->n_mono * a->n_etas * w.g_pad, EB * w.g_pad,   EB * (max_blocks + 1), EB * w.p_len,
-        a->n_mono * max_blocks * EB,     a->n_mono * EB, EB};
-    double **targets[N_WORK] = {&w.rho, &w.g, &w.x, &w.p, &w.wa, &w.w, &w.d};
+        a->n_mono * a->n_etas * w.g_pad, KC, 3 * KC, a->n_mono * KC, (max_blocks + 1) * KC,
+        a->n_mono * max_blocks * KC,     KC * p_cols};
+    double **targets[N_WORK] = {&w.rho, &w.d, &w.v, &w.w, &w.x, &w.wa, &w.p};
     int64_t total = 0;
     for (int k = 0; k < N_WORK; k++)
         total += (sizes[k] + 7) & ~(int64_t)7; /* every array 64-byte aligned */
-    w.block = calloc((size_t)total * sizeof(double) + ALIGN, 1);
+    w.block = malloc((size_t)total * sizeof(double) + ALIGN);
     if (w.block == NULL)
         return EAD_NO_MEMORY;
     double *cursor = (double *)(((uintptr_t)w.block + ALIGN - 1) & ~(uintptr_t)(ALIGN - 1));
