@@ -62,7 +62,7 @@ from fingerprint_pretrain.builder.bookkeeping import (
     values_under,
 )
 from fingerprint_pretrain.builder.errors import BuildError
-from fingerprint_pretrain.builder.graph import graph_record
+from fingerprint_pretrain.builder.graph import graph_record, graph_records
 from fingerprint_pretrain.builder.labels import (
     CastError,
     LabelAccumulator,
@@ -229,26 +229,36 @@ def process_chunk(
     labels: LabelConfig,
     target_names: Sequence[str] = (),
 ) -> ChunkResult:
-    """Parse, check and encode a chunk of items (runs in a worker process)."""
-    results: list[EncodedRecord | RejectedItem] = []
-    acc = LabelAccumulator(labels)
-    for item in items:
+    """Parse, check and encode a chunk of items (runs in a worker process).
+
+    Items are parsed one by one, then the neighbour lists and graph checks of the whole chunk
+    are done at once (:func:`builder.graph.graph_records`), then labels and encoding per
+    record; each item gets the same result (record bytes or rejection reason) as alone.
+    """
+    outcome: list = [None] * len(items)  # per item: Rejected reason (str) or (record, nl)
+    parsed = []  # (position, structure)
+    for k, item in enumerate(items):
         try:
             check_targets(item.targets, target_names)
-            structure = to_arrays(item.kind, item.payload)
-            record, nl = graph_record(
-                item.record_id, structure, item.targets, cutoff, allow_missing
-            )
-            _check_label_elements(labels.names, record["z"])
-            values = compute_labels(
-                labels.names, record["z"], record["pos"], record["cell"], record["pbc"], nl
-            )
-        except Rejected as why:
-            results.append(RejectedItem(replace(item, payload=None), str(why)))
-            continue
-        except Exception as err:  # a bug or an input no check foresaw: keep the build going
-            reason = f"internal error: {type(err).__name__}: {err}"
-            results.append(RejectedItem(replace(item, payload=None), reason))
+            parsed.append((k, to_arrays(item.kind, item.payload)))
+        except Exception as err:
+            outcome[k] = _reason(err)
+    for (k, _), result in zip(parsed, _graphs(items, parsed, cutoff, allow_missing)):
+        outcome[k] = result if isinstance(result, (tuple, str)) else _reason(result)
+    results: list[EncodedRecord | RejectedItem] = []
+    acc = LabelAccumulator(labels)
+    for item, result in zip(items, outcome):
+        if isinstance(result, tuple):
+            record, nl = result
+            try:
+                _check_label_elements(labels.names, record["z"])
+                values = compute_labels(
+                    labels.names, record["z"], record["pos"], record["cell"], record["pbc"], nl
+                )
+            except Exception as err:
+                result = _reason(err)
+        if isinstance(result, str):
+            results.append(RejectedItem(replace(item, payload=None), result))
             continue
         results.append(
             EncodedRecord(
@@ -261,6 +271,30 @@ def process_chunk(
             )
         )
     return ChunkResult(results, *acc.finish())
+
+
+def _reason(err: Exception) -> str:
+    """The rejection reason of an item whose processing raised ``err``."""
+    if isinstance(err, Rejected):
+        return str(err)
+    # a bug or an input no check foresaw: keep the build going
+    return f"internal error: {type(err).__name__}: {err}"
+
+
+def _graphs(items: list[RawItem], parsed: list, cutoff: float, allow_missing: bool) -> list:
+    """The graph records of the parsed items, all at once; should the batch fail on
+    something unforeseen, one at a time, so the error is pinned on its item."""
+    entries = [(items[k].record_id, s, items[k].targets) for k, s in parsed]
+    try:
+        return graph_records(entries, cutoff, allow_missing)
+    except Exception:
+        out = []
+        for entry in entries:
+            try:
+                out.append(graph_record(*entry, cutoff, allow_missing))
+            except Exception as err:
+                out.append(err)
+        return out
 
 
 # --------------------------------------------------------------------------------------------

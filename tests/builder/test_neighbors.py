@@ -202,3 +202,104 @@ def test_huge_shifts_keep_the_exact_canonical_order(skewed_row):
         for d, j, s in zip(nl.edge_dist, nl.edge_index[0], nl.edge_shift.tolist())
     ]
     assert keys == sorted(keys)
+
+
+def python_sorted_list(pos, cell, pbc, cutoff):
+    """The canonical list by the obvious route: the engine's raw pairs, filtered in a Python
+    loop (d < cutoff, not the zero-shift self pair) and ordered by Python's ``sorted`` on
+    (centre, distance, neighbour, shift) tuples. Same engine, so the same float distances:
+    the order must match to the last tie."""
+    from fingerprint_pretrain.builder.neighbors import _search_cell
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    pbc_int = np.asarray(pbc, dtype=np.int64)
+    cell = np.asarray(cell, float)
+    c, n, img, d = find_points_in_spheres(
+        np.asarray(pos, float),
+        np.asarray(pos, float),
+        cutoff,
+        pbc_int,
+        _search_cell(cell, pbc_int),
+        tol=1e-8,
+    )
+    edges = []
+    for i, j, s, dist in zip(c.tolist(), n.tolist(), np.rint(img).astype(int).tolist(), d):
+        if dist < cutoff and not (i == j and s == [0, 0, 0]):
+            edges.append((i, float(dist), j, tuple(s)))
+    edges.sort()
+    return (
+        np.array([[e[2] for e in edges], [e[0] for e in edges]], np.int64).reshape(2, -1),
+        np.array([e[3] for e in edges], np.int64).reshape(-1, 3),
+        np.array([e[1] for e in edges], np.float64),
+    )
+
+
+def assert_same_order(nl, reference):
+    edge_index, edge_shift, edge_dist = reference
+    assert nl.edge_index.dtype == nl.edge_shift.dtype == np.int64
+    assert nl.edge_dist.dtype == np.float64
+    np.testing.assert_array_equal(nl.edge_index, edge_index)
+    np.testing.assert_array_equal(nl.edge_shift, edge_shift)
+    np.testing.assert_array_equal(nl.edge_dist, edge_dist)  # bitwise: same engine numbers
+
+
+def tie_heavy_structures():
+    """(pos, cell, pbc) of cells whose edges tie exactly in distance: a simple cubic
+    supercell (every image shell ties 6-, 8-, 12-fold), one atom in tiny cells, a slab."""
+    cubic = np.eye(3) * 2.0
+    grid = np.array(list(itertools.product(range(2), repeat=3)), float) * 2.0
+    return [
+        (grid, cubic * 2, [True] * 3),
+        (np.zeros((1, 3)), np.eye(3) * 1.5, [True] * 3),
+        (
+            np.array([[0.1, 0.2, 0.3]]),
+            np.array([[2.0, 0, 0], [1.9, 0.6, 0], [0.3, 0.2, 1.7]]),
+            [True] * 3,
+        ),
+        (grid[:4] * 1.5, np.array([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 0]]), [True, True, False]),
+    ]
+
+
+def test_canonical_order_matches_a_python_sort():
+    cases = [
+        (s.cart_coords, s.lattice.matrix, [True] * 3)
+        for s in real_structures("mp_20_subset.csv.gz", 12, 173)
+    ]
+    cases += [
+        (s.cart_coords, s.lattice.matrix, [True] * 3)
+        for s in real_structures("perov_5.csv.gz", 4, 700)
+    ]
+    cases += tie_heavy_structures()
+    for pos, cell, pbc in cases:
+        assert_same_order(
+            neighbour_list(pos, cell, pbc, CUTOFF), python_sorted_list(pos, cell, pbc, CUTOFF)
+        )
+
+
+def test_batch_lists_equal_one_python_sort_each():
+    from fingerprint_pretrain.builder.neighbors import neighbour_lists
+
+    cases = [
+        (s.cart_coords, s.lattice.matrix, [True] * 3)
+        for s in real_structures("mp_20_subset.csv.gz", 6, 211)
+    ]
+    cases = cases[:3] + tie_heavy_structures() + cases[3:]
+    lists = neighbour_lists(cases, CUTOFF)
+    assert len(lists) == len(cases)
+    for nl, (pos, cell, pbc) in zip(lists, cases):
+        assert_same_order(nl, python_sorted_list(pos, cell, pbc, CUTOFF))
+    assert neighbour_lists([], CUTOFF) == []
+
+
+def test_exact_fallback_when_keys_do_not_fit(monkeypatch):
+    """Keys too wide for one int64 (forced here) fall back to the four-key lexsort, which gives
+    the same lists."""
+    from fingerprint_pretrain.builder import neighbors
+
+    monkeypatch.setattr(neighbors, "_KEY_LIMIT", 1)
+    cases = [
+        (s.cart_coords, s.lattice.matrix, [True] * 3)
+        for s in real_structures("mp_20_subset.csv.gz", 3, 311)
+    ] + tie_heavy_structures()
+    for nl, (pos, cell, pbc) in zip(neighbors.neighbour_lists(cases, CUTOFF), cases):
+        assert_same_order(nl, python_sorted_list(pos, cell, pbc, CUTOFF))
