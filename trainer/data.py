@@ -7,8 +7,9 @@ store in memory, so a store larger than RAM trains.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -40,14 +41,17 @@ def nearest_k(edge_index: np.ndarray, dist: np.ndarray, k: int, cutoff: float) -
     keep = dist < cutoff
     if k <= 0:
         return keep
-    centre = edge_index[1]
-    # rank of each edge within its centre among the edges that pass the cutoff
-    kept_centre = centre[keep]
-    starts = np.flatnonzero(np.r_[True, kept_centre[1:] != kept_centre[:-1]])
-    counts = np.diff(np.r_[starts, len(kept_centre)])
-    rank = np.arange(len(kept_centre)) - np.repeat(starts, counts)
+    # rank of each edge within its centre among the edges that pass the cutoff: its position
+    # minus that of the first edge of its run of equal centres
+    kept = np.flatnonzero(keep)
+    kept_centre = edge_index[1][kept]
+    first = np.empty(len(kept), bool)
+    first[:1] = True
+    np.not_equal(kept_centre[1:], kept_centre[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    rank = np.arange(len(kept)) - starts[np.cumsum(first) - 1]
     out = np.zeros_like(keep)
-    out[np.flatnonzero(keep)[rank < k]] = True
+    out[kept[rank < k]] = True
     return out
 
 
@@ -93,6 +97,31 @@ class LabelScaler:
 
     def transform(self, y: np.ndarray) -> np.ndarray:
         return (y - self.shift) / self.scale
+
+    def transform_float32(self, blocks: Sequence[np.ndarray]) -> np.ndarray:
+        """The scaled labels of feature blocks side by side, as float32: the same values as
+        ``transform(np.concatenate(blocks, axis=1) as float64).astype(float32)``, without
+        the intermediate copies (what a DataLoader worker does for every structure).
+
+        Args:
+            blocks: (N, d_k) arrays of any float dtype, sum of d_k = len(shift).
+
+        Returns:
+            (N, D) float32.
+        """
+        rows = len(blocks[0])
+        if len(blocks) == 1:  # the usual case: one label set, no concatenation
+            scaled = np.subtract(blocks[0], self.shift, dtype=np.float64)
+        else:
+            scaled = np.empty((rows, len(self.shift)), np.float64)
+            first = 0
+            for block in blocks:
+                width = block.shape[1]
+                cols = slice(first, first + width)
+                np.subtract(block, self.shift[cols], out=scaled[:, cols])
+                first += width
+        scaled /= self.scale
+        return scaled.astype(np.float32)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         return y * torch.as_tensor(self.scale, dtype=y.dtype, device=y.device) + torch.as_tensor(
@@ -264,12 +293,15 @@ class StoreDataset(torch.utils.data.Dataset):
         vec = edge_vectors(rec["pos"], rec["cell"], edge_index, shift)
         dist = np.sqrt(np.einsum("ij,ij->i", vec, vec))
         keep = nearest_k(edge_index, dist, self.max_neighbors, self.cutoff)
-        y = self._labels(rec)
+        if self.task == "node":  # (N, D): the sets side by side, scaled without float64 copies
+            y = self.scaler.transform_float32([rec[n] for n in self.labels])
+        else:
+            y = self.scaler.transform(self._labels(rec)).astype(np.float32)
         return {
             "z": torch.from_numpy(np.asarray(rec["z"], dtype=np.int64)),
             "edge_index": torch.from_numpy(edge_index[:, keep]),
             "edge_vec": torch.from_numpy(vec[keep].astype(np.float32)),
-            "y": torch.from_numpy(self.scaler.transform(y).astype(np.float32)),
+            "y": torch.from_numpy(y),
             "index": index,
         }
 
@@ -280,6 +312,12 @@ class Batch:
 
     z (N,), edge_index (2, E) with node offsets applied, edge_vec (E, 3), batch (N,) graph of
     each node, y (N, D) node labels or (G, T) graph labels, index (G,) store indices.
+
+    A batch made by :func:`collate` keeps its tensors as views of one byte ``buffer`` (in
+    shared memory inside a DataLoader worker) and pickles as that one buffer: a worker hands
+    the main process one shared-memory segment per batch instead of one per tensor (each costs
+    both processes a socket round trip to pass its file descriptor; with EAD set 2 that was
+    the main process's largest cost, ``bench/results/loader.md``).
     """
 
     z: torch.Tensor
@@ -289,6 +327,17 @@ class Batch:
     y: torch.Tensor
     index: torch.Tensor
     num_graphs: int
+    buffer: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def __reduce__(self):
+        tensors = [getattr(self, name) for name in _BATCH_TENSORS]
+        if self.buffer is None or not all(_views(t, self.buffer) for t in tensors):
+            return (Batch, (*tensors, self.num_graphs))
+        layout = [
+            (str(t.dtype).removeprefix("torch."), tuple(t.shape), t.storage_offset() * t.itemsize)
+            for t in tensors
+        ]
+        return (_batch_from_buffer, (self.buffer, layout, self.num_graphs))
 
     def to(self, device, non_blocking: bool = False) -> Batch:
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
@@ -314,16 +363,71 @@ class Batch:
         )
 
 
+_BATCH_TENSORS = ("z", "edge_index", "edge_vec", "batch", "y", "index")
+_ALIGN = 8  # byte alignment of each tensor in a batch buffer (the widest element)
+
+
+def _views(tensor: torch.Tensor, buffer: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a contiguous view into ``buffer``'s storage."""
+    same = tensor.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+    return same and tensor.is_contiguous()
+
+
+def _view(buffer: torch.Tensor, dtype: torch.dtype, shape: tuple, offset: int) -> torch.Tensor:
+    """A tensor of ``dtype`` and ``shape`` over ``buffer``'s bytes from ``offset`` (aligned)."""
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    return buffer[offset : offset + nbytes].view(dtype).view(shape)
+
+
+def _batch_from_buffer(buffer: torch.Tensor, layout: list, num_graphs: int) -> Batch:
+    """Rebuild a pickled :class:`Batch` from its buffer and (dtype, shape, offset) per tensor."""
+    tensors = [
+        _view(buffer, getattr(torch, dtype), shape, offset) for dtype, shape, offset in layout
+    ]
+    return Batch(*tensors, num_graphs, buffer)
+
+
+def _allocate(layout: list[tuple[torch.dtype, tuple]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One byte buffer holding tensors of the given (dtype, shape), each 8-byte aligned, and
+    the tensors; in a DataLoader worker the buffer is in shared memory from the start, so
+    handing the batch over copies nothing (as torch's default collate does)."""
+    offsets, total = [], 0
+    for dtype, shape in layout:
+        offsets.append(total)
+        nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        total += nbytes + (-nbytes) % _ALIGN
+    if torch.utils.data.get_worker_info() is not None:
+        storage = torch.UntypedStorage._new_shared(total)
+        buffer = torch.empty(0, dtype=torch.uint8).set_(storage)
+    else:
+        buffer = torch.empty(total, dtype=torch.uint8)
+    views = [_view(buffer, dt, shape, off) for (dt, shape), off in zip(layout, offsets)]
+    return buffer, views
+
+
 def collate(items: list[dict]) -> Batch:
-    """Concatenate items into a :class:`Batch` (node indices offset per structure)."""
-    sizes = torch.tensor([len(it["z"]) for it in items])
-    offsets = torch.cumsum(sizes, 0) - sizes
-    return Batch(
-        z=torch.cat([it["z"] for it in items]),
-        edge_index=torch.cat([it["edge_index"] + off for it, off in zip(items, offsets)], dim=1),
-        edge_vec=torch.cat([it["edge_vec"] for it in items]),
-        batch=torch.repeat_interleave(torch.arange(len(items)), sizes),
-        y=torch.cat([it["y"] for it in items]),
-        index=torch.tensor([it["index"] for it in items]),
-        num_graphs=len(items),
+    """Concatenate items into a :class:`Batch` (node indices offset per structure), its tensors
+    views of one buffer (see :class:`Batch`); copies with NumPy (one thread: torch's
+    multi-threaded ``cat`` of the labels costs more than the copy on busy cores)."""
+    sizes = np.array([len(it["z"]) for it in items])
+    n_edges = np.array([it["edge_index"].shape[1] for it in items])
+    y_rows = sum(it["y"].shape[0] for it in items)
+    n_atoms, n_edge = int(sizes.sum()), int(n_edges.sum())
+    buffer, (z, edge_index, edge_vec, batch, y, index) = _allocate(
+        [
+            (torch.int64, (n_atoms,)),
+            (torch.int64, (2, n_edge)),
+            (torch.float32, (n_edge, 3)),
+            (torch.int64, (n_atoms,)),
+            (torch.float32, (y_rows, items[0]["y"].shape[1])),
+            (torch.int64, (len(items),)),
+        ]
     )
+    np.concatenate([it["z"].numpy() for it in items], out=z.numpy())
+    np.concatenate([it["edge_index"].numpy() for it in items], axis=1, out=edge_index.numpy())
+    edge_index.numpy()[:] += np.repeat(np.cumsum(sizes) - sizes, n_edges)
+    np.concatenate([it["edge_vec"].numpy() for it in items], out=edge_vec.numpy())
+    batch.numpy()[:] = np.repeat(np.arange(len(items)), sizes)
+    np.concatenate([it["y"].numpy() for it in items], out=y.numpy())
+    index.numpy()[:] = [it["index"] for it in items]
+    return Batch(z, edge_index, edge_vec, batch, y, index, len(items), buffer)

@@ -147,3 +147,67 @@ def test_epoch_sampler_shards_cover_each_split_once():
     for t in train:
         t.set_epoch(1)
     assert [list(t) for t in train] != first
+
+
+def test_transform_float32_is_the_float64_formula_rounded_once():
+    rng = np.random.default_rng(2)
+    a = (rng.normal(size=(7, 5)) * 1e4).astype(np.float32)
+    b = (rng.normal(size=(7, 3)) * 1e-3).astype(np.float16)
+    scaler = LabelScaler(rng.normal(size=8) * 100, rng.uniform(1e-9, 1e3, size=8))
+    # the reference: float64 of the stored values side by side, (y - shift) / scale, float32
+    y = np.hstack([a.astype(np.float64), b.astype(np.float64)])
+    expected = ((y - scaler.shift) / scaler.scale).astype(np.float32)
+    got = scaler.transform_float32([a, b])
+    assert (
+        got.dtype == np.float32
+        and got.view(np.uint32).tolist() == expected.view(np.uint32).tolist()
+    )
+    one = LabelScaler(scaler.shift[:5], scaler.scale[:5]).transform_float32([a])
+    np.testing.assert_array_equal(one, expected[:, :5])
+
+
+def reference_batch(items):
+    """The batch written out with torch.cat, one tensor at a time."""
+    sizes = [len(it["z"]) for it in items]
+    offsets = np.cumsum([0, *sizes])[:-1]
+    return {
+        "z": torch.cat([it["z"] for it in items]),
+        "edge_index": torch.cat([it["edge_index"] + int(o) for it, o in zip(items, offsets)], 1),
+        "edge_vec": torch.cat([it["edge_vec"] for it in items]),
+        "batch": torch.cat([torch.full((n,), g) for g, n in enumerate(sizes)]),
+        "y": torch.cat([it["y"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items]),
+    }
+
+
+def test_batches_travel_from_workers_as_one_shared_buffer(store):
+    """A worker's batch is one shared-memory buffer that every tensor views (one segment to
+    hand over, not six) and holds exactly the items, also after pickling."""
+    import dataclasses
+    import pickle
+
+    from torch.utils.data import DataLoader
+
+    ds = StoreDataset(store, "node", ["wacsfset1", "wacsfset2"], max_neighbors=8)
+    loader = DataLoader(ds, batch_size=5, collate_fn=collate, num_workers=1)
+    for b, batch in enumerate(loader):
+        expected = reference_batch([ds[i] for i in range(5 * b, min(5 * b + 5, len(ds)))])
+        storages = set()
+        for name, want in expected.items():
+            got = getattr(batch, name)
+            assert got.dtype == want.dtype and torch.equal(got, want), name
+            storages.add(got.untyped_storage().data_ptr())
+        assert len(storages) == 1 and batch.buffer.is_shared()
+        if b == 0:
+            again = pickle.loads(pickle.dumps(batch))
+            for name, want in expected.items():
+                assert torch.equal(getattr(again, name), want), name
+            assert again.num_graphs == batch.num_graphs
+            plain = dataclasses.replace(batch, buffer=None)  # e.g. after .to() or pinning
+            moved = pickle.loads(pickle.dumps(plain))
+            assert moved.buffer is None and torch.equal(moved.y, expected["y"])
+    # an empty-edge structure and a batch of one
+    item = dict(ds[0], edge_index=torch.zeros((2, 0), dtype=torch.int64))
+    item["edge_vec"] = torch.zeros((0, 3))
+    single = collate([item])
+    assert single.edge_index.shape == (2, 0) and torch.equal(single.y, item["y"])
