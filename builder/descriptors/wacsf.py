@@ -95,6 +95,9 @@ _MAX_POWER = 10_000
 # Rung tables up to this many doubles (256 KB) are built whole, then reduced in one call;
 # larger ones a rung at a time (each reduced while in cache).
 _RUNGS_IN_CACHE = 1 << 15
+# 0, 1, 2, …: centre indices without a numpy call per structure (read-only).
+_RANGE = np.arange(1024)
+_RANGE.flags.writeable = False
 
 
 def _numpy_exp_vectorised() -> bool:
@@ -450,8 +453,10 @@ def _ladder(z: np.ndarray, nl: NeighbourList, ladder: _Ladder, rc: float) -> np.
     weight = dist * (np.pi / rc)
     np.cos(weight, out=weight)
     weight += 1.0
-    weight *= z.astype(np.float64)[neighbour]
-    bounds = centre.searchsorted(np.arange(n_atoms + 1))  # edges of centre i: bounds[i:i+2]
+    weight *= z[neighbour]
+    # Edges of centre i: bounds[i] … bounds[i + 1] − 1 (the list is grouped by centre).
+    indices = _RANGE[: n_atoms + 1] if n_atoms < len(_RANGE) else np.arange(n_atoms + 1)
+    bounds = centre.searchsorted(indices)
     starts = bounds[:-1]
     counts = bounds[1:] - starts
     work_per_edge = (ladder.n_rungs + 3) * n_etas

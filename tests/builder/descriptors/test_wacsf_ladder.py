@@ -169,3 +169,12 @@ def test_ladder_mode_follows_the_cost_of_exp(cheap_exp, monkeypatch, fresh_plans
         assert ladder.exponent_scale.shape[1] == (len(params["etas"]) if cheap_exp else 1)
         reference = reference_wacsf(*structure[:3], params["etas"], params["rs"], params["rc"])
         np.testing.assert_allclose(featurize(structure, **params), reference, rtol=LADDER_RTOL)
+
+
+def test_more_centres_than_the_cached_range(monkeypatch):
+    """Structures with more atoms than ``_RANGE`` holds take np.arange: same values."""
+    structure = small_real_structure(MP, 1)
+    params = REGISTRY["wacsfset2"].params
+    expected = featurize(structure, **params)
+    monkeypatch.setattr(wacsf, "_RANGE", np.arange(3))
+    np.testing.assert_array_equal(featurize(structure, **params), expected)
