@@ -10,13 +10,16 @@
  *   1. chunk_edges: d, Z_j f_c(d) with f_c = sin^2(pi (rc - d) / (2 rc)), the edge vectors
  *      pos[j] + shift @ cell - pos[i] and the M monomial weights w[m] = Z_j f_c x^lx y^ly z^lz
  *      (each from the monomial with one power less), vectorised over the chunk's edges;
- *   2. per eta with a block shape (B, blocks) (B a multiple of 8; the plan's choice): the shifts
- *      are blocks of B grid points R_b + t Delta, R_b = Rs[bB], and
- *          exp(-eta (d - R_b - t Delta)^2) = A_b * P_t * S_bt,
- *          A_b = exp(-eta (d - R_b)^2),  P_t = exp(2 eta Delta d)^t,
- *          S_bt = exp(-2 eta Delta t R_b - eta Delta^2 t^2)  (a table of the plan):
- *      the recurrence restarted exactly at every block. Per edge: blocks + 1 exps (vectorised
- *      over the chunk), P_t by products, the weights wa[m blocks + b] = w[m] A_b, then
+ *   2. per eta with a block shape (B, blocks, h) (B a multiple of 8, h = 0 or B/2; the plan's
+ *      choice): the shifts are blocks of B grid points R_b + tau Delta, tau = t - h, t < B,
+ *      about the anchor R_b = Rs[bB + h] (the plan's table), and
+ *          exp(-eta (d - R_b - tau Delta)^2) = A_b * P_t * S_bt,
+ *          A_b = exp(-eta (d - R_b)^2 + c_b),  P_t = exp(2 eta Delta d)^tau,
+ *          S_bt = exp(-2 eta Delta tau R_b - eta Delta^2 tau^2 - c_b)  (tables of the plan;
+ *          c_b = 0 for h = 0, else the largest such exponent of the block, so S_bt <= 1):
+ *      the recurrence restarted exactly at every block. Per edge: blocks + 1 exps (+ 1 for
+ *      P_0 = p^-h when h > 0; vectorised over the chunk), P_t by products, the weights
+ *      wa[m blocks + b] = w[m] A_b, then
  *          T[m][eta][bB + t] += sum over the chunk's edges of wa[m blocks + b] P_t,
  *      a small matrix product (M blocks rows x edges) (edges x B) run GEMM-style (contract:
  *      register tiles of C held over all the chunk's edges, ~90 % of the work; T stays in L1:
@@ -44,7 +47,7 @@
 #include <string.h>
 
 /* Bumped whenever the Python <-> C calling convention changes (checked by ead_kernel.py). */
-#define EAD_KERNEL_ABI 1
+#define EAD_KERNEL_ABI 2
 
 #ifndef EAD_SOURCE_HASH /* sha256 of this file, set by setup.py (ead_kernel.py detects stale builds) */
 #define EAD_SOURCE_HASH ""
@@ -88,12 +91,15 @@ typedef struct {
     /* plan */
     int64_t n_l, n_mono, n_etas, n_rs; /* L + 1, M, |eta|, |Rs| */
     int64_t scale_stride;              /* length of each row of `scale` */
-    const int64_t *shape;              /* (|eta|, 2): B (0 = direct), blocks */
+    int64_t anchor_stride;             /* length of each row of `anchors` */
+    const int64_t *shape;              /* (|eta|, 3): B (0 = direct), blocks, offset h */
     const int64_t *rec;                /* (M - 1, 2): source monomial, axis */
     double rc, step;
     const double *etas, *rs;
     const double *reduce; /* (L + 1, M) */
     const double *scale;  /* (|eta|, scale_stride): S_bt at k = bB + t, 0 beyond |Rs| */
+    const double *anchors; /* (|eta|, anchor_stride): R_b = Rs[bB + h] (or Rs[bB] + h Delta) */
+    const double *lifts;   /* (|eta|, anchor_stride): c_b, A_b = exp(-eta (d - R_b)^2 + c_b) */
     /* output */
     double *out; /* (N, (L + 1) |eta| |Rs|) */
 } ead_args;
@@ -177,10 +183,11 @@ EAD_INLINE void direct_gaussians(double *restrict g, const double *restrict rs, 
     ead_exp_inplace(g, n);
 }
 
-/* Powers P_t = p^t, t < B rounded up to 8, of one edge: t < 8 by a product chain, then
- * P_{s+t} = P_{s-8+t} p^8, 8 at a time (kept in registers: no store-to-load round trip). The
- * relative error of P_t is <= ~t ulp (t < B <= 64). Entries past B may overflow; never read. */
-EAD_INLINE void edge_powers(double *restrict p, double base, int64_t length)
+/* Powers P_t = start p^t, t < B rounded up to 8, of one edge (start = p^-h: P_t = p^(t-h)):
+ * t < 8 by a product chain, then P_{s+t} = P_{s-8+t} p^8, 8 at a time (kept in registers: no
+ * store-to-load round trip). The relative error of P_t is <= ~(t + 1) ulp (t < B <= 64).
+ * Entries past B may overflow; they are never read. */
+EAD_INLINE void edge_powers(double *restrict p, double base, double start, int64_t length)
 {
     const int64_t p_len = (length + 7) & ~(int64_t)7;
     double q[8];
@@ -188,6 +195,9 @@ EAD_INLINE void edge_powers(double *restrict p, double base, int64_t length)
     for (int t = 1; t < 8; t++)
         q[t] = q[t - 1] * base;
     const double base8 = q[7] * base;
+    if (start != 1.0)
+        for (int t = 0; t < 8; t++)
+            q[t] *= start;
     for (int t = 0; t < 8; t++)
         p[t] = q[t];
     for (int64_t s = 8; s < p_len; s += 8)
@@ -197,21 +207,26 @@ EAD_INLINE void edge_powers(double *restrict p, double base, int64_t length)
         }
 }
 
-/* x[b][k] = -eta (d_k - R_b)^2, R_b = rs[bB] (b < blocks), and x[blocks][k] = 2 eta Delta d_k,
- * k < n (rows KC apart). */
+/* x[b][k] = -eta (d_k - R_b)^2 + c_b for the anchors R_b and lifts c_b (b < blocks), x[blocks][k] = 2 eta Delta d_k
+ * and x[blocks + 1][k] = -h 2 eta Delta d_k (the exponent of P_0 = p^-h), k < n (rows KC
+ * apart). */
 EAD_INLINE void chunk_exponents(double *restrict x, const double *restrict d,
-                                const double *restrict rs, double eta, double step,
-                                int64_t length, int64_t n_blocks, int64_t n)
+                                const double *restrict anchors, const double *restrict lifts,
+                                double eta, double step, int64_t offset, int64_t n_blocks,
+                                int64_t n)
 {
     for (int64_t b = 0; b < n_blocks; b++) {
-        const double anchor = rs[b * length];
+        const double anchor = anchors[b], lift = lifts[b];
         for (int64_t k = 0; k < n; k++) {
             const double u = d[k] - anchor;
-            x[b * KC + k] = -eta * u * u;
+            x[b * KC + k] = -eta * u * u + lift;
         }
     }
     for (int64_t k = 0; k < n; k++)
         x[n_blocks * KC + k] = 2.0 * eta * step * d[k];
+    if (offset != 0)
+        for (int64_t k = 0; k < n; k++)
+            x[(n_blocks + 1) * KC + k] = -(double)offset * x[n_blocks * KC + k];
 }
 
 /* wa[m blocks + b][k] = w[m][k] A_b[k], k < n: the chunk's weights times the block anchors
@@ -397,7 +412,8 @@ EAD_INLINE void chunk_eta(const ead_args *restrict a, const ead_work *restrict w
                           int64_t n, int64_t n_pad, int first, int vector_width)
 {
     const double eta = a->etas[ia];
-    const int64_t length = a->shape[2 * ia], n_blocks = a->shape[2 * ia + 1];
+    const int64_t length = a->shape[3 * ia], n_blocks = a->shape[3 * ia + 1];
+    const int64_t offset = a->shape[3 * ia + 2];
     const int64_t m_stride = a->n_etas * w->g_pad, rs_pad = w->rs_pad;
     double *rho = w->rho + ia * w->g_pad;
     if (length == 0) { /* direct: one exp per shift, then rho[m] += sum_k w[m][k] g[k] */
@@ -412,11 +428,14 @@ EAD_INLINE void chunk_eta(const ead_args *restrict a, const ead_work *restrict w
         return;
     }
     /* block recurrence, scaled by S_bt after the sum over neighbours (in ead_body) */
-    chunk_exponents(w->x, w->d, a->rs, eta, a->step, length, n_blocks, n_pad);
-    for (int64_t b = 0; b <= n_blocks; b++)
+    chunk_exponents(w->x, w->d, a->anchors + ia * a->anchor_stride,
+                    a->lifts + ia * a->anchor_stride, eta, a->step, offset, n_blocks, n_pad);
+    const int64_t n_exps = n_blocks + 1 + (offset != 0);
+    for (int64_t b = 0; b < n_exps; b++)
         ead_exp_inplace(w->x + b * KC, n_pad);
+    const double *restrict bases = w->x + n_blocks * KC, *restrict starts = bases + KC;
     for (int64_t k = 0; k < n; k++)
-        edge_powers(w->p + k * length, w->x[n_blocks * KC + k], length);
+        edge_powers(w->p + k * length, bases[k], offset != 0 ? starts[k] : 1.0, length);
     chunk_block_weights(w->wa, w->w, w->x, a->n_mono, n_blocks, n_pad);
     contract(rho, m_stride, n_blocks, length, w->wa, w->p, length, n, first,
              a->n_mono * n_blocks, length, vector_width);
@@ -520,7 +539,7 @@ EAD_INLINE void ead_body(const ead_args *restrict a, ead_work *restrict w, int v
         for (int64_t m = 0; m < n_mono; m++)
             for (int64_t ia = 0; ia < n_etas; ia++)
                 square_row(w->rho + (m * n_etas + ia) * g_pad,
-                           a->shape[2 * ia] != 0 ? a->scale + ia * a->scale_stride : NULL, n_rs);
+                           a->shape[3 * ia] != 0 ? a->scale + ia * a->scale_stride : NULL, n_rs);
         for (int64_t l = 0; l < a->n_l; l++) {
             for (int64_t ia = 0; ia < n_etas; ia++) {
                 double *restrict o = row + (l * n_etas + ia) * n_rs;
@@ -592,7 +611,7 @@ static int ead_run(const ead_args *a, int isa)
     w.rs_pad = (a->n_rs + 7) & ~(int64_t)7;
     w.g_pad = w.rs_pad;
     for (int64_t ia = 0; ia < a->n_etas; ia++) {
-        const int64_t length = a->shape[2 * ia], n_blocks = a->shape[2 * ia + 1];
+        const int64_t length = a->shape[3 * ia], n_blocks = a->shape[3 * ia + 1];
         if (length > max_length)
             max_length = length;
         if (n_blocks > max_blocks)
@@ -604,7 +623,7 @@ static int ead_run(const ead_args *a, int isa)
     const int64_t p_cols = max_length > w.rs_pad ? max_length : w.rs_pad;
     enum { N_WORK = 7 };
     const int64_t sizes[N_WORK] = {
-        a->n_mono * a->n_etas * w.g_pad, KC, 3 * KC, a->n_mono * KC, (max_blocks + 1) * KC,
+        a->n_mono * a->n_etas * w.g_pad, KC, 3 * KC, a->n_mono * KC, (max_blocks + 2) * KC,
         a->n_mono * max_blocks * KC,     KC * p_cols};
     double **targets[N_WORK] = {&w.rho, &w.d, &w.v, &w.w, &w.x, &w.wa, &w.p};
     int64_t total = 0;
@@ -668,9 +687,11 @@ PyDoc_STRVAR(featurize_doc,
              "EAD of every atom into `out` (N, (L+1)|eta||Rs|) float64, C-contiguous. Edges must\n"
              "be sorted by centre (edge_index[1] ascending); returns 0, or 1 when they are not\n"
              "(nothing written). isa: -1 = best supported, else an index into ALL_ISAS.\n"
-             "iplan (int64) = [L+1, M, |eta|, |Rs|, scale_stride, (B, blocks) per eta,\n"
+             "iplan (int64) = [L+1, M, |eta|, |Rs|, scale_stride, anchor_stride,\n"
+             "(B, blocks, offset) per eta,\n"
              "(source, axis) per monomial 1..M-1]; dplan (float64) = [rc, Delta, etas, rs,\n"
-             "reduce ((L+1) x M), scale (|eta| x scale_stride)]. Built by ead_kernel.py.");
+             "reduce ((L+1) x M), scale (|eta| x scale_stride), anchors and lifts (each\n"
+             "|eta| x anchor_stride)]. Built by ead_kernel.py.");
 
 static PyObject *py_featurize(PyObject *self, PyObject *args)
 {
@@ -697,24 +718,29 @@ static PyObject *py_featurize(PyObject *self, PyObject *args)
     ead_args a;
     a.n_atoms = len[0];
     a.n_edges = len[5];
-    if (len[6] < 5)
+    if (len[6] < 6)
         goto bad_plan;
     a.n_l = ip[0];
     a.n_mono = ip[1];
     a.n_etas = ip[2];
     a.n_rs = ip[3];
     a.scale_stride = ip[4];
+    a.anchor_stride = ip[5];
     if (a.n_l < 1 || a.n_mono < 1 || a.n_etas < 1 || a.n_rs < 1 || a.scale_stride < a.n_rs ||
         a.n_mono > 100000 || a.n_etas > 100000 || a.n_rs > 100000 || a.scale_stride > 1000000 ||
-        len[6] != 5 + 2 * a.n_etas + 2 * (a.n_mono - 1) ||
-        len[7] != 2 + a.n_etas + a.n_rs + a.n_l * a.n_mono + a.n_etas * a.scale_stride)
+        a.anchor_stride < 1 || a.anchor_stride > a.n_rs ||
+        len[6] != 6 + 3 * a.n_etas + 2 * (a.n_mono - 1) ||
+        len[7] != 2 + a.n_etas + a.n_rs + a.n_l * a.n_mono + a.n_etas * a.scale_stride +
+                       2 * a.n_etas * a.anchor_stride)
         goto bad_plan;
-    a.shape = ip + 5;
-    a.rec = ip + 5 + 2 * a.n_etas;
+    a.shape = ip + 6;
+    a.rec = ip + 6 + 3 * a.n_etas;
     for (int64_t ia = 0; ia < a.n_etas; ia++) {
-        const int64_t length = a.shape[2 * ia], n_blocks = a.shape[2 * ia + 1];
-        if (length < 0 || length > 64 || length % 8 != 0 ||
-            (length > 0 && (n_blocks < 1 || n_blocks > a.n_rs ||
+        const int64_t length = a.shape[3 * ia], n_blocks = a.shape[3 * ia + 1];
+        const int64_t offset = a.shape[3 * ia + 2];
+        if (length < 0 || length > 64 || length % 8 != 0 || offset < 0 ||
+            (length == 0 && offset != 0) || (length > 0 && offset >= length) ||
+            (length > 0 && (n_blocks < 1 || n_blocks > a.anchor_stride ||
                                                          length * n_blocks < a.n_rs ||
                                                          length * n_blocks > a.scale_stride ||
                                                          (n_blocks - 1) * length >= a.n_rs)))
@@ -730,6 +756,8 @@ static PyObject *py_featurize(PyObject *self, PyObject *args)
     a.rs = a.etas + a.n_etas;
     a.reduce = a.rs + a.n_rs;
     a.scale = a.reduce + a.n_l * a.n_mono;
+    a.anchors = a.scale + a.n_etas * a.scale_stride;
+    a.lifts = a.anchors + a.n_etas * a.anchor_stride;
     if (len[1] != 3 * a.n_atoms || len[2] != 9 || len[3] != 2 * a.n_edges ||
         len[4] != 3 * a.n_edges || len[8] != a.n_atoms * a.n_l * a.n_etas * a.n_rs) {
         PyErr_SetString(PyExc_ValueError, "_ead_kernel.featurize: inconsistent array sizes");

@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 # Calling convention of _ead_kernel.featurize; must equal the C file's EAD_KERNEL_ABI.
-ABI = 1
+ABI = 2
 # Longest block of the recurrence (P_t = p^t carries ~t ulp). Measured on the registered sets:
 # 32 and 40 are equally fast, 24 and 48-64 (more exps, or more padding past |Rs|) slower.
 MAX_BLOCK = 32
@@ -146,31 +146,57 @@ class KernelPlan:
     """Constants of one EAD parameter set, in the layout ``_ead_kernel.featurize`` reads.
 
     Attributes:
-        iplan: int64 [L+1, M, |η|, |Rs|, scale_stride, (B, blocks) per η (B = 0: direct),
-            (source monomial, axis) per monomial 1 … M−1].
-        dplan: float64 [Rc, Δ, η…, Rs…, reduce ((L+1) × M), S (|η| × scale_stride)].
+        iplan: int64 [L+1, M, |η|, |Rs|, scale_stride, anchor_stride, (B, blocks, h) per η
+            (B = 0: direct; h: the anchor's offset in its block), (source monomial, axis) per
+            monomial 1 … M−1].
+        dplan: float64 [Rc, Δ, η…, Rs…, reduce ((L+1) × M), S (|η| × scale_stride),
+            anchors R_b (|η| × anchor_stride), lifts c_b (|η| × anchor_stride): A_b =
+            exp(−η(d − R_b)² + c_b), c_b the largest exponent of S_b before it was divided out].
         n_features: (L+1)·|η|·|Rs|.
         shapes: (B, blocks) per η, for reports and tests.
+        offsets: h per η (0 or B/2), for reports and tests.
     """
 
     iplan: np.ndarray
     dplan: np.ndarray
     n_features: int
     shapes: tuple[tuple[int, int], ...]
+    offsets: tuple[int, ...] = ()
+
+
+def block_shape(eta: float, rs: np.ndarray, step: float | None, d_max: float) -> tuple[int, int]:
+    """(B, h) of the kernel's recurrence for one η: block length (0: evaluate directly) and the
+    offset of the anchor in its block, 0 (the first shift) or B/2 (the middle one).
+
+    W is the largest distance of a block's shift from its anchor: (B − 1)Δ for h = 0, hΔ for
+    h = B/2. Anchoring in the middle halves W for a given B, so where the underflow cap binds
+    (steep Gaussians on a long grid: set 2's η = 5 and 10) blocks twice as long are safe.
+    """
+    if step is None or rs[0] < 0.0:
+        return 0, 0
+    reach = max(d_max, float(rs[-1]))
+    cap = min(MAX_BLOCK, -(-len(rs) // 8) * 8)
+    # Every exponent of P_t and S_bt: 2ηW·reach + ηW² ≤ limit (_KERNEL_EXP_LIMIT; half of it
+    # for a middle anchor, whose A_b carries the largest exponent of S_b: see kernel_plan).
+    first = min(int(_max_width(eta, rs, d_max, reach, _KERNEL_EXP_LIMIT) / step) + 1, cap)
+    first -= first % 8  # 0 (direct) below 8
+    middle = min(2 * int(_max_width(eta, rs, d_max, reach, _KERNEL_EXP_LIMIT / 2) / step), cap)
+    middle -= middle % 8
+    return (middle, middle // 2) if middle > first else (first, 0)
+
+
+def _max_width(eta: float, rs: np.ndarray, d_max: float, reach: float, limit: float) -> float:
+    """Largest W (Å) with 2ηW·reach + ηW² ≤ limit, capped where some Gaussian may underflow."""
+    max_width = -reach + math.sqrt(reach * reach + limit / eta)
+    largest_gap = max(d_max - float(rs[0]), float(rs[-1]))
+    if eta * largest_gap**2 > _EXP_LIMIT:  # some Gaussian may underflow: cap the block width
+        max_width = min(max_width, _BLOCK_WIDTH_TIMES_SQRT_ETA / math.sqrt(eta))
+    return max_width
 
 
 def block_length(eta: float, rs: np.ndarray, step: float | None, d_max: float) -> int:
     """Block length B of the kernel's recurrence for one η (0: evaluate directly)."""
-    if step is None or rs[0] < 0.0:
-        return 0
-    reach = max(d_max, float(rs[-1]))
-    # Every exponent of P_t and S_bt: 2ηW·reach + ηW² ≤ _KERNEL_EXP_LIMIT.
-    max_width = -reach + math.sqrt(reach * reach + _KERNEL_EXP_LIMIT / eta)
-    largest_gap = max(d_max - float(rs[0]), float(rs[-1]))
-    if eta * largest_gap**2 > _EXP_LIMIT:  # some Gaussian may underflow: cap the block width
-        max_width = min(max_width, _BLOCK_WIDTH_TIMES_SQRT_ETA / math.sqrt(eta))
-    length = min(int(max_width / step) + 1, MAX_BLOCK, -(-len(rs) // 8) * 8)
-    return length - length % 8  # 0 (direct) below 8
+    return block_shape(eta, rs, step, d_max)[0]
 
 
 def kernel_plan(
@@ -193,30 +219,56 @@ def kernel_plan(
     rs = np.asarray(rs, dtype=np.float64)
     n_l, n_mono = reduce.shape
     step = _regular_step(rs)
-    shapes = []
+    shapes, offsets = [], []
     for eta in etas:
-        length = block_length(float(eta), rs, step, rc)
+        length, offset = block_shape(float(eta), rs, step, rc)
         shapes.append((length, -(-len(rs) // length)) if length else (0, 0))
+        offsets.append(offset)
     scale_stride = max([len(rs)] + [length * blocks for length, blocks in shapes])
+    anchor_stride = max([1] + [blocks for _, blocks in shapes])
     scale = np.zeros((len(etas), scale_stride))
-    for a, (length, _) in enumerate(shapes):
+    anchor_table = np.zeros((len(etas), anchor_stride))
+    lift_table = np.zeros((len(etas), anchor_stride))
+    for a, ((length, blocks), offset) in enumerate(zip(shapes, offsets, strict=True)):
         if length == 0:
             continue
-        eta, t = float(etas[a]), np.arange(length, dtype=np.float64)
-        anchors = rs[::length]  # R_b = Rs[bB]
-        table = np.exp(-2.0 * eta * step * np.multiply.outer(anchors, t) - eta * step**2 * t * t)
-        scale[a, : len(rs)] = table.reshape(-1)[: len(rs)]
+        eta = float(etas[a])
+        # S_bt = exp(−2ηΔτR_b − ηΔ²τ²), τ = t − h: the Gaussian at R_b + τΔ is A_b·P_t·S_bt
+        tau = np.arange(length, dtype=np.float64) - offset
+        anchors = np.array(
+            [
+                rs[b * length + offset]
+                if b * length + offset < len(rs)
+                else rs[b * length] + offset * step
+                for b in range(blocks)
+            ]
+        )  # R_b = Rs[bB + h] (Rs[bB] for h = 0)
+        exponents = -2.0 * eta * step * np.multiply.outer(anchors, tau) - eta * step**2 * tau * tau
+        # The largest exponent of S_b (0 for h = 0) moves into A_b: S_bt ≤ 1, so that
+        # A_b·P_t = G/S_bt ≥ G never underflows where the Gaussian G itself does not.
+        lift = exponents.max(axis=1)
+        scale[a, : len(rs)] = np.exp(exponents - lift[:, None]).reshape(-1)[: len(rs)]
+        anchor_table[a, :blocks] = anchors
+        lift_table[a, :blocks] = lift
     iplan = np.array(
-        [n_l, n_mono, len(etas), len(rs), scale_stride]
-        + [v for shape in shapes for v in shape]
+        [n_l, n_mono, len(etas), len(rs), scale_stride, anchor_stride]
+        + [v for shape, offset in zip(shapes, offsets, strict=True) for v in (*shape, offset)]
         + [v for pair in recursion for v in pair],
         dtype=np.int64,
     )
     dplan = np.concatenate(
-        [[rc, step or 0.0], etas, rs, np.asarray(reduce, dtype=np.float64).ravel(), scale.ravel()]
+        [
+            [rc, step or 0.0],
+            etas,
+            rs,
+            np.asarray(reduce, dtype=np.float64).ravel(),
+            scale.ravel(),
+            anchor_table.ravel(),
+            lift_table.ravel(),
+        ]
     )
     iplan.flags.writeable = dplan.flags.writeable = False
-    return KernelPlan(iplan, dplan, n_l * len(etas) * len(rs), tuple(shapes))
+    return KernelPlan(iplan, dplan, n_l * len(etas) * len(rs), tuple(shapes), tuple(offsets))
 
 
 def supports(etas: np.ndarray, rs: np.ndarray, rc: float) -> bool:

@@ -8,6 +8,7 @@ fails :func:`test_kernel_is_available`; otherwise the kernel tests are skipped w
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -102,12 +103,18 @@ def test_matches_numpy_paths(name, isa):
 @needs_kernel
 @pytest.mark.parametrize("isa", ISAS)
 def test_steep_gaussians_and_direct_etas(isa):
-    """η up to 60 Å⁻² on a 12 Å grid: η = 20 runs the recurrence with capped 8-shift blocks,
-    η = 60 (not even 8 shifts safe) one exp per shift; neither loses a Gaussian above e^-600."""
+    """η up to 200 Å⁻² on a 12 Å grid: η = 20 and 60 run the recurrence with blocks anchored in
+    their middle (16 and 8 shifts, as long as the underflow cap allows), η = 200 (not even 8
+    shifts safe) one exp per shift; none loses a Gaussian above e^-600."""
     z, pos, cell, pbc = small_real_structure(PEROV, 4)
-    params = {"L": 1, "etas": [0.5, 20.0, 60.0], "rs": np.arange(0.0, 12.0, 0.05), "rc": 12.0}
+    params = {
+        "L": 1,
+        "etas": [0.5, 20.0, 60.0, 200.0],
+        "rs": np.arange(0.0, 12.0, 0.05),
+        "rc": 12.0,
+    }
     plan = plan_of(params)
-    assert plan.shapes[1] == (8, 30) and plan.shapes[2] == (0, 0)
+    assert plan.shapes[1:] == ((16, 15), (8, 30), (0, 0)) and plan.offsets == (0, 8, 4, 0)
     nl = neighbour_list(pos, cell, pbc, 12.0)
     ours = kernel(z, pos, cell, nl, params, isa)
     direct = ead.featurize(z, pos, cell, pbc, nl, **params, method="direct")
@@ -115,6 +122,52 @@ def test_steep_gaussians_and_direct_etas(isa):
     np.testing.assert_allclose(ours, direct, rtol=1e-10, atol=TINY)
     reference = ead_reference(z, pos, cell, **params, centres=[0, 3])
     np.testing.assert_allclose(ours[[0, 3]], reference, rtol=1e-12, atol=TINY)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        REGISTRY["eadset2"].params,
+        {"L": 1, "etas": [0.5, 20.0, 60.0], "rs": np.arange(0.0, 12.0, 0.05), "rc": 12.0},
+    ],
+)
+def test_plan_tables_give_the_gaussians(params):
+    """The plan's anchors R_b, lifts c_b, offsets h and table S rebuild every Gaussian of every
+    block, multiplied in the kernel's order: exp(−η(d − R_b)² + c_b) · exp(2ηΔd)^(t−h) (no
+    underflow there) · S[bB + t] = exp(−η(d − Rs[bB + t])²) to 1e-12 (or both below e^-600) for
+    distances across [0, Rc); set 2's steep η = 5 and 10 anchor their
+    blocks in the middle, which makes them twice as long as anchoring at the first shift allows
+    (32 and 24 shifts instead of 16 and 8)."""
+    rs, rc = np.asarray(params["rs"]), params["rc"]
+    plan = ead._setup(params["L"], params["etas"], params["rs"], rc)[4]
+    n_etas, n_rs = len(params["etas"]), len(rs)
+    iplan, dplan = plan.iplan, plan.dplan
+    scale_stride, anchor_stride = int(iplan[4]), int(iplan[5])
+    step = dplan[1]
+    start = 2 + n_etas + n_rs + plan.iplan[0] * plan.iplan[1]
+    scale = dplan[start : start + n_etas * scale_stride].reshape(n_etas, scale_stride)
+    anchors, lifts = dplan[start + n_etas * scale_stride :].reshape(2, n_etas, anchor_stride)
+    if params is REGISTRY["eadset2"].params:
+        assert plan.shapes == ((32, 8), (32, 8), (32, 8), (24, 10))
+        assert plan.offsets == (0, 0, 16, 12)
+    d = np.linspace(0.01, rc - 1e-6, 37)[:, None]
+    for a, ((length, blocks), offset) in enumerate(zip(plan.shapes, plan.offsets, strict=True)):
+        if length == 0:
+            continue
+        eta = params["etas"][a]
+        for b in range(blocks):
+            t = np.arange(length)
+            k = b * length + t
+            inside = k < n_rs
+            with np.errstate(under="ignore", over="ignore"):
+                # in the kernel's order: A_b · P_t (summed over edges), then · S_bt
+                ours = (
+                    np.exp(-eta * (d - anchors[a, b]) ** 2 + lifts[a, b])
+                    * np.exp(2 * eta * step * d) ** (t - offset)
+                    * scale[a, np.minimum(k, scale_stride - 1)]
+                )[:, inside]
+                exact = np.exp(-eta * (d - rs[k[inside]]) ** 2)
+            np.testing.assert_allclose(ours, exact, rtol=1e-12, atol=math.exp(-600))
 
 
 @needs_kernel
