@@ -225,3 +225,19 @@ def test_blocks_of_centres_and_lone_atoms(name, monkeypatch):
     with_lone = featurize(name, lone_z, lone_pos, cell * 10, np.zeros(3, bool))
     assert not with_lone[-1].any()
     np.testing.assert_allclose(with_lone[:-1], cluster, rtol=1e-12, atol=TINY)
+
+
+def test_setup_cache_follows_list_parameters():
+    """The per-call parameter lookup finds the registry's lists by identity, and a list changed
+    in place gets the plan of its new values (checked against a fresh copy of them)."""
+    params = REGISTRY["eadset3"].params
+    etas, rs = list(params["etas"]), list(params["rs"])
+    first = ead._setup(params["L"], etas, rs, params["rc"])
+    assert ead._setup(params["L"], etas, rs, params["rc"]) is first
+    assert ead._RECENT[(id(etas), id(rs))][5] is first
+    rs[:] = [r + 0.5 for r in rs]  # mutated in place: same ids, new values
+    moved = ead._setup(params["L"], etas, rs, params["rc"])
+    np.testing.assert_array_equal(moved[2], np.array(rs))
+    fresh = ead._setup(params["L"], list(etas), list(rs), params["rc"])
+    np.testing.assert_array_equal(moved[4].dplan, fresh[4].dplan)
+    assert not np.array_equal(moved[4].dplan, first[4].dplan)
