@@ -29,6 +29,7 @@ absent (and stays cheap).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Iterable
@@ -54,6 +55,13 @@ FAMILIES = ("wacsf", "gmp", "ead")
 AUTO_COMPRESS_MIN_DIM = 256  # codec "auto" compresses sets at least this wide (the EAD sets)
 
 
+@functools.cache
+def _family_module(family: str) -> ModuleType:
+    """``fingerprint_pretrain.builder.descriptors.<family>``, imported once per process (a spec
+    keeps no module reference itself, so it stays picklable for the build's workers)."""
+    return importlib.import_module(f"fingerprint_pretrain.builder.descriptors.{family}")
+
+
 @dataclass(frozen=True)
 class DescriptorSpec:
     """One named label set: a family and its complete parameters.
@@ -76,7 +84,7 @@ class DescriptorSpec:
     @property
     def module(self) -> ModuleType:
         """The family module (imported on first use)."""
-        return importlib.import_module(f"fingerprint_pretrain.builder.descriptors.{self.family}")
+        return _family_module(self.family)
 
     @cached_property
     def feature_names(self) -> tuple[str, ...]:
