@@ -55,7 +55,7 @@ SETS = {
 # so the steady-state rate, after worker start-up and imports, can be told from the end-to-end
 # rate: the rate between the commit that passes 20 % of the records and the last one.
 BUILD_RUNNER = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 import fingerprint_pretrain.builder.build as b
 stamps = []
 write = b.LmdbWriter.write
@@ -65,18 +65,18 @@ def timed_write(self, items):
     stamps.append((time.perf_counter(), sum(k.startswith(b"g/") for k, _ in items)))
 b.LmdbWriter.write = timed_write
 opts = b.BuildOptions(**json.loads(sys.argv[1]))
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 m = b.build_store(opts)
-wall = time.perf_counter() - t
+wall, cpu = time.perf_counter() - t, time.process_time() - c
 done, first = 0, None
 for when, n in stamps:
     done += n
     if first is None and done >= 0.2 * m["counts"]["records"]:
         first = (when, done)
 steady = (done - first[1]) / (stamps[-1][0] - first[0])
-# Worker processes (joblib keeps them alive for reuse): their peak RSS from /proc.
-import os
-worker_peak = 0.0
+# Worker processes (joblib keeps them alive for reuse): their peak RSS and CPU time from /proc.
+worker_peak = worker_cpu = 0.0
+tick = os.sysconf("SC_CLK_TCK")
 for pid in os.listdir("/proc"):
     if not pid.isdigit():
         continue
@@ -87,8 +87,12 @@ for pid in os.listdir("/proc"):
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     if int(fields.get("PPid", "0").strip()) == os.getpid() and "VmHWM" in fields:
         worker_peak = max(worker_peak, int(fields["VmHWM"].split()[0]) / 1024)
+        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        worker_cpu += (int(stat[11]) + int(stat[12])) / tick
 print(json.dumps({
     "wall_s": wall,
+    "main_cpu_s": cpu,
+    "worker_cpu_s": worker_cpu,
     "steady_structures_per_s": steady,
     "records": m["counts"]["records"],
     "atoms": m["counts"]["atoms"],
@@ -104,11 +108,13 @@ def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
 
 
-def bench_build(name: str, jobs: int, work: Path) -> dict:
+def bench_build(name: str, jobs: int, work: Path, package: Path | None = None) -> dict:
+    """One build in a fresh process: of the current code, or of the ``package`` tree that
+    :func:`extract_package` made from an earlier revision."""
     src, args = SETS[name]
     targets = [args[i + 1] for i, a in enumerate(args) if a == "-t"]
     id_column = args[args.index("--id-column") + 1] if "--id-column" in args else None
-    out = work / f"{name}-j{jobs}.lmdb"
+    out = work / f"{name}-j{jobs}{'-base' if package else ''}.lmdb"
     shutil.rmtree(out, ignore_errors=True)
     opts = {
         "inputs": [str(src)],
@@ -118,12 +124,14 @@ def bench_build(name: str, jobs: int, work: Path) -> dict:
         "id_column": id_column,
         "progress": False,
     }
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # cwd outside the repository: its folders would shadow a baseline package
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(package or REPO)}
     proc = subprocess.run(
         [sys.executable, "-c", BUILD_RUNNER, json.dumps(opts)],
         capture_output=True,
         text=True,
         env=env,
+        cwd=work,
         check=True,
     )
     res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -131,6 +139,7 @@ def bench_build(name: str, jobs: int, work: Path) -> dict:
         dataset=name,
         jobs=jobs,
         structures_per_s=res["records"] / res["wall_s"],
+        cpu_structures_per_s=res["records"] / (res["main_cpu_s"] + res["worker_cpu_s"]),
         atoms_per_s=res["atoms"] / res["wall_s"],
         disk_bytes=disk_bytes(out),
         bytes_per_atom=disk_bytes(out) / res["atoms"],
@@ -138,6 +147,128 @@ def bench_build(name: str, jobs: int, work: Path) -> dict:
         store=str(out),
     )
     return res
+
+
+def extract_package(rev: str, work: Path) -> Path:
+    """The ``fingerprint_pretrain`` package (builder, schemas) of git revision ``rev`` as an
+    importable tree under ``work`` (for ``PYTHONPATH``)."""
+    out = work / f"package-{rev}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "fingerprint_pretrain", "builder", "schemas"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    for name in ("builder", "schemas"):
+        (out / name).rename(out / "fingerprint_pretrain" / name)
+    return out
+
+
+def cif_sample(name: str, n: int) -> list[str]:
+    """``n`` CIF texts spread evenly over the dataset (every k-th row)."""
+    src, _ = SETS[name]
+    with gzip.open(src, "rt", newline="") as fh:
+        rows = [r["cif"] for r in csv.DictReader(fh)]
+    step = max(len(rows) // n, 1)
+    return rows[::step][:n]
+
+
+def time_parse(texts: list[str], check_cif: bool = True) -> dict:
+    """CIF parsing alone, one core, as the builder calls it (``CifParser.from_str(text)
+    .parse_structures(primitive=False)``; ``check_cif=False`` skips pymatgen's composition
+    check, which only warns): structures per second of CPU time and of wall time."""
+    from pymatgen.io.cif import CifParser
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t, c = time.perf_counter(), time.process_time()
+        for text in texts:
+            CifParser.from_str(text, check_cif=check_cif).parse_structures(primitive=False)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return {"structures_per_s": len(texts) / cpu, "wall_structures_per_s": len(texts) / wall}
+
+
+# One instrumented --jobs 1 build: the CPU time of each stage (exclusive of the stages it
+# calls), by wrapping the stage functions; the first parse includes pymatgen's import.
+BREAKDOWN_RUNNER = """
+import functools, json, sys, time
+T = time.process_time
+import fingerprint_pretrain.builder.build as b
+import fingerprint_pretrain.builder.graph as g
+import fingerprint_pretrain.builder.structure as st
+acc, stack = {}, []
+def wrap(mod, name, label):
+    f = getattr(mod, name, None)
+    if f is None:
+        return
+    @functools.wraps(f)
+    def w(*a, **k):
+        t = T(); stack.append(0.0)
+        try:
+            return f(*a, **k)
+        finally:
+            d = T() - t; inner = stack.pop()
+            acc[label] = acc.get(label, 0.0) + d - inner
+            if stack:
+                stack[-1] += d
+    setattr(mod, name, w)
+wrap(st, "_parse_cif", "CIF parse (pymatgen) and arrays")
+wrap(g, "neighbour_list", "neighbour lists")
+wrap(g, "neighbour_batch", "neighbour lists")
+wrap(b, "graph_record", "graph checks and casts")
+wrap(b, "graph_records", "graph checks and casts")
+wrap(b, "encode_record", "record encoding")
+wrap(b, "record_digest", "record digest")
+wrap(b, "process_chunk", "other per-structure work in the worker")
+wrap(b.LmdbWriter, "write", "LMDB writes")
+wrap(b, "_write_records", "main loop (reading the CSV, bookkeeping)")
+wrap(b, "_open_inputs", "opening inputs (CSV row count)")
+wrap(b, "file_sha256", "input sha256")
+wrap(b, "_finalise", "finalisation")
+wrap(b, "_put_in_place", "finalisation")
+wrap(b.LmdbWriter, "close", "finalisation")
+wrap(b, "build_store", "other fixed costs")
+opts = b.BuildOptions(**json.loads(sys.argv[1]))
+t = T()
+m = b.build_store(opts)
+print(json.dumps({"total_s": T() - t, "records": m["counts"]["records"], "stages_s": acc}))
+"""
+
+
+def breakdown(name: str, work: Path) -> dict:
+    """Per-structure CPU time of each stage of a ``--jobs 1`` build of ``name``."""
+    src, args = SETS[name]
+    out = work / f"{name}-breakdown.lmdb"
+    shutil.rmtree(out, ignore_errors=True)
+    opts = {
+        "inputs": [str(src)],
+        "out": str(out),
+        "jobs": 1,
+        "targets": [args[i + 1] for i, a in enumerate(args) if a == "-t"],
+        "id_column": args[args.index("--id-column") + 1] if "--id-column" in args else None,
+        "progress": False,
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", BREAKDOWN_RUNNER, json.dumps(opts)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=work,
+        check=True,
+    )
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    shutil.rmtree(out, ignore_errors=True)
+    n = res["records"]
+    res["us_per_structure"] = {k: v / n * 1e6 for k, v in res["stages_s"].items()}
+    return res
+
+
+def load_average() -> str:
+    """``uptime``'s load averages (1, 5, 15 min), e.g. "6.31, 4.77, 2.96"."""
+    return ", ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def load_structures(name: str, limit: int):
@@ -211,12 +342,24 @@ def bench_engines(structures, cutoff: float = 8.0) -> dict:
         pass
     reference = [ours(p, c) for p, c in data]
     out = {}
+    # the builder's way: one batch per chunk of 32 structures (builder.neighbors.neighbour_lists)
+    from fingerprint_pretrain.builder.neighbors import neighbour_lists
+
+    t = time.process_time()
+    counts = []
+    for k in range(0, len(data), 32):
+        chunk = [(p, c, [True] * 3) for p, c in data[k : k + 32]]
+        counts += [nl.num_edges for nl in neighbour_lists(chunk, cutoff)]
+    out["ours, batches of 32 (as the builder)"] = {
+        "structures_per_s": len(data) / (time.process_time() - t),
+        "pair_count_mismatches": sum(a != b for a, b in zip(counts, reference)),
+    }
     for name, fn in engines.items():
         try:
             counts = [fn(p, c) for p, c in data[:5]]  # warm-up and quick check
-            t = time.perf_counter()
+            t = time.process_time()
             counts = [fn(p, c) for p, c in data]
-            elapsed = time.perf_counter() - t
+            elapsed = time.process_time() - t
         except Exception as err:  # an engine that cannot handle some cell
             out[name] = {"error": f"{type(err).__name__}: {err}"}
             continue
@@ -479,6 +622,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(RESULTS / "build.json"))
     ap.add_argument("--engine-structures", type=int, default=600)
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (best kept)")
+    ap.add_argument(
+        "--datasets", default=",".join(SETS), help="comma-separated subset of " + ", ".join(SETS)
+    )
+    ap.add_argument(
+        "--parse-structures", type=int, default=600, help="CIFs timed for the parse bound"
+    )
+    ap.add_argument(
+        "--build-only",
+        action="store_true",
+        help="run parts 1-3 only; keep the reader section of --out",
+    )
     ap.add_argument(
         "--reader-only",
         action="store_true",
@@ -487,7 +642,8 @@ def main() -> None:
     ap.add_argument(
         "--baseline",
         metavar="REV",
-        help="also time the reader of git revision REV (its schemas package) on the same stores",
+        help="also time the reader (--reader-only) or the builder (builds) of git revision REV "
+        "on the same inputs, interleaved",
     )
     ap.add_argument(
         "--parts",
@@ -496,6 +652,8 @@ def main() -> None:
         "a revision from before parts); writes parts_reader.json/.md",
     )
     args = ap.parse_args()
+    for name in set(SETS) - set(args.datasets.split(",")):
+        del SETS[name]
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fp-bench-"))
     if args.parts:
@@ -522,43 +680,72 @@ def main() -> None:
             "python": platform.python_version(),
         },
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": " ".join(["python bench/bench_build.py", *sys.argv[1:]]),
+        "rounds": args.rounds,
+        "baseline": args.baseline,
+        "load_before": load_average(),
         "builds": [],
         "engines": {},
         "cif_parse": {},
+        "breakdown": {},
         "reader": {},
     }
     try:
-        for name in SETS:
-            for jobs in (1, 2):
-                res = bench_build(name, jobs, work)
-                print(
-                    f"build {name} jobs={jobs}: {res['structures_per_s']:.0f} struct/s, "
-                    f"{res['atoms_per_s']:.0f} atoms/s, main RSS {res['main_peak_rss_mib']:.0f}"
-                    f" MiB, {res['bytes_per_atom']:.0f} B/atom",
-                    flush=True,
-                )
-                results["builds"].append(res)
-            h1, h2 = (r["content_hash"] for r in results["builds"][-2:])
-            assert h1 == h2, "1 and 2 jobs must give the same store"
-        for name in SETS:
-            structures, parse_rate = load_structures(name, args.engine_structures)
-            results["cif_parse"][name] = {"structures_per_s": parse_rate}
-            results["engines"][name] = bench_engines(structures)
-            print(
-                f"engines {name}: "
-                + ", ".join(
-                    f"{k} {v.get('structures_per_s', float('nan')):.0f}/s"
-                    for k, v in results["engines"][name].items()
-                ),
-                flush=True,
-            )
-        stores = {name: work / f"{name}-j1.lmdb" for name in SETS}
-        results["reader"] = run_reader(work, args.baseline, stores)
+        run_builds(results, work, args)
+        results["load_after"] = load_average()
+        if args.build_only and Path(args.out).exists():
+            results["reader"] = json.loads(Path(args.out).read_text()).get("reader", {})
+        else:
+            stores = {name: work / f"{name}-j1.lmdb" for name in SETS}
+            results["reader"] = run_reader(work, None, stores)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for b in results["builds"]:
         b.pop("store")
     write_results(results, Path(args.out))
+
+
+def keep_best(best: dict, key: tuple, got: dict, rate: str = "structures_per_s") -> None:
+    if key not in best or got[rate] > best[key][rate]:
+        best[key] = got
+
+
+def run_builds(results: dict, work: Path, args) -> None:
+    """Parts 1-3, interleaved over ``args.rounds`` rounds (best kept): per dataset, CIF parsing
+    alone, builds with 1 and 2 jobs (and of ``args.baseline``'s code), then the per-stage CPU
+    breakdown and the neighbour-list engines."""
+    package = extract_package(args.baseline, work) if args.baseline else None
+    texts = {name: cif_sample(name, args.parse_structures) for name in SETS}
+    builds: dict = {}
+    parse: dict = {}
+    configs = [(1, None), (2, None)] + ([(1, package)] if package else [])
+    for r in range(args.rounds):
+        for name in SETS:
+            for check in (True, False):
+                keep_best(parse, (name, check), time_parse(texts[name], check))
+            for jobs, pkg in configs:
+                res = bench_build(name, jobs, work, pkg)
+                res["code"] = "baseline" if pkg else "current"
+                keep_best(builds, (name, jobs, res["code"]), res, "cpu_structures_per_s")
+                print(
+                    f"round {r} {name} {res['code']} jobs={jobs}: "
+                    f"{res['structures_per_s']:.0f}/s wall, "
+                    f"{res['cpu_structures_per_s']:.0f}/s CPU, load {load_average()}",
+                    flush=True,
+                )
+    hashes = {}
+    for (name, _, _), res in builds.items():
+        hashes.setdefault(name, set()).add(res["content_hash"])
+    assert all(len(h) == 1 for h in hashes.values()), f"content hashes differ: {hashes}"
+    results["builds"] = list(builds.values())
+    for (name, check), v in parse.items():
+        results["cif_parse"].setdefault(name, {})["check_cif" if check else "no_check_cif"] = v
+    for name in SETS:
+        results["cif_parse"][name]["structures"] = len(texts[name])
+        results["breakdown"][name] = breakdown(name, work)
+        structures, _ = load_structures(name, args.engine_structures)
+        results["engines"][name] = bench_engines(structures)
+        print(f"breakdown {name}: {results['breakdown'][name]['us_per_structure']}", flush=True)
 
 
 def write_results(results: dict, out: Path) -> None:
@@ -568,6 +755,122 @@ def write_results(results: dict, out: Path) -> None:
 
 
 def markdown(r: dict) -> str:
+    if "breakdown" not in r:
+        return old_markdown(r)
+    rev = r.get("baseline")
+    lines = [
+        "# Store builder and reader benchmarks",
+        "",
+        f"{r['date']}, {r['machine']['cpu']}, {r['machine']['cores']} cores, "
+        f"Python {r['machine']['python']}. `{r['command']}`. The 2 cores are shared with two "
+        f"training jobs and other benchmarks (load average {r['load_before']} before, "
+        f"{r['load_after']} after): wall-clock rates and speed-ups are what the machine gave at "
+        "the time; the CPU-time rates (best of "
+        f"{r['rounds']} interleaved rounds: parse alone, builds with 1 and 2 jobs"
+        + (f", the build of {rev}" if rev else "")
+        + ") are the load-independent figures.",
+        "",
+        "## Graph-only build (8 Å, complete neighbour lists)",
+        "",
+        "End to end: one fresh process per build (worker spawn and imports, CSV counting and "
+        "hashing, finalisation included). Steady state: records per second between the commit "
+        "passing 20 % of the records and the last commit. CPU rate: records per CPU second of "
+        "the main process and its workers.",
+        "",
+        "| dataset | code | jobs | structures/s (wall) | speed-up | steady-state structures/s | "
+        "steady speed-up | structures per CPU s | main peak RSS MiB | worker peak RSS MiB | "
+        "bytes/atom | edges/atom |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = {(b["dataset"], b["code"]): b for b in r["builds"] if b["jobs"] == 1}
+    for b in sorted(r["builds"], key=lambda b: (b["dataset"], b["code"] != "current", b["jobs"])):
+        one = base[(b["dataset"], b["code"])]
+        code = "current" if b["code"] == "current" else f"baseline {rev}"
+        lines.append(
+            f"| {b['dataset']} ({b['records']:,} structures) | {code} | {b['jobs']} | "
+            f"{b['structures_per_s']:.0f} | "
+            f"{b['structures_per_s'] / one['structures_per_s']:.2f}× | "
+            f"{b['steady_structures_per_s']:.0f} | "
+            f"{b['steady_structures_per_s'] / one['steady_structures_per_s']:.2f}× | "
+            f"{b['cpu_structures_per_s']:.0f} | {b['main_peak_rss_mib']:.0f} | "
+            f"{b['worker_peak_rss_mib']:.0f} | {b['bytes_per_atom']:.0f} | "
+            f"{b['edges_per_atom']:.0f} |"
+        )
+    lines += [
+        "",
+        "Content hashes of every build of a dataset (1 and 2 jobs"
+        + (", current and baseline" if rev else "")
+        + ") are equal (checked).",
+        "",
+        "### Against the CIF-parse bound (pymatgen, one core)",
+        "",
+        "Parse alone: `CifParser.from_str(cif).parse_structures(primitive=False)` as the builder "
+        "calls it, on CIFs spread over the dataset, records per CPU second (and per wall "
+        "second); `check_cif=False` (pymatgen's composition check, whose warning the builder "
+        "discards) shown for comparison. Ratio = `--jobs 1` build rate / parse rate.",
+        "",
+        "| dataset | CIFs | parse/s CPU | parse/s wall | no check_cif parse/s CPU | "
+        "build/s CPU | ratio CPU | build/s wall | ratio wall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in r["cif_parse"].items():
+        b = base[(name, "current")]
+        p, q = v["check_cif"], v["no_check_cif"]
+        lines.append(
+            f"| {name} | {v['structures']} | {p['structures_per_s']:.0f} | "
+            f"{p['wall_structures_per_s']:.0f} | {q['structures_per_s']:.0f} | "
+            f"{b['cpu_structures_per_s']:.0f} | "
+            f"{b['cpu_structures_per_s'] / p['structures_per_s']:.2f} | "
+            f"{b['structures_per_s']:.0f} | "
+            f"{b['structures_per_s'] / p['wall_structures_per_s']:.2f} |"
+        )
+    lines += [
+        "",
+        "### Where a `--jobs 1` build's CPU time goes (µs per structure)",
+        "",
+        "Stages' exclusive CPU time in one instrumented build (the first parse includes "
+        "pymatgen's import).",
+        "",
+    ]
+    names = list(r["breakdown"])
+    stages = sorted(
+        {k for v in r["breakdown"].values() for k in v["us_per_structure"]},
+        key=lambda k: -r["breakdown"][names[0]]["us_per_structure"].get(k, 0),
+    )
+    lines += ["| stage | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for stage in stages:
+        cells = [f"{r['breakdown'][n]['us_per_structure'].get(stage, 0):,.0f}" for n in names]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    totals = [
+        f"{r['breakdown'][n]['total_s'] / r['breakdown'][n]['records'] * 1e6:,.0f}" for n in names
+    ]
+    lines += ["| **total** | " + " | ".join(totals) + " |", ""]
+    lines += engines_markdown(r)
+    lines += reader_markdown(r["reader"])
+    return "\n".join(lines) + "\n"
+
+
+def engines_markdown(r: dict) -> list[str]:
+    lines = [
+        "## Neighbour-list engines (8 Å, same structures, one core, CPU time)",
+        "",
+        "| dataset | engine | structures/s | pair-count mismatches vs ours |",
+        "|---|---|---|---|",
+    ]
+    for ds, engines in r["engines"].items():
+        for name, v in engines.items():
+            if "error" in v:
+                lines.append(f"| {ds} | {name} | error: {v['error']} | |")
+            else:
+                lines.append(
+                    f"| {ds} | {name} | {v['structures_per_s']:.0f} | "
+                    f"{v['pair_count_mismatches']} |"
+                )
+    return lines
+
+
+def old_markdown(r: dict) -> str:
+    """Results written before the parse-bound and breakdown sections."""
     lines = [
         "# Store builder and reader benchmarks",
         "",
