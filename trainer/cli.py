@@ -449,6 +449,25 @@ def report_scale(runs_dirs, init, out) -> None:
     click.echo(f"wrote {write_scale_report(list(runs_dirs), init, out)}")
 
 
+@cli.command("report-backbones")
+@click.argument("runs_dirs", nargs=-1, required=True)
+@click.option(
+    "--init",
+    "inits",
+    multiple=True,
+    required=True,
+    help="A pre-trained label set to report (repeatable), e.g. --init eadset1.",
+)
+@click.option("--out", required=True, help="Output .md file, or a folder that gets report.md.")
+def report_backbones(runs_dirs, inits, out) -> None:
+    """Fine-tuning gain per backbone: one row per sweep (RUNS_DIRS, each pre-training one
+    --model) and label set, one column per task point every row finished, each gain against
+    that backbone's own from-scratch runs."""
+    from fingerprint_pretrain.trainer.harness.backbones import write_backbone_report
+
+    click.echo(f"wrote {write_backbone_report(list(runs_dirs), list(inits), out)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from fingerprint_pretrain.schemas import SchemaVersionError, StoreError
     from fingerprint_pretrain.trainer.train import TrainingError

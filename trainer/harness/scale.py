@@ -27,7 +27,7 @@ from fingerprint_pretrain.trainer.harness.results import (
     read_metrics,
 )
 
-__all__ = ["scale_figure", "scale_points", "scale_table", "write_scale_report"]
+__all__ = ["paired_gains", "scale_figure", "scale_points", "scale_table", "write_scale_report"]
 
 
 def scale_points(runs_dirs: list[str | Path], init: str) -> list[dict]:
@@ -57,7 +57,7 @@ def scale_points(runs_dirs: list[str | Path], init: str) -> list[dict]:
                 "structures": structures,
                 "best_epoch": best,
                 "steps": _steps_to(pre / "metrics.csv", best),
-                "gains": _paired_gains(collect(runs_dir), init),
+                "gains": paired_gains(collect(runs_dir), init),
             }
         )
     return sorted(points, key=lambda p: p["structures"])
@@ -73,9 +73,11 @@ def _steps_to(metrics: Path, epoch: int | None) -> int | None:
     return int(m["steps"][m["epoch"] <= epoch].sum())
 
 
-def _paired_gains(rows: list[dict], init: str) -> dict:
-    """``{(task, n): {gain, wins, seeds, p}}`` of ``init`` against from scratch, paired by seed
-    (runs at another pre-training epoch, ``-e<k>``, are left out)."""
+def paired_gains(rows: list[dict], init: str) -> dict:
+    """``{(task, n): {gain, wins, seeds, p, baseline, pretrained}}`` of ``init`` against from
+    scratch, paired by seed, from :func:`~.results.collect`'s ``rows`` (runs at another
+    pre-training epoch, ``-e<k>``, are left out). ``baseline`` / ``pretrained``: mean test MAE
+    over the paired seeds, in the task's unit."""
     mae: dict = defaultdict(dict)
     for r in rows:
         if r["pretrain_epoch"] is None and r["init"] in (None, init):
@@ -92,6 +94,8 @@ def _paired_gains(rows: list[dict], init: str) -> dict:
             "wins": sum(p < b for p, b in zip(pre, base)),
             "seeds": len(seeds),
             "p": paired_p(base, pre),
+            "baseline": float(np.mean(base)),
+            "pretrained": float(np.mean(pre)),
         }
     return gains
 
