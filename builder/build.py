@@ -62,7 +62,7 @@ from fingerprint_pretrain.builder.bookkeeping import (
     values_under,
 )
 from fingerprint_pretrain.builder.errors import BuildError
-from fingerprint_pretrain.builder.graph import graph_record, graph_records
+from fingerprint_pretrain.builder.graph import encode_graph_record, graph_record, graph_records
 from fingerprint_pretrain.builder.labels import (
     CastError,
     LabelAccumulator,
@@ -96,7 +96,7 @@ from fingerprint_pretrain.schemas.manifest import (
     read_manifest,
     write_json_atomic,
 )
-from fingerprint_pretrain.schemas.record import GRAPH_FIELDS, encode_record, record_digest
+from fingerprint_pretrain.schemas.record import encode_record
 
 __all__ = ["BuildError", "BuildOptions", "build_store", "NEIGHBOUR_POLICY"]
 
@@ -243,7 +243,8 @@ def process_chunk(
             parsed.append((k, to_arrays(item.kind, item.payload)))
         except Exception as err:
             outcome[k] = _reason(err)
-    for (k, _), result in zip(parsed, _graphs(items, parsed, cutoff, allow_missing)):
+    graphs = _graphs(items, parsed, cutoff, allow_missing, bool(labels.names))
+    for (k, _), result in zip(parsed, graphs):
         outcome[k] = result if isinstance(result, (tuple, str)) else _reason(result)
     results: list[EncodedRecord | RejectedItem] = []
     acc = LabelAccumulator(labels)
@@ -260,14 +261,15 @@ def process_chunk(
         if isinstance(result, str):
             results.append(RejectedItem(replace(item, payload=None), result))
             continue
+        graph_bytes, digest = encode_graph_record(record)
         results.append(
             EncodedRecord(
-                graph_bytes=encode_record(record["id"], {k: record[k] for k in GRAPH_FIELDS}),
-                digest=record_digest(record),
+                graph_bytes=graph_bytes,
+                digest=digest,
                 n_atoms=len(record["z"]),
                 n_edges=len(record["edge_dist"]),
                 labels=acc.add(record["id"], values),
-                elements=np.unique(record["z"]).tolist(),
+                elements=sorted(set(record["z"].tolist())),
             )
         )
     return ChunkResult(results, *acc.finish())
@@ -281,12 +283,15 @@ def _reason(err: Exception) -> str:
     return f"internal error: {type(err).__name__}: {err}"
 
 
-def _graphs(items: list[RawItem], parsed: list, cutoff: float, allow_missing: bool) -> list:
-    """The graph records of the parsed items, all at once; should the batch fail on
-    something unforeseen, one at a time, so the error is pinned on its item."""
+def _graphs(
+    items: list[RawItem], parsed: list, cutoff: float, allow_missing: bool, lists: bool = True
+) -> list:
+    """The graph records of the parsed items, all at once (with their neighbour lists when
+    ``lists``: labels need them); should the batch fail on something unforeseen, one at a
+    time, so the error is pinned on its item."""
     entries = [(items[k].record_id, s, items[k].targets) for k, s in parsed]
     try:
-        return graph_records(entries, cutoff, allow_missing)
+        return graph_records(entries, cutoff, allow_missing, lists)
     except Exception:
         out = []
         for entry in entries:

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import struct
+import zlib
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-from fingerprint_pretrain.builder.neighbors import NeighbourBatch, NeighbourList, neighbour_batch
+from fingerprint_pretrain.builder.neighbors import NeighbourList, SortedEdges, sorted_edges
 from fingerprint_pretrain.builder.structure import (
     MIN_DISTANCE,
     Rejected,
     StructureArrays,
     check_structure,
 )
-from fingerprint_pretrain.schemas.record import RecordError, shift_dtype
 
-__all__ = ["graph_record", "graph_records"]
+# the record format's constants, from its one definition (encode_graph_record writes what
+# schemas.record.encode_record writes)
+from fingerprint_pretrain.schemas.record import (
+    _ALIGN,
+    _CRC_KEY,
+    ALLOWED_DTYPES,
+    GRAPH_FIELDS,
+    MAGIC,
+    RecordError,
+    shift_dtype,
+)
+
+__all__ = ["encode_graph_record", "graph_record", "graph_records"]
 
 
 def graph_record(
@@ -55,10 +70,15 @@ def graph_records(
     entries: Sequence[tuple[str, StructureArrays, Sequence[float]]],
     cutoff: float,
     allow_missing_targets: bool = False,
-) -> list[tuple[dict, NeighbourList] | Rejected]:
+    lists: bool = True,
+) -> list[tuple[dict, NeighbourList | None] | Rejected]:
     """:func:`graph_record` of each ``(record_id, structure, targets)``, the neighbour lists
     built, checked and cast for the whole batch at once (for lists of a few thousand edges,
     numpy's per-call cost, not the arithmetic, dominates).
+
+    Args:
+        lists: also return each record's :class:`NeighbourList` (int64 / float64, for
+            labels); ``False``: ``None`` in its place, and no such arrays are made.
 
     Returns:
         per entry, in order, ``(record, neighbour_list)`` or the :class:`Rejected` saying
@@ -72,54 +92,58 @@ def graph_records(
             accepted.append((k, *_checked(structure, targets, allow_missing_targets)))
         except Rejected as why:
             results[k] = why
-    batch = neighbour_batch([(s.pos, s.cell, s.pbc) for _, s, _ in accepted], cutoff)
-    fields = _BatchFields(batch)
+    edges = sorted_edges([(s.pos, s.cell, s.pbc) for _, s, _ in accepted], cutoff)
+    fields = _BatchFields(edges)
     for b, (k, s, target_arr) in enumerate(accepted):
-        nl = batch.list(b)
         try:
-            results[k] = (_record(entries[k][0], s, target_arr, nl, cutoff, fields, b), nl)
+            record = _record(entries[k][0], s, target_arr, edges, fields, b)
         except Rejected as why:
             results[k] = why
+            continue
+        results[k] = (record, edges.list(b) if lists else None)
     return results
 
 
 class _BatchFields:
     """What the per-record checks and fields need, computed once for a batch: each
-    structure's smallest distance, its atoms without neighbour, and the edge arrays cast to
-    the store's dtypes (shifts to int8 when the whole batch fits, else None)."""
+    structure's smallest distance, its atoms without neighbour, and the edge arrays gathered
+    in the store's dtypes (shifts as int8 when the whole batch fits, else None)."""
 
-    def __init__(self, batch: NeighbourBatch):
-        self.bounds = batch.bounds
-        starts = np.asarray(batch.bounds[:-1])
-        nonempty = starts < np.asarray(batch.bounds[1:])
-        self.min_dist = np.full(len(batch), np.inf)
+    def __init__(self, edges: SortedEdges):
+        order = edges.order
+        self.bounds = edges.bounds
+        dist = edges.dist[order]
+        starts = np.asarray(edges.bounds[:-1])
+        nonempty = starts < np.asarray(edges.bounds[1:])
+        self.min_dist = np.full(len(edges), np.inf)
         if nonempty.any():
-            self.min_dist[nonempty] = np.minimum.reduceat(batch.edge_dist, starts[nonempty])
-        counts = np.bincount(batch.batch_centres(), minlength=int(batch.first_atom[-1]))
-        isolated = np.flatnonzero(counts == 0)  # batch-wide atom numbers
+            self.min_dist[nonempty] = np.minimum.reduceat(dist, starts[nonempty])
+        isolated = np.flatnonzero(edges.atom_edges == 0)  # batch-wide atom numbers
         self.isolated: dict[int, int] = {}  # structure -> its first atom without neighbour
-        for atom, k in zip(isolated, np.searchsorted(batch.first_atom, isolated, "right") - 1):
-            self.isolated.setdefault(int(k), int(atom - batch.first_atom[k]))
-        self.edge_index = batch.edge_index.astype(np.int32)
-        self.edge_dist = batch.edge_dist.astype(np.float32)
-        shift = batch.edge_shift
-        fits = shift.size == 0 or (-128 <= shift.min() and shift.max() <= 127)
-        self.edge_shift = shift.astype(np.int8) if fits else None
+        for atom, k in zip(isolated, np.searchsorted(edges.first_atom, isolated, "right") - 1):
+            self.isolated.setdefault(int(k), int(atom - edges.first_atom[k]))
+        self.edge_index = np.empty((2, len(order)), np.int32)
+        np.take(edges.neighbour, order, out=self.edge_index[0], mode="clip")
+        np.take(edges.centre, order, out=self.edge_index[1], mode="clip")
+        self.edge_dist = dist.astype(np.float32)
+        lo, hi = edges.shift_range
+        fits = -128 <= lo and hi <= 127  # over every engine pair: the kept ones fit too
+        self.edge_shift = np.take(edges.image.astype(np.int8), order, axis=0) if fits else None
 
 
 def _record(
     record_id: str,
     s: StructureArrays,
     target_arr: np.ndarray,
-    nl: NeighbourList,
-    cutoff: float,
+    edges: SortedEdges,
     fields: _BatchFields,
     b: int,
 ) -> dict:
-    """The record of checked structure ``b`` of a batch, from its list and the batch's
-    fields; :class:`Rejected` for overlapping atoms, an atom without neighbour or shifts
-    beyond int32."""
+    """The record of checked structure ``b`` of a batch, from the batch's fields;
+    :class:`Rejected` for overlapping atoms, an atom without neighbour or shifts beyond
+    int32."""
     if fields.min_dist[b] < MIN_DISTANCE:
+        nl = edges.list(b)
         k = int(np.argmin(nl.edge_dist))
         j, i = nl.edge_index[:, k]
         raise Rejected(
@@ -127,13 +151,14 @@ def _record(
         )
     if b in fields.isolated:
         i = fields.isolated[b]
-        raise Rejected(f"atom {i} (Z={int(s.z[i])}) has no neighbour within {cutoff} Å")
+        raise Rejected(f"atom {i} (Z={int(s.z[i])}) has no neighbour within {edges.cutoff} Å")
     e0, e1 = fields.bounds[b], fields.bounds[b + 1]
     if fields.edge_shift is not None:
         edge_shift = fields.edge_shift[e0:e1]
     else:
+        shift = edges.list(b).edge_shift
         try:
-            edge_shift = nl.edge_shift.astype(shift_dtype(nl.edge_shift))
+            edge_shift = shift.astype(shift_dtype(shift))
         except RecordError as why:  # beyond int32: never stored wrapped
             raise Rejected(f"cell too skewed to store: {why}") from None
     return {
@@ -147,3 +172,48 @@ def _record(
         "edge_dist": fields.edge_dist[e0:e1],
         "targets": target_arr,
     }
+
+
+def encode_graph_record(record: Mapping) -> tuple[bytes, bytes]:
+    """``(encode_record(record["id"], graph fields), record_digest(record))`` of
+    :mod:`schemas.record`, byte for byte, in one pass: each field's bytes are made once and
+    serve both (the two functions copy every field each).
+
+    Args:
+        record: a graph record (:func:`graph_records`): the id and every field of
+            ``GRAPH_FIELDS`` as arrays of the contract's dtypes, stored raw.
+
+    Returns:
+        ``(FPR1 bytes with CRC-32, 32-byte sha256 digest)``.
+    """
+    record_id = record["id"]
+    entries = []
+    body = []
+    digest = [b"id|" + str(record_id).encode() + b"|"]
+    offset = 0
+    for name in GRAPH_FIELDS:
+        arr = np.asarray(record[name])
+        dt = arr.dtype
+        if dt.byteorder == ">":
+            dt = dt.newbyteorder("<")
+            arr = arr.astype(dt)
+        if dt.str not in ALLOWED_DTYPES:
+            raise RecordError(f"field {name!r}: dtype {arr.dtype} is not storable")
+        raw = arr.tobytes()  # C order, whatever the strides
+        n = len(raw)
+        entries.append([name, dt.str, list(arr.shape), offset, n, "raw"])
+        body.append(raw)
+        pad = -n % _ALIGN
+        if pad:
+            body.append(b"\0" * pad)
+        offset += n + pad
+        digest.append(f"{name}|{dt.str}|{','.join(map(str, arr.shape))}|".encode())
+        digest.append(raw)
+    header = json.dumps({"id": record_id, "fields": entries}, separators=(",", ":")).encode()
+    header = header[:-1] + _CRC_KEY  # the digits and '"}' follow
+    hlen = len(header) + 10
+    head = MAGIC + struct.pack("<I", hlen) + header
+    tail = b'"}' + b"\0" * ((-(8 + hlen)) % _ALIGN)
+    data = b"".join(body)
+    crc = zlib.crc32(data, zlib.crc32(tail, zlib.crc32(head)))
+    return head + b"%08x" % crc + tail + data, hashlib.sha256(b"".join(digest)).digest()

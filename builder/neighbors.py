@@ -35,9 +35,11 @@ from pymatgen.optimization.neighbors import find_points_in_spheres
 __all__ = [
     "NeighbourBatch",
     "NeighbourList",
+    "SortedEdges",
     "neighbour_batch",
     "neighbour_list",
     "neighbour_lists",
+    "sorted_edges",
 ]
 
 
@@ -75,6 +77,13 @@ class NeighbourList:
         )
 
 
+def _det3(cell: np.ndarray) -> float:
+    """Determinant of a (3, 3) matrix by cofactors in Python floats (numpy's LU-based
+    ``det`` costs ~8 µs a call; this ~1 µs). Only compared with a tolerance."""
+    (a, b, c), (d, e, f), (g, h, i) = cell.tolist()
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+
+
 def _search_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     """A non-singular cell for the search engine.
 
@@ -85,7 +94,7 @@ def _search_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     """
     if not pbc.any():
         return np.eye(3)
-    if abs(np.linalg.det(cell)) > 1e-8:
+    if abs(_det3(cell)) > 1e-8:
         return cell
 
     def orthogonal_part(v: np.ndarray, basis: list[np.ndarray]) -> np.ndarray:
@@ -156,6 +165,7 @@ def _canonical_order(
     cutoff: float,
     n_centres: int,
     n_neighbours: int,
+    shift_range: tuple[float, float] | None = None,
 ) -> np.ndarray | None:
     """The kept edges of engine results, in the store's canonical order, with two cheap
     sorts instead of a four-key lexsort.
@@ -181,7 +191,8 @@ def _canonical_order(
         self_centre: (E,) int64 centre numbered like ``neighbour`` (j == self_centre with a
             zero shift is the self pair);
         image: (E, 3) float64 integral shifts; dist: (E,) float64, Å; cutoff: Å;
-        n_centres: bound on ``centre``; n_neighbours: bound on ``neighbour``.
+        n_centres: bound on ``centre``; n_neighbours: bound on ``neighbour``;
+        shift_range: ``(image.min(), image.max())`` when the caller has them.
 
     Returns:
         (K,) int64 positions of the kept edges in canonical order, or None when the keys
@@ -190,7 +201,7 @@ def _canonical_order(
     """
     if dist.size == 0:
         return np.zeros(0, np.int64)
-    lo, hi = float(image.min()), float(image.max())
+    lo, hi = shift_range or (float(image.min()), float(image.max()))
     w = hi - lo + 1.0
     W = w * w * w
     t_bound = n_neighbours * W  # t - base in [0, t_bound)
@@ -225,10 +236,11 @@ def _canonical_order(
     return by_dist[key]
 
 
-def _search(pos, cell, pbc, cutoff: float) -> tuple[np.ndarray, ...]:
+def _search(pos, cell, pbc, cutoff: float, rint: bool = True) -> tuple[np.ndarray, ...]:
     """The engine's raw result for one structure: ``(centre, neighbour, image, dist)``, int64
     indices, (E, 3) float64 integral image shifts, float64 distances (Å); pairs at
-    ``d <= cutoff`` (+ tolerance) including the zero-shift self pairs."""
+    ``d <= cutoff`` (+ tolerance) including the zero-shift self pairs. ``rint=False`` leaves
+    the shifts as the engine gave them (a batch rounds them once, concatenated)."""
     pos = np.ascontiguousarray(pos, dtype=np.float64)
     cell = np.ascontiguousarray(cell, dtype=np.float64)
     pbc_int = np.asarray(pbc, dtype=np.int64).reshape(3)
@@ -239,7 +251,8 @@ def _search(pos, cell, pbc, cutoff: float) -> tuple[np.ndarray, ...]:
     )
     # (Its distances are |pos[j] + shift @ cell - pos[i]| to rounding; the tests check them
     # against a brute-force enumeration to 1e-12 Å.)
-    np.rint(image, out=image)
+    if rint:
+        np.rint(image, out=image)
     return (
         centre.astype(np.int64, copy=False),
         neighbour.astype(np.int64, copy=False),
@@ -291,32 +304,83 @@ class NeighbourBatch:
         )
 
 
-def neighbour_batch(
+@dataclass(frozen=True)
+class SortedEdges:
+    """The engine's pairs for B structures, concatenated, with the canonical order of the edges
+    kept, not yet gathered: a consumer gathers the arrays it needs, in the dtypes it needs
+    (the graph builder gathers int32 / int8 / float32 directly, see :mod:`builder.graph`).
+
+    Attributes:
+        centre, neighbour: (E0,) int64 engine pairs, numbered within each structure.
+        image: (E0, 3) float64 integral image shifts; dist: (E0,) float64, Å.
+        order: (K,) int64 positions of the kept edges (``dist < cutoff``, no zero-shift self
+            pair), grouped by structure, in canonical order within each.
+        bounds: (B + 1,) offsets into ``order`` of the structures (a list of ints).
+        first_atom: (B + 1,) int64 atom offsets of the structures numbered batch-wide.
+        atom_edges: (first_atom[-1],) int64 kept edges per atom, numbered batch-wide.
+        shift_range: (lo, hi), the smallest and largest component of ``image`` (0, 0 if empty).
+        cutoff: Å.
+    """
+
+    centre: np.ndarray
+    neighbour: np.ndarray
+    image: np.ndarray
+    dist: np.ndarray
+    order: np.ndarray
+    bounds: list[int]
+    first_atom: np.ndarray
+    atom_edges: np.ndarray
+    shift_range: tuple[float, float]
+    cutoff: float
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def list(self, k: int) -> NeighbourList:
+        """Structure k's list (its own arrays, int64 / float64)."""
+        o = self.order[self.bounds[k] : self.bounds[k + 1]]
+        return NeighbourList(
+            np.stack([self.neighbour[o], self.centre[o]]),
+            np.take(self.image, o, axis=0).astype(np.int64),
+            self.dist[o],
+            self.cutoff,
+        )
+
+
+def sorted_edges(
     structures: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], cutoff: float
-) -> NeighbourBatch:
-    """The sorted neighbour lists of several structures: for each ``(pos, cell, pbc)`` the
-    same list as ``neighbour_list(pos, cell, pbc, cutoff)``, with the selection and sort done
-    once for the whole batch (see :func:`_canonical_order`)."""
+) -> SortedEdges:
+    """The engine's pairs of each ``(pos, cell, pbc)`` and the canonical order of the kept
+    ones, the selection and sort done once for the whole batch (:func:`_canonical_order`;
+    one exact lexsort per structure when its keys do not fit)."""
     _check_cutoff(cutoff)
-    searched = [_search(pos, cell, pbc, cutoff) for pos, cell, pbc in structures]
+    searched = [_search(pos, cell, pbc, cutoff, rint=False) for pos, cell, pbc in structures]
     n_atoms = np.array([len(s[0]) for s in structures], dtype=np.int64)
     first_atom = np.zeros(len(structures) + 1, np.int64)
     np.cumsum(n_atoms, out=first_atom[1:])
     if not searched:
-        return NeighbourBatch(
-            np.zeros((2, 0), np.int64),
-            np.zeros((0, 3), np.int64),
+        empty = np.zeros(0, np.int64)
+        return SortedEdges(
+            empty,
+            empty,
+            np.zeros((0, 3)),
             np.zeros(0),
+            empty,
             [0],
             first_atom,
+            empty,
+            (0.0, 0.0),
             float(cutoff),
         )
+    lengths = [len(s[3]) for s in searched]
     if len(searched) == 1:  # nothing to concatenate
         centre, neighbour, image, dist = searched[0]
         batch_centre = centre
     else:
         centre, neighbour, image, dist = (np.concatenate(a) for a in zip(*searched))
-        batch_centre = centre + np.repeat(first_atom[:-1], [len(s[3]) for s in searched])
+        batch_centre = centre + np.repeat(first_atom[:-1], lengths)
+    np.rint(image, out=image)
+    shift_range = (float(image.min()), float(image.max())) if image.size else (0.0, 0.0)
     order = _canonical_order(
         batch_centre,
         neighbour,
@@ -326,25 +390,64 @@ def neighbour_batch(
         cutoff,
         int(first_atom[-1]),
         int(n_atoms.max()),
+        shift_range,
     )
     if order is None:  # keys too wide: one exact lexsort per structure
-        lists = [_lexsorted_list(*s, cutoff) for s in searched]
-        bounds = np.zeros(len(lists) + 1, np.int64)
-        np.cumsum([nl.num_edges for nl in lists], out=bounds[1:])
-        return NeighbourBatch(
-            np.concatenate([nl.edge_index for nl in lists], axis=1),
-            np.concatenate([nl.edge_shift for nl in lists]),
-            np.concatenate([nl.edge_dist for nl in lists]),
-            bounds.tolist(),
-            first_atom,
-            float(cutoff),
-        )
-    return NeighbourBatch(
-        np.stack([neighbour[order], centre[order]]),
-        np.take(image, order, axis=0).astype(np.int64),
-        dist[order],
-        np.searchsorted(batch_centre[order], first_atom).tolist(),
+        order = _lexsort_orders(centre, neighbour, image, dist, cutoff, lengths)
+    atom_edges = np.bincount(batch_centre[order], minlength=int(first_atom[-1]))
+    edge_offsets = np.zeros(len(atom_edges) + 1, np.int64)
+    np.cumsum(atom_edges, out=edge_offsets[1:])
+    return SortedEdges(
+        centre,
+        neighbour,
+        image,
+        dist,
+        order,
+        edge_offsets[first_atom].tolist(),
         first_atom,
+        atom_edges,
+        shift_range,
+        float(cutoff),
+    )
+
+
+def _lexsort_orders(
+    centre: np.ndarray,
+    neighbour: np.ndarray,
+    image: np.ndarray,
+    dist: np.ndarray,
+    cutoff: float,
+    lengths: Sequence[int],
+) -> np.ndarray:
+    """The kept edges of concatenated engine results (structure k's ``lengths[k]`` pairs after
+    the previous ones'), each structure's in :func:`_lexsort_order`: (K,) int64 positions."""
+    keep = dist < cutoff
+    same = np.flatnonzero(centre == neighbour)
+    keep[same[~image[same].any(axis=1)]] = False
+    out = [np.zeros(0, np.int64)]
+    start = 0
+    for n in lengths:
+        kept = start + np.flatnonzero(keep[start : start + n])
+        shift = image[kept].astype(np.int64)
+        out.append(kept[_lexsort_order(centre[kept], neighbour[kept], shift, dist[kept])])
+        start += n
+    return np.concatenate(out)
+
+
+def neighbour_batch(
+    structures: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], cutoff: float
+) -> NeighbourBatch:
+    """The sorted neighbour lists of several structures: for each ``(pos, cell, pbc)`` the
+    same list as ``neighbour_list(pos, cell, pbc, cutoff)``, with the selection and sort done
+    once for the whole batch (see :func:`sorted_edges`)."""
+    edges = sorted_edges(structures, cutoff)
+    o = edges.order
+    return NeighbourBatch(
+        np.stack([edges.neighbour[o], edges.centre[o]]),
+        np.take(edges.image, o, axis=0).astype(np.int64),
+        edges.dist[o],
+        edges.bounds,
+        edges.first_atom,
         float(cutoff),
     )
 
