@@ -30,7 +30,8 @@ $(STAMP): pyproject.toml
 FP_REQUIRE_KERNEL ?= $(shell command -v $(CC) >/dev/null 2>&1 && echo 1 || echo 0)
 KERNEL := $(VENV)/.ead_kernel
 
-$(KERNEL): $(STAMP) setup.py builder/descriptors/_ead_kernel.c builder/descriptors/_gmp_kernel.c
+$(KERNEL): $(STAMP) setup.py builder/descriptors/_ead_kernel.c builder/descriptors/_gmp_kernel.c \
+		builder/descriptors/_wacsf_kernel.c
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(KERNEL)
 

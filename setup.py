@@ -1,4 +1,4 @@
-"""Build of the optional compiled EAD and GMP kernels; all other configuration is in pyproject.toml.
+"""Build of the optional compiled EAD, GMP and wACSF kernels; all else is in pyproject.toml.
 
 ``builder.descriptors._ead_kernel`` (``builder/descriptors/_ead_kernel.c``, plain C99 + the
 CPython API) is an *optional* extension: when no C compiler or no Python headers are available
@@ -9,6 +9,8 @@ and AVX-512 itself and picks one at run time. The sha256 of the source is compil
 install does not rebuild extensions by itself: rerun ``pip install -e .``).
 ``builder.descriptors._gmp_kernel`` (``_gmp_kernel.c``) is optional in the same way; without it
 :mod:`builder.descriptors.gmp` uses its NumPy path, and ``gmp_kernel.py`` refuses a stale build.
+So is ``builder.descriptors._wacsf_kernel`` (``_wacsf_kernel.c``): without it
+:mod:`builder.descriptors.wacsf` uses its NumPy paths; ``wacsf_kernel.py`` refuses a stale build.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from setuptools.command.build_ext import build_ext
 
 SOURCE = "builder/descriptors/_ead_kernel.c"
 GMP_SOURCE = "builder/descriptors/_gmp_kernel.c"
+WACSF_SOURCE = "builder/descriptors/_wacsf_kernel.c"
 # -O3: auto-vectorisation; -ffp-contract=fast: a*b+c as one FMA where the CPU has it (also in
 # ISO C mode, where GCC's default is off); no -march/-mavx*: the binary runs on any x86-64.
 UNIX_FLAGS = ["-O3", "-ffp-contract=fast"]
@@ -72,6 +75,12 @@ setup(
             "fingerprint_pretrain.builder.descriptors._gmp_kernel",
             sources=[GMP_SOURCE],
             define_macros=[("GMP_SOURCE_HASH", f'"{source_hash(GMP_SOURCE)}"')],
+            optional=True,
+        ),
+        Extension(
+            "fingerprint_pretrain.builder.descriptors._wacsf_kernel",
+            sources=[WACSF_SOURCE],
+            define_macros=[("WACSF_SOURCE_HASH", f'"{source_hash(WACSF_SOURCE)}"')],
             optional=True,
         ),
     ],

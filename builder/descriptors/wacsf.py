@@ -23,8 +23,16 @@ Decisions and why:
 Evaluation (``method``, :data:`METHODS`; the tests check every path against DScribe and a
 term-by-term loop, and the paths against each other):
 
-* ``"ladder"`` (what ``"auto"`` runs on the paper's grids). The paper's Rs sit on a lattice
-  c + mΔ (c the smallest Rs; Δ = 1 Å for sets 1-2, 0.5 Å for set 3; m ≤ 20), and with u = d − c
+* ``"kernel"`` (what ``"auto"`` runs wherever the compiled kernel is available): the optional C
+  extension :mod:`builder.descriptors.wacsf_kernel` (``_wacsf_kernel.c``), one pass over the
+  edges with one vectorised exp per (edge, η, Rs): the term-by-term sum, ~1e-15 relative, on
+  any grid. Without
+  the kernel (not built, stale, ``FP_WACSF_KERNEL=0``) ``"auto"`` makes the NumPy choice below,
+  and ``"kernel"`` raises. It removes the ~32 NumPy calls per structure of the ladder, which
+  dominate small cells (``bench/results/wacsf_speed.md``).
+* ``"ladder"`` (what ``"auto"`` runs on the paper's grids without the kernel). The paper's Rs
+  sit on a lattice c + mΔ (c the smallest Rs; Δ = 1 Å for sets 1-2, 0.5 Å for set 3; m ≤ 20),
+  and with u = d − c
 
       exp(−η (d − Rs)²) = A · P^m · S,   A = e^{−η u²},  P = e^{2ηΔ u},  S = e^{−η (mΔ)²},
 
@@ -50,7 +58,7 @@ term-by-term loop, and the paths against each other):
   in-place ``exp`` the terms and one ``np.add.reduceat`` the sums. f_c > 0 for every d < Rc, so
   the logarithm is finite; the folded exponent's rounding is ~1e-13 relative.
 * ``"factorised"`` / ``"direct"``: the shared engine's paths (:mod:`builder.descriptors._common`).
-  On a regular grid of ≥ 16 shifts ``"auto"`` runs ``"factorised"``, as before
+  On a regular grid of ≥ 16 shifts ``"auto"`` without the kernel runs ``"factorised"``, as before
   (``bench/results/wacsf_paths.md``).
 """
 
@@ -61,7 +69,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from fingerprint_pretrain.builder.descriptors import _common
+from fingerprint_pretrain.builder.descriptors import _common, wacsf_kernel
 from fingerprint_pretrain.builder.descriptors._common import (
     blocked_moments,
     centre_blocks,
@@ -78,7 +86,7 @@ __all__ = ["DEFAULT_RC", "METHODS", "feature_names", "featurize", "required_radi
 #: Default cutoff radius, Å (see the module docstring).
 DEFAULT_RC = 8.0
 #: Evaluation paths of :func:`featurize` (module docstring).
-METHODS = ("auto", "ladder", "fused", "direct", "factorised")
+METHODS = ("auto", "kernel", "ladder", "fused", "direct", "factorised")
 
 # Largest exponent magnitude the ladder may meet (exp overflows above ~709.8; the margin covers
 # the weight Z f_c ≤ 118 and sums over up to ~1e40 edges).
@@ -160,7 +168,10 @@ class _Plan:
         rc: cutoff, Å.
         coefficients: (4, n_η · n_rs) exponent coefficients of the fused path.
         ladder: constants of the ladder path, or None where it is not admitted.
-        auto_factorised: whether ``"auto"`` runs the shared engine's factorised path.
+        auto_factorised: whether ``"auto"`` runs the shared engine's factorised path (without
+            the kernel).
+        eta_columns, rs_columns: (n_η · n_rs,) read-only float64 η (Å⁻²) and Rs (Å) of each
+            output column, for the compiled kernel.
     """
 
     etas: np.ndarray
@@ -169,6 +180,8 @@ class _Plan:
     coefficients: np.ndarray
     ladder: _Ladder | None
     auto_factorised: bool
+    eta_columns: np.ndarray
+    rs_columns: np.ndarray
 
 
 def _values_key(values) -> tuple:
@@ -202,13 +215,13 @@ def _cached_plan(etas: tuple, rs: tuple, rc) -> _Plan:
         [-eta_col, 2.0 * eta_col * rs_col, -eta_col * rs_col**2, np.ones_like(eta_col)]
     )
     ladder = _ladder_plan(etas_arr, rs_arr, rc)
-    arrays = [etas_arr, rs_arr, coefficients]
+    arrays = [etas_arr, rs_arr, coefficients, eta_col, rs_col]
     if ladder is not None:
         arrays += [ladder.exponent_scale, ladder.scale]
     for array in arrays:
         array.flags.writeable = False
     factorised = gaussian_plan(etas_arr, rs_arr, rc, 1, squared=False).factorised
-    return _Plan(etas_arr, rs_arr, rc, coefficients, ladder, bool(factorised))
+    return _Plan(etas_arr, rs_arr, rc, coefficients, ladder, bool(factorised), eta_col, rs_col)
 
 
 def _integer_multiples(values: np.ndarray, limit: int) -> tuple[float, np.ndarray] | None:
@@ -399,10 +412,12 @@ def featurize(
         etas: Gaussian exponents η, Å⁻².
         rs: Gaussian centres Rs, Å.
         rc: cutoff radius, Å.
-        method: one of :data:`METHODS` (module docstring): ``"auto"`` (factorised on long
-            regular grids, else the ladder where admitted, else fused), ``"ladder"`` (where
-            admitted, else fused), ``"fused"``, ``"direct"`` or ``"factorised"``. All agree
-            to ≲ 1.5e-12 relative (the ladder's powers; the others ~1e-13).
+        method: one of :data:`METHODS` (module docstring): ``"auto"`` (the compiled kernel
+            where it is available; else factorised on long regular grids, else the ladder where
+            admitted, else fused), ``"kernel"`` (raises RuntimeError when it is unavailable),
+            ``"ladder"`` (where admitted, else fused), ``"fused"``, ``"direct"`` or
+            ``"factorised"``. All agree to ≲ 1.5e-12 relative (the ladder's powers; the kernel
+            ~1e-15, the others ~1e-13).
 
     Returns:
         (N, len(etas)·len(rs)) float64, C-contiguous, columns as in :func:`feature_names`.
@@ -414,6 +429,10 @@ def featurize(
     if not (type(z) is np.ndarray and z.dtype == np.int64 and z.ndim == 1):
         z = np.asarray(z, dtype=np.int64).reshape(-1)
     n_atoms = len(z)
+    if method == "kernel" or (method == "auto" and wacsf_kernel.available()):
+        if nl.cutoff < plan.rc * (1.0 - 1e-12):
+            check_radius(nl, plan.rc, "wACSF")  # raises; the kernel skips edges with d ≥ rc
+        return wacsf_kernel.featurize(z, nl, plan.eta_columns, plan.rs_columns, plan.rc)
     nl = check_radius(nl, plan.rc, "wACSF")
     if nl.num_edges == 0:
         return np.zeros((n_atoms, len(plan.etas) * len(plan.rs)))

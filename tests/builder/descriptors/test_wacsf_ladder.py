@@ -2,7 +2,8 @@
 
 The reference enumerates periodic images by brute force (no :mod:`builder.neighbors`) and sums
 Z_j f_c(d) exp(−η (d − Rs)²) one term at a time with ``math``; it shares nothing with the code
-under test.
+under test. The compiled kernel is switched off here, so that ``"auto"`` makes its NumPy choice
+(the kernel: ``test_wacsf_kernel.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from fingerprint_pretrain.builder.descriptors import wacsf
+from fingerprint_pretrain.builder.descriptors import wacsf, wacsf_kernel
 from fingerprint_pretrain.builder.descriptors.registry import REGISTRY
 from fingerprint_pretrain.builder.neighbors import neighbour_list
 
@@ -25,6 +26,13 @@ from tests.builder.descriptors.conftest import (
 WACSF_SETS = [name for name, spec in REGISTRY.items() if spec.family == "wacsf"]
 # The ladder's rounding is ≲ (n·m + 100) ulp (module docstring): ~1.5e-12 on set 3.
 LADDER_RTOL = 5e-12
+
+
+@pytest.fixture(autouse=True)
+def numpy_paths(monkeypatch):
+    """Without the compiled kernel, as on a machine where it is not built."""
+    monkeypatch.setattr(wacsf_kernel, "_EXTENSION", None)
+    monkeypatch.setattr(wacsf_kernel, "_REASON", "switched off by the test")
 
 
 def reference_wacsf(z, pos, cell, etas, rs, rc) -> np.ndarray:
