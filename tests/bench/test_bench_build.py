@@ -71,8 +71,22 @@ def test_markdown_ratios_and_speed_ups():
     assert "| d (1,000 structures) | current | 2 | 700 | 1.75× | 798 | 1.90× | 440 |" in text
     assert "| d (1,000 structures) | baseline abc1234 | 1 | 300 | 1.00× |" in text
     # the parse bound: 450/500 per CPU second, 400/480 per wall second
-    assert "| d | 50 | 500 | 480 | 550 | 450 | 0.90 | 400 | 0.83 |" in text
+    assert "| d | current | 50 | 500 | 480 | 550 | 450 | 0.90 | 400 | 0.83 |" in text
+    assert "| d | baseline abc1234 | 50 | 500 | 480 | 550 | 320 | 0.64 | 300 | 0.62 |" in text
     assert "| parse | 1,500 |" in text and "| **total** | 2,000 |" in text
+
+
+def test_implied_scaling_from_cpu_times():
+    """Amdahl on CPU seconds: T1 = 10 s; with 2 jobs the main process spends 2 s (0.5 s of it
+    outside the records loop: serial) and the workers 9 s, so C2 = 11 s and the 2-core wall
+    time would be 0.5 + 10.5 / 2 = 5.75 s: scaling 10 / 5.75, efficiency 10 / 11."""
+    one = {"main_cpu_s": 9.0, "main_loop_cpu_s": 8.0, "worker_cpu_s": 1.0, "records": 1000}
+    two = {"main_cpu_s": 2.0, "main_loop_cpu_s": 1.5, "worker_cpu_s": 9.0, "records": 1000}
+    got = bb.scaling(one, two)
+    assert abs(got["implied_scaling"] - 10 / 5.75) < 1e-12
+    assert abs(got["cpu_efficiency"] - 10 / 11) < 1e-12
+    assert abs(got["serial_share"] - 0.5 / 11) < 1e-12
+    assert abs(got["c2_us_per_structure"] - 11_000) < 1e-9
 
 
 def test_extract_package_imports_the_revisions_builder(tmp_path):
