@@ -32,6 +32,12 @@ accumulation's vector tiles) of at most ``MAX_BLOCK`` shifts, the largest such t
   (the kernel flushes exponents below −708 to 0) every Gaussian of the block is below e^−600:
   the argument of :mod:`fingerprint_pretrain.builder.descriptors._common`.
 
+η that are integer multiples of a smaller η of the set (η = n·η_r, 2 ≤ n ≤ ``MAX_POWER``) share
+its blocks where that saves work (:func:`shared_blocks`; all three registered sets are one such
+group): the group takes the block shape of its steepest member, which is safe for every smaller
+η, and the kernel raises η_r's anchors A_b to the n-th power instead of evaluating exps
+(~(n + 2 log₂ n) ulp; flushed to 0 below DBL_MIN, as the exps flush below e^−708).
+
 Irregular, negative or short grids, and η where not even B = 8 is safe (η = 60 Å⁻² on the
 0.05 Å grid), are evaluated directly (one exp per shift). Exps are a vectorised polynomial
 (~1 ulp); P_t = p^t by products (~t ulp, t < B).
@@ -65,7 +71,7 @@ __all__ = [
 ]
 
 # Calling convention of _ead_kernel.featurize; must equal the C file's EAD_KERNEL_ABI.
-ABI = 2
+ABI = 3
 # Longest block of the recurrence (P_t = p^t carries ~t ulp). Measured on the registered sets:
 # 32 and 40 are equally fast, 24 and 48-64 (more exps, or more padding past |Rs|) slower.
 MAX_BLOCK = 32
@@ -146,15 +152,18 @@ class KernelPlan:
     """Constants of one EAD parameter set, in the layout ``_ead_kernel.featurize`` reads.
 
     Attributes:
-        iplan: int64 [L+1, M, |η|, |Rs|, scale_stride, anchor_stride, (B, blocks, h) per η
-            (B = 0: direct; h: the anchor's offset in its block), (source monomial, axis) per
-            monomial 1 … M−1].
+        iplan: int64 [L+1, M, |η|, |Rs|, scale_stride, anchor_stride, (B, blocks, h, source,
+            n) per η (B = 0: direct; h: the anchor's offset in its block; source: an earlier
+            η with η = n·η_source and the same blocks, whose anchors A_b the kernel raises to
+            the n-th power instead of evaluating exps, or −1 with n = 1), (source monomial,
+            axis) per monomial 1 … M−1].
         dplan: float64 [Rc, Δ, η…, Rs…, reduce ((L+1) × M), S (|η| × scale_stride),
             anchors R_b (|η| × anchor_stride), lifts c_b (|η| × anchor_stride): A_b =
             exp(−η(d − R_b)² + c_b), c_b the largest exponent of S_b before it was divided out].
         n_features: (L+1)·|η|·|Rs|.
         shapes: (B, blocks) per η, for reports and tests.
         offsets: h per η (0 or B/2), for reports and tests.
+        sources: (source η index or −1, n) per η, for reports and tests.
     """
 
     iplan: np.ndarray
@@ -162,6 +171,7 @@ class KernelPlan:
     n_features: int
     shapes: tuple[tuple[int, int], ...]
     offsets: tuple[int, ...] = ()
+    sources: tuple[tuple[int, int], ...] = ()
 
 
 def block_shape(eta: float, rs: np.ndarray, step: float | None, d_max: float) -> tuple[int, int]:
@@ -194,6 +204,71 @@ def _max_width(eta: float, rs: np.ndarray, d_max: float, reach: float, limit: fl
     return max_width
 
 
+# Largest n of a derived η (A_b = A_source^n: ~(n + 2 log2 n) ulp).
+MAX_POWER = 16
+
+
+def _eta_cost(shape: tuple[int, int], n_rs: int, n_mono: int, derived: bool) -> float:
+    """Work per edge of one block η, in exps: its exps (none for the anchors of a derived η)
+    plus the block weights w_m·A_b (M·blocks products, ~8 per exp)."""
+    length, offset = shape
+    blocks = -(-n_rs // length)
+    return (0 if derived else blocks) + 1 + (offset > 0) + n_mono * blocks / 8
+
+
+def shared_blocks(
+    etas: np.ndarray, own: list[tuple[int, int]], n_rs: int, n_mono: int
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Blocks shared between η that are integer multiples of each other.
+
+    Where η = n·η_r (2 ≤ n ≤ MAX_POWER) for an earlier root η_r with the same blocks, the
+    kernel takes the anchors A_b = exp(−η(d − R_b)² + c_b) as (A_b of η_r)^n (with c_b = n
+    times the root's) instead of evaluating their exps. A group takes the block shape (B, h) of
+    its steepest member, safe for every smaller η (both bounds of :func:`block_shape` only
+    loosen as η decreases); an η joins a group when that lowers the work per edge
+    (:func:`_eta_cost`) of the group and the η together.
+
+    Args:
+        etas: (A,) exponents, Å⁻².
+        own: (B, h) of each η alone (:func:`block_shape`).
+        n_rs: |Rs|.
+        n_mono: M, monomials.
+
+    Returns:
+        (B, h) per η, and (source index or −1, n) per η.
+    """
+    shapes = list(own)
+    sources = [(-1, 1)] * len(etas)
+    members: dict[int, list[int]] = {}  # root -> its derived etas
+    for a, eta in enumerate(etas):
+        if own[a][0] == 0:
+            continue
+        best, best_gain = None, 0.0
+        for root in members:
+            ratio = float(eta) / float(etas[root])
+            n = round(ratio)
+            if not (2 <= n <= MAX_POWER and n * float(etas[root]) == float(eta)):
+                continue
+            group = [root, *members[root]]
+            steepest = max(float(etas[g]) for g in group)
+            shape = own[a] if float(eta) > steepest else shapes[root]
+            before = sum(_eta_cost(shapes[g], n_rs, n_mono, g != root) for g in group)
+            before += _eta_cost(own[a], n_rs, n_mono, False)
+            after = sum(_eta_cost(shape, n_rs, n_mono, g != root) for g in [*group, a])
+            if before - after > best_gain:
+                best, best_gain = (root, n, shape), before - after
+        if best is None:
+            members[a] = []
+            continue
+        root, n, shape = best
+        for g in [root, *members[root]]:
+            shapes[g] = shape
+        members[root].append(a)
+        shapes[a] = shape
+        sources[a] = (root, n)
+    return shapes, sources
+
+
 def block_length(eta: float, rs: np.ndarray, step: float | None, d_max: float) -> int:
     """Block length B of the kernel's recurrence for one η (0: evaluate directly)."""
     return block_shape(eta, rs, step, d_max)[0]
@@ -219,11 +294,10 @@ def kernel_plan(
     rs = np.asarray(rs, dtype=np.float64)
     n_l, n_mono = reduce.shape
     step = _regular_step(rs)
-    shapes, offsets = [], []
-    for eta in etas:
-        length, offset = block_shape(float(eta), rs, step, rc)
-        shapes.append((length, -(-len(rs) // length)) if length else (0, 0))
-        offsets.append(offset)
+    own = [block_shape(float(eta), rs, step, rc) for eta in etas]
+    chosen, sources = shared_blocks(etas, own, len(rs), n_mono)
+    shapes = [(length, -(-len(rs) // length)) if length else (0, 0) for length, _ in chosen]
+    offsets = [offset for _, offset in chosen]
     scale_stride = max([len(rs)] + [length * blocks for length, blocks in shapes])
     anchor_stride = max([1] + [blocks for _, blocks in shapes])
     scale = np.zeros((len(etas), scale_stride))
@@ -245,14 +319,20 @@ def kernel_plan(
         )  # R_b = Rs[bB + h] (Rs[bB] for h = 0)
         exponents = -2.0 * eta * step * np.multiply.outer(anchors, tau) - eta * step**2 * tau * tau
         # The largest exponent of S_b (0 for h = 0) moves into A_b: S_bt ≤ 1, so that
-        # A_b·P_t = G/S_bt ≥ G never underflows where the Gaussian G itself does not.
-        lift = exponents.max(axis=1)
+        # A_b·P_t = G/S_bt ≥ G never underflows where the Gaussian G itself does not. A derived
+        # η's A_b is its source's to the n-th power: its lift is n times the source's.
+        source, power = sources[a]
+        lift = exponents.max(axis=1) if source < 0 else power * lift_table[source, :blocks]
         scale[a, : len(rs)] = np.exp(exponents - lift[:, None]).reshape(-1)[: len(rs)]
         anchor_table[a, :blocks] = anchors
         lift_table[a, :blocks] = lift
     iplan = np.array(
         [n_l, n_mono, len(etas), len(rs), scale_stride, anchor_stride]
-        + [v for shape, offset in zip(shapes, offsets, strict=True) for v in (*shape, offset)]
+        + [
+            v
+            for shape, offset, source in zip(shapes, offsets, sources, strict=True)
+            for v in (*shape, offset, *source)
+        ]
         + [v for pair in recursion for v in pair],
         dtype=np.int64,
     )
@@ -268,7 +348,14 @@ def kernel_plan(
         ]
     )
     iplan.flags.writeable = dplan.flags.writeable = False
-    return KernelPlan(iplan, dplan, n_l * len(etas) * len(rs), tuple(shapes), tuple(offsets))
+    return KernelPlan(
+        iplan,
+        dplan,
+        n_l * len(etas) * len(rs),
+        tuple(shapes),
+        tuple(offsets),
+        tuple(sources),
+    )
 
 
 def supports(etas: np.ndarray, rs: np.ndarray, rc: float) -> bool:

@@ -104,8 +104,9 @@ def test_matches_numpy_paths(name, isa):
 @pytest.mark.parametrize("isa", ISAS)
 def test_steep_gaussians_and_direct_etas(isa):
     """η up to 200 Å⁻² on a 12 Å grid: η = 20 and 60 run the recurrence with blocks anchored in
-    their middle (16 and 8 shifts, as long as the underflow cap allows), η = 200 (not even 8
-    shifts safe) one exp per shift; none loses a Gaussian above e^-600."""
+    their middle (8 shifts, as long as the underflow cap allows for η = 60; η = 20 shares them,
+    its anchors the 3rd root of η = 60's... rather η = 60's are η = 20's cubed), η = 200 (not
+    even 8 shifts safe) one exp per shift; none loses a Gaussian above e^-600."""
     z, pos, cell, pbc = small_real_structure(PEROV, 4)
     params = {
         "L": 1,
@@ -114,7 +115,8 @@ def test_steep_gaussians_and_direct_etas(isa):
         "rc": 12.0,
     }
     plan = plan_of(params)
-    assert plan.shapes[1:] == ((16, 15), (8, 30), (0, 0)) and plan.offsets == (0, 8, 4, 0)
+    assert plan.shapes[1:] == ((8, 30), (8, 30), (0, 0)) and plan.offsets == (0, 4, 4, 0)
+    assert plan.sources == ((-1, 1), (-1, 1), (1, 3), (-1, 1))
     nl = neighbour_list(pos, cell, pbc, 12.0)
     ours = kernel(z, pos, cell, nl, params, isa)
     direct = ead.featurize(z, pos, cell, pbc, nl, **params, method="direct")
@@ -132,12 +134,13 @@ def test_steep_gaussians_and_direct_etas(isa):
     ],
 )
 def test_plan_tables_give_the_gaussians(params):
-    """The plan's anchors R_b, lifts c_b, offsets h and table S rebuild every Gaussian of every
-    block, multiplied in the kernel's order: exp(−η(d − R_b)² + c_b) · exp(2ηΔd)^(t−h) (no
-    underflow there) · S[bB + t] = exp(−η(d − Rs[bB + t])²) to 1e-12 (or both below e^-600) for
-    distances across [0, Rc); set 2's steep η = 5 and 10 anchor their
-    blocks in the middle, which makes them twice as long as anchoring at the first shift allows
-    (32 and 24 shifts instead of 16 and 8)."""
+    """The plan's anchors R_b, lifts c_b, offsets h, sources and table S rebuild every Gaussian
+    of every block, multiplied in the kernel's order: A_b = exp(−η(d − R_b)² + c_b), or for a
+    derived η (η = n·η_source) the source's A_b to the n-th power (flushed below DBL_MIN),
+    times exp(2ηΔd)^(t−h) (no underflow there) · S[bB + t] = exp(−η(d − Rs[bB + t])²) to 1e-12
+    (or both below e^-600) for distances across [0, Rc). Set 2's η are all multiples of η = 1:
+    they share the blocks of its steepest η = 10, anchored in their middle (24 shifts, twice as
+    long as anchoring at the first shift allows), and only η = 1 evaluates anchor exps."""
     rs, rc = np.asarray(params["rs"]), params["rc"]
     plan = ead._setup(params["L"], params["etas"], params["rs"], rc)[4]
     n_etas, n_rs = len(params["etas"]), len(rs)
@@ -148,26 +151,76 @@ def test_plan_tables_give_the_gaussians(params):
     scale = dplan[start : start + n_etas * scale_stride].reshape(n_etas, scale_stride)
     anchors, lifts = dplan[start + n_etas * scale_stride :].reshape(2, n_etas, anchor_stride)
     if params is REGISTRY["eadset2"].params:
-        assert plan.shapes == ((32, 8), (32, 8), (32, 8), (24, 10))
-        assert plan.offsets == (0, 0, 16, 12)
+        assert plan.shapes == ((24, 10),) * 4 and plan.offsets == (12,) * 4
+        assert plan.sources == ((-1, 1), (0, 2), (0, 5), (0, 10))
     d = np.linspace(0.01, rc - 1e-6, 37)[:, None]
     for a, ((length, blocks), offset) in enumerate(zip(plan.shapes, plan.offsets, strict=True)):
         if length == 0:
             continue
         eta = params["etas"][a]
+        source, power = plan.sources[a]
         for b in range(blocks):
             t = np.arange(length)
             k = b * length + t
             inside = k < n_rs
             with np.errstate(under="ignore", over="ignore"):
+                if source < 0:
+                    anchor = np.exp(-eta * (d - anchors[a, b]) ** 2 + lifts[a, b])
+                else:
+                    assert anchors[a, b] == anchors[source, b]
+                    root = params["etas"][source]
+                    anchor = np.exp(-root * (d - anchors[a, b]) ** 2 + lifts[source, b]) ** power
+                    anchor[anchor < np.finfo(float).tiny] = 0.0
                 # in the kernel's order: A_b · P_t (summed over edges), then · S_bt
                 ours = (
-                    np.exp(-eta * (d - anchors[a, b]) ** 2 + lifts[a, b])
+                    anchor
                     * np.exp(2 * eta * step * d) ** (t - offset)
                     * scale[a, np.minimum(k, scale_stride - 1)]
                 )[:, inside]
                 exact = np.exp(-eta * (d - rs[k[inside]]) ** 2)
             np.testing.assert_allclose(ours, exact, rtol=1e-12, atol=math.exp(-600))
+
+
+def test_etas_share_blocks_where_they_are_multiples():
+    """η = n·η_r (2 ≤ n ≤ 16) derive their anchors from η_r's, on the block shape of the
+    steepest member of the group (the registered sets: one group each; only the root evaluates
+    anchor exps); η that are not integer multiples, or too far apart, keep their own blocks."""
+    rs, rc = np.arange(0.0, 8.0, 0.05), 8.0
+    _, recursion, reduce = ead._monomial_tables(1, rc)
+
+    def plan(etas):
+        return ead_kernel.kernel_plan(np.array(etas), rs, rc, recursion, reduce)
+
+    assert plan_of(REGISTRY["eadset1"].params).sources == ((-1, 1), (0, 5))
+    assert plan_of(REGISTRY["eadset3"].params).sources == ((-1, 1), (0, 2), (0, 3), (0, 5))
+    for etas in ([1.0, 2.0, 3.0, 5.0], [0.5, 1.0, 2.5], [1.0, 10.0]):
+        p = plan(etas)
+        steepest = ead_kernel.block_shape(max(etas), rs, 0.05, rc)
+        assert all(s == -1 or etas[a] == n * etas[s] for a, (s, n) in enumerate(p.sources))
+        assert [s for s, _ in p.sources].count(-1) == 1
+        assert set(zip(p.shapes, p.offsets, strict=True)) == {
+            ((steepest[0], -(-len(rs) // steepest[0])), steepest[1])
+        }
+    assert plan([1.0, 2.5]).sources == ((-1, 1), (-1, 1))  # 2.5 is no integer multiple of 1
+    assert plan([1.0, 17.0]).sources == ((-1, 1), (-1, 1))  # n = 17 > MAX_POWER
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
+def test_derived_etas_match_the_reference(isa):
+    """The largest power, middle anchors and underflowing Gaussians (η = 1 and 16 = 16·1 on a
+    12 Å grid: blocks of 16 anchored at their 8th shift, exponents down to −2300 within Rc)
+    against the term-by-term reference and the NumPy path."""
+    z, pos, cell, pbc = small_real_structure(PEROV, 3)
+    params = {"L": 1, "etas": [1.0, 16.0], "rs": np.arange(0.0, 12.0, 0.05), "rc": 12.0}
+    plan = plan_of(params)
+    assert plan.sources == ((-1, 1), (0, 16)) and plan.offsets == (8, 8)
+    nl = neighbour_list(pos, cell, pbc, 12.0)
+    ours = kernel(z, pos, cell, nl, params, isa)
+    reference = ead_reference(z, pos, cell, **params, centres=[0, 2])
+    np.testing.assert_allclose(ours[[0, 2]], reference, rtol=1e-12, atol=TINY)
+    direct = ead.featurize(z, pos, cell, pbc, nl, **params, method="direct")
+    np.testing.assert_allclose(ours, direct, rtol=1e-11, atol=TINY)
 
 
 @needs_kernel
