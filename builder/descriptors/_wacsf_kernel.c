@@ -16,7 +16,8 @@
  * w = Z_j f_c(d) and over the feature columns
  * (eta, Rs) in one vectorisable loop row[f] += w exp(-eta (d - Rs)^2) (the reference's operation
  * order; wacsf_exp, ~1 ulp). One exp per (edge, eta, Rs): the same terms as a term-by-term
- * loop, to ~1e-15 relative, with no plan beyond the two columns.
+ * loop, to ~1e-15 relative, with no plan beyond the two columns (f_c as cos^2 has no
+ * cancellation near rc, unlike (cos + 1) / 2: see wacsf.py).
  *
  * Instruction sets: on x86-64 with GCC/Clang the body is compiled for the baseline (SSE2) and,
  * under __attribute__((target("avx2,fma"))), for AVX2 + FMA, picked at run time with

@@ -26,7 +26,10 @@ term-by-term loop, and the paths against each other):
 * ``"kernel"`` (what ``"auto"`` runs wherever the compiled kernel is available): the optional C
   extension :mod:`builder.descriptors.wacsf_kernel` (``_wacsf_kernel.c``), one pass over the
   edges with one vectorised exp per (edge, η, Rs): the term-by-term sum, ~1e-15 relative, on
-  any grid. Without
+  any grid. Its f_c = cos²(πd / 2Rc) avoids the cancellation of ½(cos(πd/Rc) + 1) near the
+  cutoff, so on features ~1e-19 of their atom's largest, reached only by edges just inside Rc,
+  it differs from the NumPy paths by up to ~3e-8 relative (and is the exact one: 2e-12 in
+  40-digit arithmetic, ``bench/results/wacsf_speed.md``); elsewhere by their rounding. Without
   the kernel (not built, stale, ``FP_WACSF_KERNEL=0``) ``"auto"`` makes the NumPy choice below,
   and ``"kernel"`` raises. It removes the ~32 NumPy calls per structure of the ladder, which
   dominate small cells (``bench/results/wacsf_speed.md``).
@@ -417,7 +420,8 @@ def featurize(
             admitted, else fused), ``"kernel"`` (raises RuntimeError when it is unavailable),
             ``"ladder"`` (where admitted, else fused), ``"fused"``, ``"direct"`` or
             ``"factorised"``. All agree to ≲ 1.5e-12 relative (the ladder's powers; the kernel
-            ~1e-15, the others ~1e-13).
+            ~1e-15, the others ~1e-13) except on features ~1e-19 of the atom's largest, where
+            the NumPy paths' cutoff function loses up to ~3e-8 (module docstring).
 
     Returns:
         (N, len(etas)·len(rs)) float64, C-contiguous, columns as in :func:`feature_names`.
