@@ -15,9 +15,9 @@ this tree) always comes last, as "current". The kernels are called directly
 Measure. "Effective GFLOP/s" = 2·M·|η|·|Rs|·edges / seconds (the contraction, unpadded, as
 ``bench_descriptors.py``), against a 1000³ dgemm (NumPy's BLAS, one thread). Times are **process
 CPU time** (the cores here are shared with training jobs: wall time is meaningless). The
-structures are timed in groups of 10; per round and group a dgemm runs, then every variant in
-turn (the order rotates), so all sides see the same load within milliseconds; a variant's time
-is the sum over groups of its best of ``--reps`` rounds, the dgemm rate the best call's.
+structures are timed in groups of 10; per round and group every variant runs in turn (the order
+rotates), with a dgemm every 5 groups, so all sides see the same load; a variant's time is the
+sum over groups of its best of ``--reps`` rounds, the dgemm rate the best call's.
 
 Deviation of each variant from the first: the largest relative difference over the features
 >= 1e-2 of their atom's largest feature, and whether the outputs are bitwise identical.
@@ -59,6 +59,7 @@ DATASETS = (("perov_5", "perov_5.csv.gz", 200), ("mp_20_subset", "mp_20_subset.c
 CFLAGS = ["-O3", "-ffp-contract=fast", "-fPIC", "-shared", "-fwrapv"]
 DGEMM_N = 1000  # ~2 GFLOP per call: ~50 ms, interleaved with the kernels
 GROUP = 10  # structures timed together
+DGEMM_EVERY = 5  # groups per dgemm call (a call costs ~5 groups of kernel calls)
 SIGNIFICANT = 1e-2  # deviation measured on features >= this fraction of the atom's largest
 
 
@@ -175,9 +176,9 @@ def deviation(x: np.ndarray, ref: np.ndarray) -> float:
 def measure(variants: list[Variant], data: dict, sets: list[str], reps: int) -> list[dict]:
     """One row per (set, dataset): best CPU times, rates and deviations of every variant.
 
-    The structures are timed in groups of GROUP; per round and group, a dgemm and then every
-    variant (in an order that rotates), so that all sides see the same load within
-    milliseconds. A variant's time is the sum over groups of its best time of the rounds; the
+    The structures are timed in groups of GROUP; per round and group every variant (in an
+    order that rotates), with a dgemm before every DGEMM_EVERY-th group, so that all sides see
+    the same load. A variant's time is the sum over groups of its best time of the rounds; the
     dgemm rate is the best call's."""
     rng = np.random.default_rng(0)
     a, b = rng.random((DGEMM_N, DGEMM_N)), rng.random((DGEMM_N, DGEMM_N))
@@ -200,7 +201,8 @@ def measure(variants: list[Variant], data: dict, sets: list[str], reps: int) -> 
             dgemm = 0.0
             for r in range(reps):
                 for g, group in enumerate(groups):
-                    dgemm = max(dgemm, dgemm_rate(a, b))
+                    if g % DGEMM_EVERY == 0:
+                        dgemm = max(dgemm, dgemm_rate(a, b))
                     order = list(range(len(variants)))
                     order = order[(r + g) % len(order) :] + order[: (r + g) % len(order)]
                     for k in order:
