@@ -67,6 +67,7 @@ VARIANTS = (
     ("shuffle-zstd", "float16"),
 )
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+ONLY_STORES_RECORDS = 480  # decoding figures of a --variants run: the first this many records
 
 
 # -- pure helpers -------------------------------------------------------------------------------
@@ -290,10 +291,14 @@ def _best_cpu(fn, repeats: int) -> float:
     return best
 
 
-def run_decode(float32_store: str, stores: dict[str, str], repeats: int) -> dict:
+def run_decode(
+    float32_store: str, stores: dict[str, str], repeats: int, only_stores: bool = False
+) -> dict:
     """(a) label-blob decode per (codec, dtype), in memory, from ``float32_store``'s labels
-    re-encoded by this code's encoder (float16: cast, overflow to inf: cost only); (b)
-    ``store.get`` and (c) dataset items of each real store. Structures/s of process CPU."""
+    re-encoded by this code's encoder (float16: cast, overflow to inf: cost only; with
+    ``only_stores`` just the variants of ``stores``); (b) ``store.get``, (c) dataset items and
+    (d) batches of 16 (where the code has ``__getitems__``) of each real store. Structures/s of
+    process CPU."""
     import torch
 
     torch.set_num_threads(1)  # as in a DataLoader worker
@@ -302,11 +307,12 @@ def run_decode(float32_store: str, stores: dict[str, str], repeats: int) -> dict
     from fingerprint_pretrain.trainer.data import LabelScaler, StoreDataset
 
     base = open_store(float32_store, descriptors=[LABELS])
-    labels = [np.array(base.get(i, descriptors=[LABELS])[LABELS]) for i in range(len(base))]
+    n = min(len(base), ONLY_STORES_RECORDS) if only_stores else len(base)
+    labels = [np.array(base.get(i, descriptors=[LABELS])[LABELS]) for i in range(n)]
     n = len(labels)
-    out: dict = {"blob": {}, "get": {}, "item": {}}
+    out: dict = {"blob": {}, "get": {}, "item": {}, "batch": {}}
     for codec, dtype in VARIANTS:
-        if codec not in CODECS:
+        if codec not in CODECS or (only_stores and variant_name(codec, dtype) not in stores):
             continue
         with np.errstate(over="ignore"):
             blobs = [encode_record(str(i), {LABELS: a.astype(dtype)}, {LABELS: codec})
@@ -329,6 +335,10 @@ def run_decode(float32_store: str, stores: dict[str, str], repeats: int) -> dict
         dataset.scaler = LabelScaler.from_stats(stats, "per_feature")
         cpu = _best_cpu(lambda d=dataset: [d[i] for i in range(n)], repeats)
         out["item"][name] = {"structures_per_s": n / cpu, "us_per_structure": 1e6 * cpu / n}
+        if hasattr(dataset, "__getitems__"):  # batched path (this process: no shared memory)
+            chunks = [list(range(k, min(k + BATCH, n))) for k in range(0, n, BATCH)]
+            cpu = _best_cpu(lambda d=dataset, cs=chunks: [d.__getitems__(c) for c in cs], repeats)
+            out["batch"][name] = {"structures_per_s": n / cpu, "us_per_structure": 1e6 * cpu / n}
     out["graph_only_get_us"] = 1e6 * _best_cpu(
         lambda: [base.get(i, descriptors=[]) for i in range(n)], repeats
     ) / n  # fmt: skip
@@ -342,21 +352,24 @@ def _epoch(loader, sampler, epoch: int) -> dict:
     pids = [w.pid for w in getattr(it, "_workers", [])]
     cpu_workers = sum(proc_cpu_seconds(p) for p in pids)
     cpu_main, t = time.process_time(), time.perf_counter()
-    structures = 0
+    structures = batches = 0
     for batch in it:
         structures += batch.num_graphs
+        batches += 1
     wall = time.perf_counter() - t
     return {
         "wall_s": wall,
         "structures": structures,
+        "batches": batches,
         "main_cpu_s": time.process_time() - cpu_main,
         "worker_cpu_s": sum(proc_cpu_seconds(p) for p in pids) - cpu_workers,
     }
 
 
-def run_loader(path: str, workers: list[int], epochs: int) -> dict:
+def run_loader(path: str, workers: list[int], epochs: int, records: int = 0) -> dict:
     """The trainer's loader on ``path`` for each worker count: a warm-up epoch, then the best
-    of ``epochs`` (by wall time; CPU costs of that epoch)."""
+    of ``epochs`` (by wall time; CPU costs of that epoch). ``records`` > 0: epochs over the
+    first ``records`` records only (shuffled), to keep a run short."""
     import torch
     from fingerprint_pretrain.trainer.config import TrainConfig
     from fingerprint_pretrain.trainer.data import LabelScaler, StoreDataset
@@ -370,7 +383,8 @@ def run_loader(path: str, workers: list[int], epochs: int) -> dict:
         dataset = StoreDataset(cfg.store, "node", cfg.labels, cfg.max_neighbors, cfg.cutoff)
         stats = dataset.store.manifest["descriptors"][LABELS]["stats"]
         dataset.scaler = LabelScaler.from_stats(stats, cfg.label_scaling)
-        sampler = EpochSampler(np.arange(len(dataset)), cfg.seed, True, 0, 1)
+        n_records = min(records, len(dataset)) if records > 0 else len(dataset)
+        sampler = EpochSampler(np.arange(n_records), cfg.seed, True, 0, 1)
         loader = store_loader(dataset, sampler, cfg, torch.device("cpu"))
         _epoch(loader, sampler, 0)
         best = min((_epoch(loader, sampler, e) for e in range(1, epochs + 1)),
@@ -383,6 +397,7 @@ def run_loader(path: str, workers: list[int], epochs: int) -> dict:
             "wall_structures_per_s": n / best["wall_s"],
             "worker_cpu_s_per_structure": worker_cost,
             "main_cpu_s_per_structure": main_cost,
+            "main_cpu_s_per_batch": best["main_cpu_s"] / max(best["batches"], 1),
             "implied_4_worker_structures_per_s": (
                 implied_rate(worker_cost, main_cost, 4) if k else 1.0 / main_cost
             ),
@@ -436,6 +451,8 @@ def run(args) -> dict:
     stores = build_stores(work, args.structures, args.jobs)
     real = {name: v["path"] for name, v in stores.items() if "path" in v and name != "graphs"}
     f32 = real[variant_name("shuffle-zlib", "float32")]
+    if args.variants:
+        real = {name: path for name, path in real.items() if name in args.variants}
     readers: dict[str, Path | None] = {"current": None}
     if args.baseline:
         readers["baseline"] = extract_baseline(args.baseline, work)
@@ -444,17 +461,22 @@ def run(args) -> dict:
     for _ in range(args.rounds):
         for label, pythonpath in readers.items():
             readable = {n: p for n, p in real.items() if label == "current" or "zstd" not in n}
-            got = _runner("decode", [f32, json.dumps(readable), str(args.repeats)], pythonpath)
-            for part in ("blob", "get", "item"):
+            only = ["only"] if args.variants else []
+            got = _runner(
+                "decode", [f32, json.dumps(readable), str(args.repeats), *only], pythonpath
+            )
+            for part in ("blob", "get", "item", "batch"):
                 decode[label][part] = _keep_best(
-                    decode[label].get(part), got[part], "structures_per_s"
+                    decode[label].get(part), got.get(part, {}), "structures_per_s"
                 )
             decode[label]["graph_only_get_us"] = min(
                 decode[label].get("graph_only_get_us", float("inf")), got["graph_only_get_us"]
             )
             for name, path in readable.items():
                 got = _runner(
-                    "loader", [path, ",".join(map(str, args.workers)), str(args.epochs)],
+                    "loader",
+                    [path, ",".join(map(str, args.workers)), str(args.epochs),
+                     str(args.loader_records)],
                     pythonpath,
                 )  # fmt: skip
                 old = loader[label].get(name)
@@ -467,7 +489,11 @@ def run(args) -> dict:
                         pick = dict(prev)
                         for key in ("wall_structures_per_s", "implied_4_worker_structures_per_s"):
                             pick[key] = max(prev[key], new[key])
-                        for key in ("worker_cpu_s_per_structure", "main_cpu_s_per_structure"):
+                        for key in (
+                            "worker_cpu_s_per_structure",
+                            "main_cpu_s_per_structure",
+                            "main_cpu_s_per_batch",
+                        ):
                             pick[key] = min(prev[key], new[key])
                     merged[k] = pick
                 loader[label][name] = merged
@@ -486,7 +512,8 @@ def run(args) -> dict:
             for name, v in stores.items()
             if name != "graphs"
         },
-        "float16": float16_study(Path(f32)),
+        "float16": None if args.section else float16_study(Path(f32)),
+        "loader_records": args.loader_records,
         "decode": decode,
         "loader": loader,
     }
@@ -588,6 +615,8 @@ def write_markdown(r: dict, path: Path) -> None:
         "",
     ]
     lines += _findings(r)
+    for name, section in r.get("sections", {}).items():
+        lines += ["", *section_markdown(name, section)]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -608,6 +637,101 @@ SHM_NOTE = (
     "copy the same bytes into warm memory), ~150 µs per structure, a per-page kernel cost "
     "that is far lower on bare metal. Not decoding: it is the same for every codec."
 )
+
+
+SECTION_NOTES = {
+    "speedpath": (
+        "What changed (`trainer/data.py`): `StoreDataset.__getitems__` builds a whole batch at "
+        "once (edge vectors, distances and nearest-K over the batch in single NumPy calls, "
+        "`shift @ cell` still per structure so the BLAS result is the same; the scaled labels "
+        "written straight into the batch buffer through one reused float64 scratch), and each "
+        "DataLoader worker writes its batches into a pool of 8 reused shared-memory buffers "
+        "(the main process maps each once and hands a buffer back when the batch's last "
+        "tensor is freed; a fresh segment as before when all 8 are out). Batches are "
+        "bitwise those of the per-item path (`tests/trainer/test_loader_speedpath.py` checks "
+        "them against a per-structure reference built from the raw records with `schemas`)."
+    ),
+}
+
+
+def section_markdown(name: str, r: dict) -> list[str]:
+    """A later run kept under ``sections[name]`` of loader.json, as its own section."""
+    cur, base = r["loader"]["current"], r["loader"].get("baseline", {})
+    lines = [
+        f"## {name}: the batched loader path, before/after (issue 21, goal 6)",
+        "",
+        f"Machine: {r['machine']}, {r['cores']} cores shared with two training jobs (load "
+        f"average {r['load_average'][0]:.1f} at the end). Date: {r['date']}. Command: "
+        f"`{r['command']}`. Same stores as above; loader epochs over "
+        f"{r.get('loader_records') or r['structures']:,} shuffled records, batch "
+        f"{r['batch_size']}. *before* = revision {r['baseline']} (`git archive` of `schemas` "
+        f"and `trainer`), *after* = this code, alternating in fresh processes, best of the "
+        f"rounds; CPU = process CPU time from /proc, so only the ratios and the CPU costs "
+        f"mean something on these shared cores, not the wall rates.",
+        "",
+        SECTION_NOTES.get(name, ""),
+        "",
+        "| variant | code | workers | worker CPU µs/structure | main CPU µs/structure | main "
+        "CPU ms/batch | implied at 4 workers | wall structures/s (2 shared cores) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for variant in cur:
+        for label, table in (("before", base), ("after", cur)):
+            for k, v in table.get(variant, {}).items():
+                per_batch = v.get("main_cpu_s_per_batch", v["main_cpu_s_per_structure"] * 16)
+                lines.append(
+                    f"| `{variant}` | {label} | {k} | "
+                    f"{1e6 * v['worker_cpu_s_per_structure']:.0f} | "
+                    f"{1e6 * v['main_cpu_s_per_structure']:.0f} | {1e3 * per_batch:.2f} | "
+                    f"{_fmt_rate(v['implied_4_worker_structures_per_s'])} | "
+                    f"{_fmt_rate(v['wall_structures_per_s'])} |"
+                )
+    dec, bdec = r["decode"]["current"], r["decode"].get("baseline", {})
+    lines += [
+        "",
+        "In one process (no workers, no shared memory), µs of CPU per structure: "
+        "`store.get` (graph + labels), the dataset item, and the batched path "
+        "(`__getitems__` per 16):",
+        "",
+        "| variant | get before / after | item before / after | batched after |",
+        "|---|---|---|---|",
+    ]
+    us = lambda d, part, v: (  # noqa: E731
+        f"{d[part][v]['us_per_structure']:.0f}" if v in d.get(part, {}) else "-"
+    )
+    for variant in dec.get("get", {}):
+        lines.append(
+            f"| `{variant}` | {us(bdec, 'get', variant)} / {us(dec, 'get', variant)} | "
+            f"{us(bdec, 'item', variant)} / {us(dec, 'item', variant)} | "
+            f"{us(dec, 'batch', variant)} |"
+        )
+    lines += ["", "Findings (computed from the table):", ""]
+    for variant, table in cur.items():
+        after = table.get("4") or table[max(table, key=int)]
+        w_us = 1e6 * after["worker_cpu_s_per_structure"]
+        line = (
+            f"- `{variant}`: {w_us:.0f} µs of worker CPU per structure with 4 workers "
+            f"({'within' if w_us <= 800 else 'over'} the 800 µs budget), main process "
+            f"{1e3 * after.get('main_cpu_s_per_batch', 0):.2f} ms per batch; implied "
+            f"{_fmt_rate(after['implied_4_worker_structures_per_s'])} structures/s at 4 workers "
+            f"({'meets' if after['implied_4_worker_structures_per_s'] >= TARGET_RATE else 'misses'}"
+            f" {TARGET_RATE:,.0f})"
+        )
+        before = base.get(variant, {}).get("4")
+        if before:
+            line += (
+                f"; before {1e6 * before['worker_cpu_s_per_structure']:.0f} µs and "
+                f"{1e3 * before.get('main_cpu_s_per_batch', 0):.2f} ms, "
+                f"{_fmt_rate(before['implied_4_worker_structures_per_s'])} structures/s"
+            )
+        lines.append(line + ".")
+    lines += SECTION_FINDINGS.get(name, [])
+    return lines
+
+
+#: conclusions written by hand after looking at the run (kept with the script so that
+#: ``--report-only`` renders them again)
+SECTION_FINDINGS: dict[str, list[str]] = {}
 
 
 def _findings(r: dict) -> list[str]:
@@ -638,18 +762,42 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=1, help="loader: measured epochs per run")
     p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=WORKERS)
     p.add_argument("--report-only", action="store_true", help="rewrite loader.md from .json")
+    p.add_argument(
+        "--variants",
+        type=lambda s: s.split(","),
+        default=None,
+        help="only these stores, e.g. shuffle-zlib/float32,raw/float32",
+    )
+    p.add_argument(
+        "--loader-records",
+        type=int,
+        default=0,
+        help="loader epochs over the first N records only (0: all)",
+    )
+    p.add_argument(
+        "--section",
+        default=None,
+        help="store the run under this key of loader.json and render it as its own "
+        "section of loader.md, keeping the main results",
+    )
     args = p.parse_args(argv)
     if args.runner == "decode":
-        f32, stores, repeats = args.rest
-        print(json.dumps(run_decode(f32, json.loads(stores), int(repeats))))
+        f32, stores, repeats, *only = args.rest
+        print(json.dumps(run_decode(f32, json.loads(stores), int(repeats), bool(only))))
         return
     if args.runner == "loader":
-        path, workers, epochs = args.rest
-        print(json.dumps(run_loader(path, [int(w) for w in workers.split(",")], int(epochs))))
+        path, workers, epochs, *records = args.rest
+        workers_list = [int(w) for w in workers.split(",")]
+        records_n = int(records[0]) if records else 0
+        print(json.dumps(run_loader(path, workers_list, int(epochs), records_n)))
         return
     if not args.report_only:
         results = run(args)
         RESULTS.mkdir(parents=True, exist_ok=True)
+        if args.section:
+            whole = json.loads((RESULTS / "loader.json").read_text())
+            whole.setdefault("sections", {})[args.section] = results
+            results = whole
         (RESULTS / "loader.json").write_text(json.dumps(results, indent=1) + "\n")
     results = json.loads((RESULTS / "loader.json").read_text())
     write_markdown(results, RESULTS / "loader.md")
