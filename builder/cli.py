@@ -76,8 +76,9 @@ _label_storage_options = _with_options(
         type=click.Choice(CODEC_CHOICES),
         default="auto",
         show_default=True,
-        help=f"Label compression; auto = byte shuffle + zlib for sets of >= "
-        f"{AUTO_COMPRESS_MIN_DIM} features.",
+        help=f"Label compression; auto = byte shuffle + Zstandard (shuffle-zstd) for sets of >= "
+        f"{AUTO_COMPRESS_MIN_DIM} features, raw below; shuffle-zlib needs only the Python "
+        "standard library to decode.",
     ),
 )
 

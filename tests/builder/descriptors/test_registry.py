@@ -130,3 +130,24 @@ def test_importing_the_registry_imports_no_family_module():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert result.stdout.strip() == "['fingerprint_pretrain.builder.descriptors.registry']"
+
+
+def test_auto_codec_compresses_the_wide_sets_with_zstd_and_stores_narrow_ones_raw():
+    names = registry.resolve_names("all")
+    auto = registry.storage_codecs(names)
+    dims = {name: registry.get(name).dim for name in names}
+    # the EAD sets (>= 256 features: 480, 1,920, 768) are the wide ones of the nine
+    assert {n for n, d in dims.items() if d >= 256} == {"eadset1", "eadset2", "eadset3"}
+    assert auto == {n: "shuffle-zstd" if dims[n] >= 256 else "raw" for n in names}
+    assert registry.storage_codecs(names, "shuffle-zlib") == dict.fromkeys(names, "shuffle-zlib")
+
+
+def test_auto_codec_store_reads_back_the_exact_labels(tmp_path):
+    """A wide set stored with the auto codec decodes to the very float32 values written."""
+    from fingerprint_pretrain.schemas.record import decode_record, encode_record
+
+    labels = np.random.default_rng(0).lognormal(0, 6, (7, 1920)).astype(np.float32)
+    codec = registry.storage_codecs(["eadset2"])
+    blob = encode_record("x", {"eadset2": labels}, codec)
+    assert np.array_equal(decode_record(blob)["eadset2"], labels)
+    assert len(blob) < labels.nbytes
