@@ -120,13 +120,13 @@ def test_adaptation_reads_the_training_split_only_unless_all(
     stores, pretrained, tmp_path, monkeypatch, on
 ):
     reads = []
-    real_getitem = StoreDataset.__getitem__
+    real_read = StoreDataset._read  # the one record read of the per-item and batched paths
 
     def spy(self, index):
         reads.append((self.task, int(index)))
-        return real_getitem(self, index)
+        return real_read(self, index)
 
-    monkeypatch.setattr(StoreDataset, "__getitem__", spy)
+    monkeypatch.setattr(StoreDataset, "_read", spy)
     run = tmp_path / on
     train(_finetune(stores, pretrained, run, max_train=12, adapt_epochs=2, adapt_on=on))
     splits = np.load(run / "splits.npz")  # the fine-tuning's own split
