@@ -3,7 +3,8 @@
 The C extension ``builder.descriptors._ead_kernel`` (``_ead_kernel.c``, built by ``setup.py``
 when a C compiler is available; a failed build does not fail installation) evaluates
 :func:`builder.descriptors.ead.featurize` in one fused pass per structure: per centre, per chunk
-of 8 neighbours, the edge vectors, Z_j f_c and monomial weights; per η the block anchors
+of up to 64 neighbours (``KC`` in the C source), the edge vectors, Z_j f_c and monomial
+weights; per η the block anchors
 A_b = exp(−η(d − R_b)²) and powers P_t = exp(2ηΔd)^t of each neighbour (the regular-grid
 recurrence, restarted exactly at every block of B shifts) and the sums
 T[n, η, bB + t] = Σ_j w_n A_b P_t, kept in L1 and scaled by S_bt per centre, as the NumPy
