@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import struct
-import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from fingerprint_pretrain.builder.neighbors import NeighbourList, SortedEdges, sorted_edges
@@ -16,16 +12,9 @@ from fingerprint_pretrain.builder.structure import (
     StructureArrays,
     check_structure,
 )
-
-# the record format's constants, from its one definition (encode_graph_record writes what
-# schemas.record.encode_record writes)
 from fingerprint_pretrain.schemas.record import (
-    _ALIGN,
-    _CRC_KEY,
-    ALLOWED_DTYPES,
-    GRAPH_FIELDS,
-    MAGIC,
     RecordError,
+    encode_graph_record,
     shift_dtype,
 )
 
@@ -180,51 +169,3 @@ def _record(
         "edge_dist": fields.edge_dist[e0:e1],
         "targets": target_arr,
     }
-
-
-def encode_graph_record(record: Mapping) -> tuple[bytes, bytes]:
-    """``(encode_record(record["id"], graph fields), record_digest(record))`` of
-    :mod:`schemas.record`, byte for byte, in one pass: each field's bytes are made once and
-    serve both (the two functions copy every field each).
-
-    Args:
-        record: a graph record (:func:`graph_records`): the id and every field of
-            ``GRAPH_FIELDS`` as arrays of the contract's dtypes, stored raw.
-
-    Returns:
-        ``(FPR1 bytes with CRC-32, 32-byte sha256 digest)``.
-    """
-    record_id = record["id"]
-    entries = []
-    body = []
-    digest = [b"id|" + str(record_id).encode() + b"|"]
-    offset = 0
-    for name in GRAPH_FIELDS:
-        arr = np.asarray(record[name])
-        dt = arr.dtype
-        if dt.byteorder == ">":
-            dt = dt.newbyteorder("<")
-            arr = arr.astype(dt)
-        if dt.str not in ALLOWED_DTYPES:
-            raise RecordError(f"field {name!r}: dtype {arr.dtype} is not storable")
-        raw = arr.tobytes()  # C order, whatever the strides
-        n = len(raw)
-        shape = ",".join(map(str, arr.shape))
-        entries.append(f'["{name}","{dt.str}",[{shape}],{offset},{n},"raw"]')
-        body.append(raw)
-        pad = -n % _ALIGN
-        if pad:
-            body.append(b"\0" * pad)
-        offset += n + pad
-        digest.append(f"{name}|{dt.str}|{shape}|".encode())
-        digest.append(raw)
-    # json.dumps({"id": ..., "fields": ...}, separators=(",", ":")) without its '}', written
-    # out: the names and dtype strings are plain ASCII, so only the id needs JSON escaping
-    fields = ",".join(entries)
-    header = f'{{"id":{json.dumps(record_id)},"fields":[{fields}]'.encode() + _CRC_KEY
-    hlen = len(header) + 10
-    head = MAGIC + struct.pack("<I", hlen) + header
-    tail = b'"}' + b"\0" * ((-(8 + hlen)) % _ALIGN)
-    data = b"".join(body)
-    crc = zlib.crc32(data, zlib.crc32(tail, zlib.crc32(head)))
-    return head + b"%08x" % crc + tail + data, hashlib.sha256(b"".join(digest)).digest()

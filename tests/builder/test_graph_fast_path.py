@@ -1,8 +1,8 @@
 """The graph build's fast path (issue 21 goal 4): records gathered straight into the store's
 dtypes in sub-batches (builder.graph.graph_records on builder.neighbors.sorted_edges), and
-builder.graph.encode_graph_record, checked against independent references: the Python-sorted
-lists of tests/builder/test_neighbors.py, and schemas.record's encode_record / record_digest /
-decode_record (the format's definition)."""
+schemas.record.encode_graph_record (re-exported by builder.graph), checked against independent
+references: the Python-sorted lists of tests/builder/test_neighbors.py, and schemas.record's
+encode_record / record_digest / decode_record (the format's definition)."""
 
 from __future__ import annotations
 
