@@ -136,7 +136,7 @@ def test_auto_codec_compresses_the_wide_sets_with_zstd_and_stores_narrow_ones_ra
     names = registry.resolve_names("all")
     auto = registry.storage_codecs(names)
     dims = {name: registry.get(name).dim for name in names}
-    # the EAD sets (>= 256 features: 480, 1,920, 768) are the wide ones of the nine
+    # the EAD sets (960, 1,920 and 1,280 features) are the only ones of the nine with >= 256
     assert {n for n, d in dims.items() if d >= 256} == {"eadset1", "eadset2", "eadset3"}
     assert auto == {n: "shuffle-zstd" if dims[n] >= 256 else "raw" for n in names}
     assert registry.storage_codecs(names, "shuffle-zlib") == dict.fromkeys(names, "shuffle-zlib")
