@@ -19,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 from fingerprint_pretrain.trainer.harness.results import best_pretrain_epoch, collect, read_metrics
-from fingerprint_pretrain.trainer.harness.scale import paired_gains
+from fingerprint_pretrain.trainer.harness.scale import (
+    common_points,
+    gain_cell,
+    paired_gains,
+    point_name,
+    point_order,
+)
 
 __all__ = ["backbone_rows", "backbone_tables", "model_of", "write_backbone_report"]
 
@@ -85,21 +91,12 @@ def backbone_rows(runs_dirs: list[str | Path], inits: list[str]) -> list[dict]:
     return rows
 
 
-def _name(point: tuple) -> str:
-    task, n = point
-    return f"{task} {'full' if n is None else n}"
-
-
-def _order(point: tuple) -> tuple:
-    return point[0], -1 if point[1] is None else point[1]
-
-
 def backbone_tables(rows: list[dict]) -> list[str]:
     """Markdown lines: the gain table (one row per backbone and label set, one column per task
     point every row finished, cells "gain % (wins/seeds, p)", their average), then the mean
     test MAEs behind it (from scratch → pre-trained), then points not every row finished."""
-    common = sorted((p for p in rows[0]["gains"] if all(p in r["gains"] for r in rows)), key=_order)
-    head = ["backbone", "label set", "pre-training", *map(_name, common), "average"]
+    common = common_points(rows)
+    head = ["backbone", "label set", "pre-training", *map(point_name, common), "average"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         pre = r["pretraining"]
@@ -109,10 +106,7 @@ def backbone_tables(rows: list[dict]) -> list[str]:
             minutes = "" if pre["seconds"] is None else f", {pre['seconds'] / 60:.1f} min"
             cost = f"{pre['epochs']} ep, best val {pre['best_val_loss']:.3f}{minutes}"
         cells = [f"`{r['model']}`", r["init"], cost]
-        for key in common:
-            g = r["gains"][key]
-            p = "" if g["p"] is None else f", p={g['p']:.2g}"
-            cells.append(f"{g['gain']:+.1f} ({g['wins']}/{g['seeds']}{p})")
+        cells += [gain_cell(r["gains"][key]) for key in common]
         avg = np.mean([r["gains"][k]["gain"] for k in common]) if common else float("nan")
         cells.append(f"{avg:+.1f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -120,7 +114,7 @@ def backbone_tables(rows: list[dict]) -> list[str]:
         "",
         "Mean test MAE over the paired seeds, from scratch → pre-trained (task units):",
         "",
-        "| backbone | label set | " + " | ".join(map(_name, common)) + " |",
+        "| backbone | label set | " + " | ".join(map(point_name, common)) + " |",
         "|" + "---|" * (2 + len(common)),
     ]
     for r in rows:
@@ -129,7 +123,7 @@ def backbone_tables(rows: list[dict]) -> list[str]:
             g = r["gains"][key]
             cells.append(f"{g['baseline']:.4g} → {g['pretrained']:.4g}")
         lines.append("| " + " | ".join(cells) + " |")
-    others = sorted({k for r in rows for k in r["gains"]} - set(common), key=_order)
+    others = sorted({k for r in rows for k in r["gains"]} - set(common), key=point_order)
     if others:
         lines += ["", "Points not finished by every row (gain %, wins/seeds):", ""]
         for key in others:
@@ -139,7 +133,7 @@ def backbone_tables(rows: list[dict]) -> list[str]:
                 for r in rows
                 if key in r["gains"]
             ]
-            lines.append(f"- {_name(key)}: {'; '.join(have)}")
+            lines.append(f"- {point_name(key)}: {'; '.join(have)}")
     return lines
 
 

@@ -27,7 +27,17 @@ from fingerprint_pretrain.trainer.harness.results import (
     read_metrics,
 )
 
-__all__ = ["paired_gains", "scale_figure", "scale_points", "scale_table", "write_scale_report"]
+__all__ = [
+    "common_points",
+    "gain_cell",
+    "paired_gains",
+    "point_name",
+    "point_order",
+    "scale_figure",
+    "scale_points",
+    "scale_table",
+    "write_scale_report",
+]
 
 
 def scale_points(runs_dirs: list[str | Path], init: str) -> list[dict]:
@@ -100,39 +110,46 @@ def paired_gains(rows: list[dict], init: str) -> dict:
     return gains
 
 
-def _point_name(point: tuple) -> str:
+def point_name(point: tuple) -> str:
+    """``(task, n)`` as a column name: "jdft2d 100", "c2db full"."""
     task, n = point
     return f"{task} {'full' if n is None else n}"
 
 
-def _common_points(points: list[dict]) -> list[tuple]:
-    """(task, n) points every sweep has a gain for, in the first sweep's order."""
+def point_order(point: tuple) -> tuple:
+    """Sort key of ``(task, n)`` points: by task, the full split first, then by size."""
+    return point[0], -1 if point[1] is None else point[1]
+
+
+def gain_cell(g: dict) -> str:
+    """One :func:`paired_gains` entry as a table cell: "gain % (wins/seeds, p)"."""
+    p = "" if g["p"] is None else f", p={g['p']:.2g}"
+    return f"{g['gain']:+.1f} ({g['wins']}/{g['seeds']}{p})"
+
+
+def common_points(points: list[dict]) -> list[tuple]:
+    """(task, n) points every entry of ``points`` (dicts with ``gains``) has a gain for, in
+    :func:`point_order`."""
     common = [p for p in points[0]["gains"] if all(p in q["gains"] for q in points)]
-    return sorted(common, key=lambda p: (p[0], -1 if p[1] is None else p[1]))
+    return sorted(common, key=point_order)
 
 
 def scale_table(points: list[dict], init: str) -> list[str]:
     """Markdown lines: one row per sweep (pre-training structures, steps), one column per task
     point every sweep finished, cells "gain % (wins/seeds, p)", and their average."""
-    common = _common_points(points)
-    head = ["pre-training structures", "optimiser steps", *map(_point_name, common), "average"]
+    common = common_points(points)
+    head = ["pre-training structures", "optimiser steps", *map(point_name, common), "average"]
     lines = [
         f"| {' | '.join(head)} |",
         f"|{'---|' * len(head)}",
     ]
     for point in points:
         cells = [f"{point['structures']:,}", f"{point['steps']:,}" if point["steps"] else "–"]
-        for key in common:
-            g = point["gains"][key]
-            p = "" if g["p"] is None else f", p={g['p']:.2g}"
-            cells.append(f"{g['gain']:+.1f} ({g['wins']}/{g['seeds']}{p})")
+        cells += [gain_cell(point["gains"][key]) for key in common]
         avg = np.mean([point["gains"][k]["gain"] for k in common]) if common else float("nan")
         cells.append(f"{avg:+.1f}")
         lines.append(f"| {' | '.join(cells)} |")
-    others = sorted(
-        {k for p in points for k in p["gains"]} - set(common),
-        key=lambda p: (p[0], -1 if p[1] is None else p[1]),
-    )
+    others = sorted({k for p in points for k in p["gains"]} - set(common), key=point_order)
     if others:
         lines += ["", f"Points not finished by every sweep ({init}, gain % (wins/seeds)):", ""]
         for key in others:
@@ -142,7 +159,7 @@ def scale_table(points: list[dict], init: str) -> list[str]:
                 for p in points
                 if key in p["gains"]
             ]
-            lines.append(f"- {_point_name(key)}: {'; '.join(have)}")
+            lines.append(f"- {point_name(key)}: {'; '.join(have)}")
     return lines
 
 
@@ -152,11 +169,11 @@ def scale_figure(points: list[dict], init: str, out: Path) -> str:
     the file name."""
     import matplotlib.pyplot as plt
 
-    common = _common_points(points)
+    common = common_points(points)
     x = [p["structures"] for p in points]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for key in common:
-        ax.plot(x, [p["gains"][key]["gain"] for p in points], "o-", lw=1, label=_point_name(key))
+        ax.plot(x, [p["gains"][key]["gain"] for p in points], "o-", lw=1, label=point_name(key))
     if common:
         avg = [np.mean([p["gains"][k]["gain"] for k in common]) for p in points]
         ax.plot(x, avg, "ks-", lw=2.5, label="average")
