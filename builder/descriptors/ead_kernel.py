@@ -13,7 +13,8 @@ x[l] = Σ_n R[l, n] ρ_n². Same definition, conventions and output as the NumPy
 (:mod:`builder.descriptors.ead`), which stays the reference and the fallback: the two agree to
 ~1e-12 relative (the kernel is within ~1e-13 of the term-by-term reference).
 
-Loading. :func:`available` is True when the extension imports, its calling convention
+Loading (:mod:`builder.descriptors._kernel_loader`, shared by the three kernels).
+:func:`available` is True when the extension imports, its calling convention
 (``ABI``) matches this file, and (in a source tree, e.g. an editable install) the source hash
 compiled into it equals the current ``_ead_kernel.c``: a stale build is refused rather than
 used (rebuild with ``pip install -e .``). :func:`unavailable_reason` says why not. The variant
@@ -46,9 +47,7 @@ Irregular, negative or short grids, and η where not even B = 8 is safe (η = 60
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +56,11 @@ from fingerprint_pretrain.builder.descriptors._common import (
     _BLOCK_WIDTH_TIMES_SQRT_ETA,
     _EXP_LIMIT,
     _regular_step,
+)
+from fingerprint_pretrain.builder.descriptors._kernel_loader import (
+    checked_isa,
+    load_extension,
+    open_kernel,
 )
 from fingerprint_pretrain.builder.neighbors import NeighbourList
 
@@ -85,52 +89,14 @@ _MAX_EXPONENT = 1e12
 _SOURCE = Path(__file__).with_name("_ead_kernel.c")
 
 
-def _source_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _load():
     """(extension module or None, reason it is unavailable or None)."""
-    setting = os.environ.get("FP_EAD_KERNEL", "").strip().lower()
-    if setting in ("0", "off", "false", "no"):
-        return None, f"disabled by FP_EAD_KERNEL={setting}"
-    try:
-        from fingerprint_pretrain.builder.descriptors import _ead_kernel as extension
-    except ImportError as error:
-        return None, f"the extension is not built ({error}); install with a C compiler present"
-    if getattr(extension, "ABI", None) != ABI:
-        return None, (
-            f"built for ABI {getattr(extension, 'ABI', None)}, this wrapper needs {ABI}: "
-            "rebuild (pip install -e .)"
-        )
-    built_from = getattr(extension, "SOURCE_HASH", "")
-    if built_from and _SOURCE.exists() and built_from != _source_hash(_SOURCE):
-        return None, (
-            f"stale build: {_SOURCE.name} changed since it was compiled; rebuild (pip install -e .)"
-        )
-    return extension, None
+    return load_extension("_ead_kernel", ABI, _SOURCE, "FP_EAD_KERNEL")
 
 
-_EXTENSION, _REASON = _load()
-_ALL_ISAS: tuple[str, ...] = _EXTENSION.ALL_ISAS if _EXTENSION else ()
-_SUPPORTED: tuple[str, ...] = _EXTENSION.isas() if _EXTENSION else ()
-
-
-def _initial_isa() -> str | None:
-    global _EXTENSION, _REASON
-    if _EXTENSION is None:
-        return None
-    wanted = os.environ.get("FP_EAD_KERNEL", "").strip().lower()
-    if wanted in ("", "1", "on", "auto", "true", "yes"):
-        return _SUPPORTED[-1]
-    if wanted not in _SUPPORTED:
-        _EXTENSION, _REASON = None, f"FP_EAD_KERNEL={wanted}: not one of {_SUPPORTED}"
-        return None
-    return wanted
-
-
-# Instruction-set variant used by featurize (None when the kernel is unavailable).
-ISA: str | None = _initial_isa()
+# The extension (None when unavailable, with the reason), its variants, those this CPU runs, and
+# the variant used by featurize (None when the kernel is unavailable).
+_EXTENSION, _REASON, _ALL_ISAS, _SUPPORTED, ISA = open_kernel(*_load(), "FP_EAD_KERNEL")
 
 
 def available() -> bool:
@@ -386,9 +352,7 @@ def featurize(
     """
     if _EXTENSION is None:
         raise RuntimeError(f"the compiled EAD kernel is unavailable: {_REASON}")
-    variant = ISA if isa is None else isa
-    if variant not in _SUPPORTED:
-        raise ValueError(f"instruction set {variant!r} not supported here ({_SUPPORTED})")
+    variant = checked_isa(isa, ISA, _SUPPORTED)
     z = np.ascontiguousarray(z, dtype=np.int64)
     out = np.empty((len(z), plan.n_features))
     edge_index = np.ascontiguousarray(nl.edge_index, dtype=np.int64)

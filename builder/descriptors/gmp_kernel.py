@@ -11,10 +11,11 @@ Maxwell-Cartesian coefficients and the invariants. Same definition, truncation a
 the NumPy path of :mod:`builder.descriptors.gmp`, which stays the reference and the fallback:
 the two agree to ~1e-14 of each atom's largest feature (tests).
 
-Loading, as for the EAD kernel (:mod:`builder.descriptors.ead_kernel`): :func:`available` is
-True when the extension imports, its calling convention (``ABI``) matches this file and (in a
-source tree) the source hash compiled into it equals the current ``_gmp_kernel.c``: a stale
-build is refused (rebuild with ``pip install -e .``); :func:`unavailable_reason` says why not.
+Loading (:mod:`builder.descriptors._kernel_loader`, shared by the three kernels):
+:func:`available` is True when the extension imports, its calling convention (``ABI``)
+matches this file and (in a source tree) the source hash compiled into it equals the current
+``_gmp_kernel.c``: a stale build is refused (rebuild with ``pip install -e .``);
+:func:`unavailable_reason` says why not.
 Variants (:func:`isas`): ``generic`` (SSE2, any x86-64) and ``avx2`` (AVX2 + FMA), the widest
 the CPU runs is used; ``FP_GMP_KERNEL`` overrides at import: ``0`` / ``off`` disables the
 kernel, a variant name selects that variant. :data:`ISA` holds the variant in use.
@@ -22,12 +23,15 @@ kernel, a variant name selects that variant. :data:`ISA` holds the variant in us
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from fingerprint_pretrain.builder.descriptors._kernel_loader import (
+    checked_isa,
+    load_extension,
+    open_kernel,
+)
 from fingerprint_pretrain.builder.neighbors import NeighbourList
 
 __all__ = ["ISA", "KernelPlan", "available", "featurize", "isas", "kernel_plan"]
@@ -37,52 +41,14 @@ ABI = 1
 _SOURCE = Path(__file__).with_name("_gmp_kernel.c")
 
 
-def _source_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _load():
     """(extension module or None, reason it is unavailable or None)."""
-    setting = os.environ.get("FP_GMP_KERNEL", "").strip().lower()
-    if setting in ("0", "off", "false", "no"):
-        return None, f"disabled by FP_GMP_KERNEL={setting}"
-    try:
-        from fingerprint_pretrain.builder.descriptors import _gmp_kernel as extension
-    except ImportError as error:
-        return None, f"the extension is not built ({error}); install with a C compiler present"
-    if getattr(extension, "ABI", None) != ABI:
-        return None, (
-            f"built for ABI {getattr(extension, 'ABI', None)}, this wrapper needs {ABI}: "
-            "rebuild (pip install -e .)"
-        )
-    built_from = getattr(extension, "SOURCE_HASH", "")
-    if built_from and _SOURCE.exists() and built_from != _source_hash(_SOURCE):
-        return None, (
-            f"stale build: {_SOURCE.name} changed since it was compiled; rebuild (pip install -e .)"
-        )
-    return extension, None
+    return load_extension("_gmp_kernel", ABI, _SOURCE, "FP_GMP_KERNEL")
 
 
-_EXTENSION, _REASON = _load()
-_ALL_ISAS: tuple[str, ...] = _EXTENSION.ALL_ISAS if _EXTENSION else ()
-_SUPPORTED: tuple[str, ...] = _EXTENSION.isas() if _EXTENSION else ()
-
-
-def _initial_isa() -> str | None:
-    global _EXTENSION, _REASON
-    if _EXTENSION is None:
-        return None
-    wanted = os.environ.get("FP_GMP_KERNEL", "").strip().lower()
-    if wanted in ("", "1", "on", "auto", "true", "yes"):
-        return _SUPPORTED[-1]
-    if wanted not in _SUPPORTED:
-        _EXTENSION, _REASON = None, f"FP_GMP_KERNEL={wanted}: not one of {_SUPPORTED}"
-        return None
-    return wanted
-
-
-# Instruction-set variant used by featurize (None when the kernel is unavailable).
-ISA: str | None = _initial_isa()
+# The extension (None when unavailable, with the reason), its variants, those this CPU runs, and
+# the variant used by featurize (None when the kernel is unavailable).
+_EXTENSION, _REASON, _ALL_ISAS, _SUPPORTED, ISA = open_kernel(*_load(), "FP_GMP_KERNEL")
 
 
 def available() -> bool:
@@ -197,9 +163,7 @@ def featurize(
     """
     if _EXTENSION is None:
         raise RuntimeError(f"the compiled GMP kernel is unavailable: {_REASON}")
-    variant = ISA if isa is None else isa
-    if variant not in _SUPPORTED:
-        raise ValueError(f"instruction set {variant!r} not supported here ({_SUPPORTED})")
+    variant = checked_isa(isa, ISA, _SUPPORTED)
     out = np.empty((len(rank), plan.n_features))
     _EXTENSION.featurize(
         np.ascontiguousarray(rank, dtype=np.int64),
