@@ -183,11 +183,17 @@ def encode_record(
         buffers.append(raw + b"\0" * pad)
         offset += len(raw) + pad
     header = json.dumps({"id": record_id, "fields": entries}, separators=(",", ":")).encode()
-    header = header[:-1] + _CRC_KEY  # the digits and '"}' follow
+    return _framed(header[:-1], b"".join(buffers))
+
+
+def _framed(header: bytes, body: bytes) -> bytes:
+    """``FPR1`` bytes: magic, header length, the JSON header (given without its closing ``}``)
+    completed with its CRC-32 key and digits, padding to ``_ALIGN``, then the field bytes.
+    The CRC covers everything but its own 8 digits."""
+    header += _CRC_KEY  # the digits and '"}' follow
     hlen = len(header) + 10
     head = MAGIC + struct.pack("<I", hlen) + header
     tail = b'"}' + b"\0" * ((-(8 + hlen)) % _ALIGN)
-    body = b"".join(buffers)
     crc = zlib.crc32(body, zlib.crc32(tail, zlib.crc32(head)))
     return head + b"%08x" % crc + tail + body
 
@@ -483,13 +489,8 @@ def encode_graph_record(record: Mapping) -> tuple[bytes, bytes]:
     # json.dumps({"id": ..., "fields": ...}, separators=(",", ":")) without its '}', written
     # out: the names and dtype strings are plain ASCII, so only the id needs JSON escaping
     fields = ",".join(entries)
-    header = f'{{"id":{json.dumps(record_id)},"fields":[{fields}]'.encode() + _CRC_KEY
-    hlen = len(header) + 10
-    head = MAGIC + struct.pack("<I", hlen) + header
-    tail = b'"}' + b"\0" * ((-(8 + hlen)) % _ALIGN)
-    data = b"".join(body)
-    crc = zlib.crc32(data, zlib.crc32(tail, zlib.crc32(head)))
-    return head + b"%08x" % crc + tail + data, hashlib.sha256(b"".join(digest)).digest()
+    header = f'{{"id":{json.dumps(record_id)},"fields":[{fields}]'.encode()
+    return _framed(header, b"".join(body)), hashlib.sha256(b"".join(digest)).digest()
 
 
 def descriptor_digest(name: str, arr: np.ndarray) -> bytes:
