@@ -18,11 +18,12 @@
  *          S_bt = exp(-2 eta Delta tau R_b - eta Delta^2 tau^2 - c_b)  (tables of the plan;
  *          c_b = 0 for h = 0, else the largest such exponent of the block, so S_bt <= 1):
  *      the recurrence restarted exactly at every block. Per edge: blocks + 1 exps (+ 1 for
- *      P_0 = p^-h when h > 0; vectorised over the chunk), P_t by products; a derived eta
- *      (the plan's source s >= 0 and power n: eta = n eta_s, the same blocks and anchors,
- *      c_b = n c_b(s)) takes A_b = A_b(s)^n by products (power_row) instead of its block
- *      exps (set 3: 9 instead of 24 exps per edge, set 2: 18 instead of 39); the weights
- *      wa[m blocks + b] = w[m] A_b, then
+ *      P_0 = p^-h when h > 0; vectorised over the chunk), P_t by products (chunk_powers: the
+ *      first 8 by a chain vectorised across 8 edges); a derived eta (the plan's source s >= 0
+ *      and power n: eta = n eta_s, the same blocks and anchors, c_b = n c_b(s)) takes
+ *      A_b = A_b(s)^n by products instead of its block exps (set 3: 9 instead of 24 exps per
+ *      edge, set 2: 18 instead of 39), in one pass straight into its weights
+ *      (power_block_weights); the weights wa[m blocks + b] = w[m] A_b, then
  *          T[m][eta][bB + t] += sum over the chunk's edges of wa[m blocks + b] P_t,
  *      a small matrix product (M blocks rows x edges) (edges x B) run GEMM-style (contract:
  *      register tiles of C held over all the chunk's edges, ~90 % of the work; T stays in L1:
@@ -31,7 +32,8 @@
  *      Gaussians g[k] = exp(-eta (d - Rs_k)^2) directly and rho[m][eta] += w[m] g by the same
  *      contraction;
  *   3. per centre: rho = S * T (after the sum over neighbours, as the NumPy path), then
- *      x[l][eta][k] = sum_m reduce[l][m] rho[m][eta][k]^2.
+ *      x[l][eta][k] = sum_m reduce[l][m] rho[m][eta][k]^2 (reduce_row: one pass, the sum in
+ *      registers).
  * Exponentials are a branch-free polynomial (ead_exp, ~1 ulp) that the compiler vectorises.
  *
  * Instruction sets: on x86-64 with GCC/Clang the kernel body is compiled three times, for the
@@ -118,6 +120,7 @@ typedef struct {
     double *w;      /* (M, KC): monomial weights */
     double *x;      /* (sum over etas of blocks + 2, KC): exponents, then exps, of each eta */
     int64_t *x_rows; /* (|eta|,): the first row of each eta's exps in x */
+    int64_t *terms;  /* (M,): scratch of reduce_row */
     double *wa;     /* (M * largest blocks, KC): weights times anchors */
     double *p;      /* (KC, largest B or rs_pad): powers P_t, or Gaussians of a direct eta */
     void *block;    /* the allocation */
@@ -213,31 +216,13 @@ EAD_INLINE void edge_powers(double *restrict p, double base, double start, int64
         }
 }
 
-/* out[k] = in[k]^power (power >= 1; left-to-right binary powering: <= 2 log2(power) products,
- * relative error <= ~(power + 2 log2(power)) ulp), 0 where that falls below DBL_MIN (no
- * subnormals: as ead_exp flushes below e^-708), k < n. */
-EAD_INLINE void power_row(double *restrict out, const double *restrict in, int64_t power,
-                          int64_t n)
+/* The highest set bit of power >= 1. */
+EAD_INLINE int top_bit(int64_t power)
 {
     int top = 62;
     while (!((power >> top) & 1))
         top--;
-    for (int64_t k = 0; k < n; k++)
-        out[k] = in[k];
-    for (int bit = top - 1; bit >= 0; bit--) {
-        for (int64_t k = 0; k < n; k++)
-            out[k] *= out[k];
-        if ((power >> bit) & 1)
-            for (int64_t k = 0; k < n; k++)
-                out[k] *= in[k];
-    }
-    for (int64_t k = 0; k < n; k++) { /* integer mask: vectorises under -ftrapping-math */
-        const uint64_t keep = (uint64_t)0 - (uint64_t)(out[k] >= 2.2250738585072014e-308);
-        uint64_t bits;
-        memcpy(&bits, &out[k], sizeof bits);
-        bits &= keep;
-        memcpy(&out[k], &bits, sizeof bits);
-    }
+    return top;
 }
 
 /* x[b][k] = -eta (d_k - R_b)^2 + c_b for the anchors R_b and lifts c_b (first_block <= b <
@@ -293,9 +278,9 @@ EAD_INLINE void chunk_block_weights(double *restrict wa, const double *restrict 
 
 #define EAD_TILE_PARAMS                                                                        \
     double *restrict t_rows, int64_t m_stride, int64_t n_blocks, int64_t length, int64_t r0,  \
-        int64_t col, const double *restrict wa, const double *restrict p, int64_t ldp,        \
-        int64_t n, int first
-#define EAD_TILE_ARGS t_rows, m_stride, n_blocks, length, r0, col, wa, p, ldp, n, first
+        int64_t m0, int64_t b0, int64_t col, const double *restrict wa,                       \
+        const double *restrict p, int64_t ldp, int64_t n, int first
+#define EAD_TILE_ARGS t_rows, m_stride, n_blocks, length, r0, m0, b0, col, wa, p, ldp, n, first
 
 #if defined(__GNUC__) || defined(__clang__)
 #define EAD_HAVE_VECTORS 1
@@ -310,11 +295,17 @@ typedef double ead_v8 __attribute__((vector_size(64)));
         VT acc[EAD_MAX_RT][EAD_MAX_CV];                                                        \
         double *rows[EAD_MAX_RT];                                                              \
         const double *left[EAD_MAX_RT];                                                        \
+        double *next = t_rows + m0 * m_stride + b0 * length + col; /* row r0 = (m0, b0) */     \
+        int64_t b = b0;                                                                        \
         EAD_UNROLL for (int i = 0; i < rt; i++)                                                \
         {                                                                                      \
-            const int64_t r = r0 + i;                                                          \
-            rows[i] = t_rows + (r / n_blocks) * m_stride + (r % n_blocks) * length + col;     \
-            left[i] = wa + r * KC;                                                             \
+            rows[i] = next;                                                                    \
+            left[i] = wa + (r0 + i) * KC;                                                      \
+            if (++b == n_blocks) { /* (m, blocks - 1) -> (m + 1, 0) */                         \
+                b = 0;                                                                         \
+                next += m_stride - (n_blocks - 1) * length;                                    \
+            } else                                                                             \
+                next += length;                                                                \
             EAD_UNROLL for (int j = 0; j < cv; j++)                                            \
             {                                                                                  \
                 if (first)                                                                     \
@@ -391,11 +382,13 @@ EAD_INLINE void tile_32reg_v8(EAD_TILE_PARAMS, int rt, int cv)
         const int64_t rt_max = RT_MAX(cv);                                                     \
         const int64_t n_tiles = (n_rows + rt_max - 1) / rt_max;                                \
         for (int64_t col = 0; col < n_cols; col += cv * VW) {                                  \
-            int64_t r0 = 0;                                                                    \
+            int64_t r0 = 0, m0 = 0, b0 = 0; /* row r0 = (m0, b0): no division per tile */      \
             for (int64_t tile = 0; tile < n_tiles; tile++) {                                   \
                 const int rt = (int)(n_rows / n_tiles + (tile < n_rows % n_tiles));            \
                 TILE(EAD_TILE_ARGS, rt, cv);                                                   \
                 r0 += rt;                                                                      \
+                for (b0 += rt; b0 >= n_blocks; b0 -= n_blocks)                                 \
+                    m0++;                                                                      \
             }                                                                                  \
         }                                                                                      \
     }
@@ -440,6 +433,167 @@ EAD_INLINE void contract(EAD_CONTRACT_PARAMS, int vector_width)
 #endif
 }
 
+/* Powers P_t = start_k p_k^t of the chunk's edges k < n (n a multiple of 8; start_k = p_k^-h, or
+ * 1 without `starts`), t < length (a multiple of 8), rows of P `length` apart; as edge_powers
+ * per edge (bitwise: the same products in the same order; a factor start = 1 is exact), but
+ * the chain t < 8 vectorised across 8 edges at a time and moved into the rows by 4 x 4
+ * transposes, then P_{s+t} = P_{s-8+t} p^8, 8 at a time. */
+#if EAD_HAVE_VECTORS
+typedef int64_t ead_i4 __attribute__((vector_size(32)));
+#if defined(__clang__)
+#define EAD_SHUFFLE4(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
+#else
+#define EAD_SHUFFLE4(a, b, i, j, k, l) __builtin_shuffle(a, b, (ead_i4){i, j, k, l})
+#endif
+
+/* out[j][t] = in[t][j], t, j < 4. */
+EAD_INLINE void transpose4(ead_v4 *restrict out, const ead_v4 *restrict in)
+{
+    const ead_v4 t0 = EAD_SHUFFLE4(in[0], in[1], 0, 4, 2, 6);
+    const ead_v4 t1 = EAD_SHUFFLE4(in[0], in[1], 1, 5, 3, 7);
+    const ead_v4 t2 = EAD_SHUFFLE4(in[2], in[3], 0, 4, 2, 6);
+    const ead_v4 t3 = EAD_SHUFFLE4(in[2], in[3], 1, 5, 3, 7);
+    out[0] = EAD_SHUFFLE4(t0, t2, 0, 1, 4, 5);
+    out[1] = EAD_SHUFFLE4(t1, t3, 0, 1, 4, 5);
+    out[2] = EAD_SHUFFLE4(t0, t2, 2, 3, 6, 7);
+    out[3] = EAD_SHUFFLE4(t1, t3, 2, 3, 6, 7);
+}
+
+EAD_INLINE void chunk_powers(double *restrict p, const double *restrict bases,
+                             const double *restrict starts, int64_t length, int64_t n,
+                             int vector_width)
+{
+    if (vector_width < 4) { /* SSE2: the transposes cost more than they save */
+        for (int64_t k = 0; k < n; k++)
+            edge_powers(p + k * length, bases[k], starts != NULL ? starts[k] : 1.0, length);
+        return;
+    }
+    for (int64_t k0 = 0; k0 < n; k0 += 8) {
+        ead_v4 base[2], start[2], q[8][2], b8[2];
+        EAD_UNROLL for (int h = 0; h < 2; h++)
+        {
+            memcpy(&base[h], bases + k0 + 4 * h, sizeof(ead_v4));
+            start[h] = (ead_v4){1.0, 1.0, 1.0, 1.0};
+            if (starts != NULL)
+                memcpy(&start[h], starts + k0 + 4 * h, sizeof(ead_v4));
+            q[0][h] = (ead_v4){1.0, 1.0, 1.0, 1.0};
+        }
+        EAD_UNROLL for (int t = 1; t < 8; t++) EAD_UNROLL for (int h = 0; h < 2; h++)
+            q[t][h] = q[t - 1][h] * base[h];
+        EAD_UNROLL for (int h = 0; h < 2; h++) b8[h] = q[7][h] * base[h];
+        if (starts != NULL)
+            EAD_UNROLL for (int t = 0; t < 8; t++) EAD_UNROLL for (int h = 0; h < 2; h++)
+                q[t][h] *= start[h];
+        EAD_UNROLL for (int h = 0; h < 2; h++)
+        {
+            ead_v4 lo[4], hi[4];
+            transpose4(lo, (const ead_v4[4]){q[0][h], q[1][h], q[2][h], q[3][h]});
+            transpose4(hi, (const ead_v4[4]){q[4][h], q[5][h], q[6][h], q[7][h]});
+            double *rows[4]; /* 64-byte aligned: p is, and length is a multiple of 8 */
+            EAD_UNROLL for (int j = 0; j < 4; j++)
+            {
+                rows[j] = __builtin_assume_aligned(p + (k0 + 4 * h + j) * length, 64);
+                memcpy(rows[j], &lo[j], sizeof(ead_v4));
+                memcpy(rows[j] + 4, &hi[j], sizeof(ead_v4));
+            }
+            for (int64_t s = 8; s < length; s += 8)
+                EAD_UNROLL for (int j = 0; j < 4; j++)
+                {
+                    const double f = b8[h][j];
+                    lo[j] *= f;
+                    hi[j] *= f;
+                    memcpy(__builtin_assume_aligned(rows[j] + s, 32), &lo[j], sizeof(ead_v4));
+                    memcpy(__builtin_assume_aligned(rows[j] + s + 4, 32), &hi[j],
+                           sizeof(ead_v4));
+                }
+        }
+    }
+}
+#else
+EAD_INLINE void chunk_powers(double *restrict p, const double *restrict bases,
+                             const double *restrict starts, int64_t length, int64_t n,
+                             int vector_width)
+{
+    (void)vector_width;
+    for (int64_t k = 0; k < n; k++)
+        edge_powers(p + k * length, bases[k], starts != NULL ? starts[k] : 1.0, length);
+}
+#endif
+
+/* wa[m blocks + b][k] = w[m][k] A_b[k] with A_b[k] = in[b][k]^power (power >= 2, its highest
+ * set bit `top`; left-to-right binary powering: <= 2 log2(power) products, relative error
+ * <= ~(power + 2 log2(power)) ulp), A_b flushed to 0 where it falls below DBL_MIN (no
+ * subnormals: as ead_exp flushes below e^-708); b < blocks, k < n (a multiple of 8; rows of
+ * in, w and wa KC apart, 64-byte aligned). One pass: the anchors of 8 edges at a time stay in
+ * registers from the source row to the weights (the block weights of a derived eta: the
+ * products of chunk_block_weights). */
+#if EAD_HAVE_VECTORS
+EAD_INLINE void power_block_weights(double *restrict wa, const double *restrict w,
+                                    const double *restrict in, int64_t power, int top,
+                                    int64_t n_mono, int64_t n_blocks, int64_t n)
+{
+    const ead_v4 tiny = {2.2250738585072014e-308, 2.2250738585072014e-308,
+                         2.2250738585072014e-308, 2.2250738585072014e-308};
+    for (int64_t b = 0; b < n_blocks; b++)
+        for (int64_t k0 = 0; k0 < n; k0 += 8) {
+            ead_v4 v[2], r[2];
+            EAD_UNROLL for (int h = 0; h < 2; h++)
+            {
+                memcpy(&v[h], __builtin_assume_aligned(in + b * KC + k0 + 4 * h, 32),
+                       sizeof(ead_v4));
+                r[h] = v[h];
+            }
+            for (int bit = top - 1; bit >= 0; bit--) {
+                EAD_UNROLL for (int h = 0; h < 2; h++) r[h] *= r[h];
+                if ((power >> bit) & 1)
+                    EAD_UNROLL for (int h = 0; h < 2; h++) r[h] *= v[h];
+            }
+            EAD_UNROLL for (int h = 0; h < 2; h++) /* integer mask, as ead_exp's flush */
+                r[h] = (ead_v4)((ead_i4)r[h] & (ead_i4)(r[h] >= tiny));
+            for (int64_t m = 0; m < n_mono; m++)
+                EAD_UNROLL for (int h = 0; h < 2; h++)
+                {
+                    ead_v4 x;
+                    memcpy(&x, __builtin_assume_aligned(w + m * KC + k0 + 4 * h, 32),
+                           sizeof(ead_v4));
+                    x *= r[h];
+                    double *out = wa + (m * n_blocks + b) * KC + k0 + 4 * h;
+                    memcpy(__builtin_assume_aligned(out, 32), &x, sizeof(ead_v4));
+                }
+        }
+}
+#else
+EAD_INLINE void power_block_weights(double *restrict wa, const double *restrict w,
+                                    const double *restrict in, int64_t power, int top,
+                                    int64_t n_mono, int64_t n_blocks, int64_t n)
+{
+    for (int64_t b = 0; b < n_blocks; b++)
+        for (int64_t k0 = 0; k0 < n; k0 += 8) {
+            double v[8], r[8];
+            for (int j = 0; j < 8; j++)
+                v[j] = r[j] = in[b * KC + k0 + j];
+            for (int bit = top - 1; bit >= 0; bit--) {
+                const int odd = (power >> bit) & 1;
+                for (int j = 0; j < 8; j++)
+                    r[j] *= r[j];
+                if (odd)
+                    for (int j = 0; j < 8; j++)
+                        r[j] *= v[j];
+            }
+            for (int j = 0; j < 8; j++) { /* integer mask: vectorises under -ftrapping-math */
+                const uint64_t keep = (uint64_t)0 - (uint64_t)(r[j] >= 2.2250738585072014e-308);
+                uint64_t bits;
+                memcpy(&bits, &r[j], sizeof bits);
+                bits &= keep;
+                memcpy(&r[j], &bits, sizeof bits);
+            }
+            for (int64_t m = 0; m < n_mono; m++)
+                for (int j = 0; j < 8; j++)
+                    wa[(m * n_blocks + b) * KC + k0 + j] = w[m * KC + k0 + j] * r[j];
+        }
+}
+#endif
+
 /* One chunk of n <= KC edges (weights and distances in w, padded to n_pad), one eta: add its
  * terms to rho[m][ia][.] (T for a block eta). */
 EAD_INLINE void chunk_eta(const ead_args *restrict a, const ead_work *restrict w, int64_t ia,
@@ -470,14 +624,15 @@ EAD_INLINE void chunk_eta(const ead_args *restrict a, const ead_work *restrict w
     const int64_t n_exps = n_blocks + 1 + (offset != 0);
     for (int64_t b = first_exp; b < n_exps; b++)
         ead_exp_inplace(x + b * KC, n_pad);
-    if (source >= 0) /* A_b = (A_b of the source eta)^n: the same anchors, n times the exponent */
-        for (int64_t b = 0; b < n_blocks; b++)
-            power_row(x + b * KC, w->x + (w->x_rows[source] + b) * KC,
-                      a->shape[SHAPE * ia + 4], n_pad);
     const double *restrict bases = x + n_blocks * KC, *restrict starts = bases + KC;
-    for (int64_t k = 0; k < n; k++)
-        edge_powers(w->p + k * length, bases[k], offset != 0 ? starts[k] : 1.0, length);
-    chunk_block_weights(w->wa, w->w, x, a->n_mono, n_blocks, n_pad);
+    chunk_powers(w->p, bases, offset != 0 ? starts : NULL, length, n_pad, vector_width);
+    if (source >= 0) { /* A_b = (A_b of the source eta)^n: the same anchors, n times the
+                        * exponent; straight into the block weights */
+        const int64_t power = a->shape[SHAPE * ia + 4];
+        power_block_weights(w->wa, w->w, w->x + w->x_rows[source] * KC, power, top_bit(power),
+                            a->n_mono, n_blocks, n_pad);
+    } else
+        chunk_block_weights(w->wa, w->w, x, a->n_mono, n_blocks, n_pad);
     contract(rho, m_stride, n_blocks, length, w->wa, w->p, length, n, first,
              a->n_mono * n_blocks, length, vector_width);
 }
@@ -541,17 +696,50 @@ EAD_INLINE void chunk_edges(const ead_args *restrict a, ead_work *restrict w, in
     }
 }
 
-/* row[k] = (scale[k] row[k])^2 (or row[k]^2 without scale), k < n. */
-EAD_INLINE void square_row(double *restrict row, const double *restrict scale, int64_t n)
+/* o[k] = sum_m c[m] (scale[k] rho[m][k])^2 (rho[m] rows m_stride apart; no scale: rho[m][k]^2),
+ * k < n: the terms in order of m, each square rounded before its multiply-add (the sums of
+ * squaring the rows first and adding them after, bit for bit), summed in registers (one store
+ * per k); 0 where every c[m] is 0. `terms` (n_mono entries) is scratch. */
+EAD_INLINE void reduce_row(double *restrict o, const double *restrict rho, int64_t m_stride,
+                           const double *restrict c, const double *restrict scale,
+                           int64_t n_mono, int64_t n, int64_t *restrict terms)
 {
-    if (scale != NULL)
-        for (int64_t k = 0; k < n; k++) {
-            const double v = scale[k] * row[k];
-            row[k] = v * v;
+    int64_t n_terms = 0;
+    for (int64_t m = 0; m < n_mono; m++)
+        if (c[m] != 0.0)
+            terms[n_terms++] = m;
+    if (n_terms == 0) {
+        memset(o, 0, (size_t)n * sizeof(double));
+        return;
+    }
+    int64_t k = 0;
+#if EAD_HAVE_VECTORS
+    for (; k + 4 <= n; k += 4) {
+        ead_v4 s = {1.0, 1.0, 1.0, 1.0}, v;
+        if (scale != NULL)
+            memcpy(&s, scale + k, sizeof s);
+        memcpy(&v, rho + terms[0] * m_stride + k, sizeof v);
+        v = s * v; /* exact without scale */
+        ead_v4 sq = v * v, sum = c[terms[0]] * sq + 0.0;
+        for (int64_t j = 1; j < n_terms; j++) {
+            memcpy(&v, rho + terms[j] * m_stride + k, sizeof v);
+            v = s * v;
+            sq = v * v;
+            sum += c[terms[j]] * sq;
         }
-    else
-        for (int64_t k = 0; k < n; k++)
-            row[k] *= row[k];
+        memcpy(o + k, &sum, sizeof sum);
+    }
+#endif
+    for (; k < n; k++) {
+        const double s = scale != NULL ? scale[k] : 1.0;
+        double v = s * rho[terms[0] * m_stride + k], sq = v * v, sum = c[terms[0]] * sq + 0.0;
+        for (int64_t j = 1; j < n_terms; j++) {
+            v = s * rho[terms[j] * m_stride + k];
+            sq = v * v;
+            sum += c[terms[j]] * sq;
+        }
+        o[k] = sum;
+    }
 }
 
 EAD_INLINE void ead_body(const ead_args *restrict a, ead_work *restrict w, int vector_width)
@@ -575,27 +763,14 @@ EAD_INLINE void ead_body(const ead_args *restrict a, ead_work *restrict w, int v
             for (int64_t ia = 0; ia < n_etas; ia++)
                 chunk_eta(a, w, ia, n, n_pad, c0 == e0, vector_width);
         }
-        /* rho^2 (rho = S T for the block etas; k < |Rs| only: T past |Rs| is never scaled),
-         * then x[l][eta][k] = sum_m reduce[l][m] rho[m][eta][k]^2 */
-        for (int64_t m = 0; m < n_mono; m++)
+        /* x[l][eta][k] = sum_m reduce[l][m] rho[m][eta][k]^2 (rho = S T for the block etas;
+         * k < |Rs| only: T past |Rs| is never scaled), one pass per (l, eta) */
+        for (int64_t l = 0; l < a->n_l; l++)
             for (int64_t ia = 0; ia < n_etas; ia++)
-                square_row(w->rho + (m * n_etas + ia) * g_pad,
-                           a->shape[SHAPE * ia] != 0 ? a->scale + ia * a->scale_stride : NULL, n_rs);
-        for (int64_t l = 0; l < a->n_l; l++) {
-            for (int64_t ia = 0; ia < n_etas; ia++) {
-                double *restrict o = row + (l * n_etas + ia) * n_rs;
-                for (int64_t k = 0; k < n_rs; k++)
-                    o[k] = 0.0;
-                for (int64_t m = 0; m < n_mono; m++) {
-                    const double c = a->reduce[l * n_mono + m];
-                    if (c == 0.0)
-                        continue;
-                    const double *restrict sq = w->rho + (m * n_etas + ia) * g_pad;
-                    for (int64_t k = 0; k < n_rs; k++)
-                        o[k] += c * sq[k];
-                }
-            }
-        }
+                reduce_row(row + (l * n_etas + ia) * n_rs, w->rho + ia * g_pad,
+                           n_etas * g_pad, a->reduce + l * n_mono,
+                           a->shape[SHAPE * ia] != 0 ? a->scale + ia * a->scale_stride : NULL,
+                           n_mono, n_rs, w->terms);
         e0 = e1;
     }
 }
@@ -649,9 +824,10 @@ static int ead_run(const ead_args *a, int isa)
     }
     ead_work w;
     int64_t max_length = 8, max_blocks = 1, x_rows = 0;
-    w.x_rows = malloc((size_t)a->n_etas * sizeof(int64_t));
+    w.x_rows = malloc((size_t)(a->n_etas + a->n_mono) * sizeof(int64_t));
     if (w.x_rows == NULL)
         return EAD_NO_MEMORY;
+    w.terms = w.x_rows + a->n_etas;
     w.rs_pad = (a->n_rs + 7) & ~(int64_t)7;
     w.g_pad = w.rs_pad;
     for (int64_t ia = 0; ia < a->n_etas; ia++) {
