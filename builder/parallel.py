@@ -62,12 +62,29 @@ def available_cores() -> int:
 
 
 def progress_bar(total: int | None, initial: int, desc: str, enabled: bool, unit: str = "struct"):
-    """A tqdm bar with rate and ETA, or None when progress output is off."""
+    """A tqdm bar with rate and ETA, or None when progress output is off.
+
+    The rate (and so the ETA) is measured from the first update on: the seconds before it,
+    while the workers start and import pymatgen (~15 s for ``fp-build add``), count in the
+    elapsed time but not in the rate, which would otherwise start far too low and, smoothed,
+    show an absurd ETA for the first minute.
+    """
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(
+    class WarmStartBar(tqdm):
+        _warm = False
+
+        def update(self, n: int = 1) -> bool | None:
+            if self._warm or self.disable:
+                return super().update(n)
+            self._warm = True  # the first chunk: counted, not timed; shown with the next one
+            self.n += n
+            self.last_print_n, self.last_print_t = self.n, self._time()
+            return None
+
+    return WarmStartBar(
         total=total, initial=initial, desc=desc, unit=unit, smoothing=0.05, dynamic_ncols=True
     )
 
