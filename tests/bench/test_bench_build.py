@@ -112,7 +112,7 @@ def test_extract_package_imports_the_revisions_builder(tmp_path):
 
 def test_spread_rows_takes_evenly_spaced_rows(tmp_path):
     """10 rows, 4 kept: rows i * 10 // 4 = 0, 2, 5, 7 (by hand), the multi-line CIF fields
-    intact, the header kept."""
+    intact, the header first, the rows in a shuffled order that the seed fixes."""
     header = ["material_id", "nsites", "cif"]
     rows = [[f"mp-{i}", str(i), f"data_{i}\n_cell_length_a {i}.0\n"] for i in range(10)]
     src, dst = tmp_path / "src.csv.gz", tmp_path / "dst.csv.gz"
@@ -120,10 +120,16 @@ def test_spread_rows_takes_evenly_spaced_rows(tmp_path):
         csv.writer(fh).writerows([header, *rows])
     assert bb.spread_indices(10, 4) == [0, 2, 5, 7]
     assert bb.spread_indices(3, 10) == [0, 1, 2]
-    assert bb.spread_rows(src, dst, 4) == 4
-    with gzip.open(dst, "rt", newline="") as fh:
-        got = list(csv.reader(fh))
-    assert got == [header, rows[0], rows[2], rows[5], rows[7]]
+    orders = []
+    for seed in (0, 0, 1, 2, 3):
+        assert bb.spread_rows(src, dst, 4, seed) == 4
+        with gzip.open(dst, "rt", newline="") as fh:
+            got = list(csv.reader(fh))
+        assert got[0] == header
+        assert sorted(got[1:]) == [rows[0], rows[2], rows[5], rows[7]]
+        orders.append(got[1:])
+    assert orders[0] == orders[1]  # same seed, same order
+    assert any(order != orders[0] for order in orders[2:])  # the seed shuffles
 
 
 def test_steady_rates_between_the_20_percent_commit_and_the_last_record_commit():
