@@ -59,9 +59,9 @@ SETS = {
     "perov_5": (DATASETS / "perov_5.csv.gz", ["--id-column", "castelli_id", "-t", "heat_all"]),
     "mp_20_subset": (DATASETS / "mp_20_subset.csv.gz", ["-t", "formation_energy_per_atom"]),
     # written into the work folder by materialise() (never committed): 10,000 rows spread
-    # evenly over the 46,765 of the MP Relaxed subset, shuffled (id material_id, no targets),
-    # the size
-    # of store users build, where a build's fixed costs (imports, pool start) are amortised
+    # evenly over the 46,765 of the MP Relaxed subset, shuffled (id material_id, no targets):
+    # the size of store users build, where a build's fixed costs (imports, pool start) are
+    # amortised
     "mp_relaxed_10k": (None, []),
 }
 # derived dataset -> (source file, rows taken evenly over it)
